@@ -1,0 +1,32 @@
+# Two commands set up a fresh machine and use it:
+#   make demo   the main job on the embedded default (scikit-learn digits, EfficientNet-Lite0)
+#   make test   the test suite
+# Each creates the virtual environment .venv when it is missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch pins that install from this machine kind's local disk (x86_64, Python 3.11); override
+# with `make TORCH_PINS="torch==X torchvision==Y"` elsewhere.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+EXTRAS ?= train,export,demo,dev
+
+.PHONY: venv demo test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/edgetransfer demo --out runs/demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs .pytest_cache

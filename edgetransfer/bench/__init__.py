@@ -1,0 +1,1 @@
+"""Benchmark stage (torch-free): latency, accuracy, reports."""

@@ -1,0 +1,1 @@
+"""Export stage: PyTorch checkpoint -> ONNX (fp32), parity-checked."""

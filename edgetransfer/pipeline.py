@@ -1,0 +1,163 @@
+"""Composition of the stages. Stages talk only through files in the bundle directory:
+
+``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
+``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``report.json`` / ``report.md``,
+each artifact with its ``<file>.json`` manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .artifacts import atomic_write_json, read_manifest
+from .bench.benchmark import BUNDLE_FILE, BenchSettings, benchmark_bundle
+from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_splits
+from .errors import ArtifactError, ConfigError, DataError
+from .progress import log
+from .targets import Target, load_target
+
+CHECKPOINT = "model.pt"
+ONNX_FP32 = "model.onnx"
+ONNX_INT8 = "model.int8.qdq.onnx"
+PARITY_MAX_IMAGES = 256
+
+
+def read_bundle(bundle: Path) -> dict[str, Any]:
+    p = Path(bundle) / BUNDLE_FILE
+    if not p.is_file():
+        raise ArtifactError(f"{bundle} is not an edgetransfer bundle (no {BUNDLE_FILE}); create one with 'edgetransfer train' or 'edgetransfer run'")
+    return json.loads(p.read_text())
+
+
+def register_artifact(bundle: Path, file: str) -> None:
+    """Add ``file`` (validated against its manifest) to bundle.json's artifact list, atomically."""
+    info = read_bundle(bundle)
+    m = read_manifest(Path(bundle) / file)
+    arts = [a for a in info.get("artifacts", []) if a["file"] != file]
+    arts.append({"file": file, "format": m.format, "precision": m.precision, "sha256": m.sha256})
+    order = {CHECKPOINT: 0, ONNX_FP32: 1}
+    arts.sort(key=lambda a: order.get(a["file"], 2))
+    info["artifacts"] = arts
+    atomic_write_json(Path(bundle) / BUNDLE_FILE, info)
+
+
+def _folder_from_bundle(info: dict[str, Any], key: str) -> ImageFolder:
+    ds = info["dataset"]
+    names = ds["class_names"]
+    idx = {n: i for i, n in enumerate(names)}
+    files = ds[key]
+    missing = [f for f, _ in files if not Path(f).is_file()]
+    if missing:
+        raise DataError(f"images recorded in the bundle are missing on this machine (e.g. {missing[0]}); re-run 'edgetransfer train' here")
+    return ImageFolder(Path(ds["train_root" if key == "train_files" else "val_root"]), names, [Sample(Path(f), idx[c]) for f, c in files])
+
+
+def parity_arrays(info: dict[str, Any], spec: PreprocessSpec):
+    """Preprocessed validation images for parity checks (evenly spaced, at most PARITY_MAX_IMAGES)."""
+    val = _folder_from_bundle(info, "val_files")
+    s = val.samples
+    if len(s) > PARITY_MAX_IMAGES:
+        step = len(s) / PARITY_MAX_IMAGES
+        s = [s[int(i * step)] for i in range(PARITY_MAX_IMAGES)]
+    return load_arrays(s, spec)
+
+
+def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
+    """Resolve the split, write bundle.json, train, register the checkpoint."""
+    from .train import train
+
+    out = Path(out)
+    train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
+    skipped = train_set.skipped + [s for s in val_set.skipped if s not in train_set.skipped]
+    log(f"data: {how}; {len(train_set)} training and {len(val_set)} validation images, classes {train_set.class_names}")
+    for s in skipped:
+        log(f"[yellow]skipped {s['path']}: {s['reason']}")
+    out.mkdir(parents=True, exist_ok=True)
+    info = {
+        "edgetransfer_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "target": target.name if target else None,
+        "dataset": {
+            "data": str(data), "split": how, "class_names": train_set.class_names,
+            "train_root": str(train_set.root), "val_root": str(val_set.root),
+            "num_train": len(train_set), "num_val": len(val_set),
+            "train_counts": train_set.counts(), "val_counts": val_set.counts(),
+            "skipped": skipped, "num_skipped": len(skipped),
+            "train_files": [[str(s.path), train_set.class_names[s.label]] for s in train_set.samples],
+            "val_files": [[str(s.path), train_set.class_names[s.label]] for s in val_set.samples],
+            "training": {"num_images": len(train_set), "counts": train_set.counts()},
+        },
+        "artifacts": [],
+    }
+    atomic_write_json(out / BUNDLE_FILE, info)
+    res = train(train_set, val_set, out, cfg)
+    register_artifact(out, CHECKPOINT)
+    return res
+
+
+def stage_export(bundle: Path, target: Target, cfg=None):
+    from .export.onnx import ExportConfig, onnx_from_torch
+
+    bundle = Path(bundle)
+    info = read_bundle(bundle)
+    ck = read_manifest(bundle / CHECKPOINT)
+    x, _ = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
+    m = onnx_from_torch(bundle / CHECKPOINT, bundle / ONNX_FP32, x, opset_max=target.opset_max, target=target.name, cfg=cfg or ExportConfig())
+    register_artifact(bundle, ONNX_FP32)
+    return m
+
+
+def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None):
+    from .quantize.calibration import load_recipe, select_calibration_set
+    from .quantize.int8 import qdq_int8_from_onnx
+
+    target.require_precision("int8")
+    bundle = Path(bundle)
+    info = read_bundle(bundle)
+    recipe = load_recipe(recipe_name or target.quantization.calibration)
+    fp32 = read_manifest(bundle / ONNX_FP32)
+    train = _folder_from_bundle(info, "train_files")
+    calib = select_calibration_set(train, recipe)
+    x, y = parity_arrays(info, PreprocessSpec.from_dict(fp32.preprocessing))
+    m = qdq_int8_from_onnx(bundle / ONNX_FP32, bundle / ONNX_INT8, calib, target.quantization, recipe, parity_x=x, parity_y=y, target=target.name)
+    register_artifact(bundle, ONNX_INT8)
+    return m
+
+
+def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, settings: BenchSettings = BenchSettings()):
+    return benchmark_bundle(Path(bundle), target, data=data, settings=settings)
+
+
+def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, export_cfg=None,
+        recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2) -> dict[str, Any]:
+    """The main job: train -> export -> quantize -> benchmark. Validates settings before work."""
+    tgt = load_target(target)
+    if not Path(data).is_dir():
+        raise DataError(f"--data {data} is not a directory; pass an ImageFolder (DIR/<class>/<images>)")
+    if "int8" in map(str, tgt.precisions):
+        from .quantize.calibration import load_recipe
+
+        load_recipe(recipe or tgt.quantization.calibration)  # fail fast on a bad recipe
+    times = {}
+    t = time.perf_counter()
+    stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
+    times["train_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    stage_export(Path(out), tgt, export_cfg)
+    times["export_s"] = time.perf_counter() - t
+    if tgt.supports("int8"):
+        t = time.perf_counter()
+        stage_quantize(Path(out), tgt, recipe)
+        times["quantize_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    report = stage_benchmark(Path(out), tgt, None, settings)
+    times["benchmark_s"] = time.perf_counter() - t
+    report["stage_seconds"] = times
+    from .bench.report import write_report
+
+    write_report({k: v for k, v in report.items() if k != "schema_version"}, Path(out))
+    return report

@@ -1,0 +1,38 @@
+"""Progress bars for every long loop (Rich). Quiet mode turns them off (tests, --json)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import sys
+
+# not a terminal (CI logs, pipes): wide enough that the report table is not cut
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+_quiet = bool(os.environ.get("EDGETRANSFER_QUIET"))
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def log(msg: str) -> None:
+    if not _quiet:
+        console.print(msg)
+
+
+@contextlib.contextmanager
+def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """``with task("Extracting features", total=n) as advance: advance(k)``."""
+    if _quiet:
+        yield lambda k=1: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as prog:
+        tid = prog.add_task(description, total=total)
+        yield lambda k=1: prog.advance(tid, k)

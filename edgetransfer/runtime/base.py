@@ -1,0 +1,123 @@
+"""The Runner protocol and the (format, runtime) registry."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..artifacts import Manifest
+from ..errors import ConfigError, EdgeTransferError
+from ..types import Format, Runtime
+
+_REGISTRY: dict[tuple[Format, Runtime], type["Runner"]] = {}
+
+
+class RunnerUnavailable(EdgeTransferError):
+    """The runtime a runner needs is not installed (or cannot run on this host)."""
+
+
+def register_runner(fmt: Format | str, runtime: Runtime | str):
+    """Class decorator: ``@register_runner(Format.ONNX, Runtime.ONNXRUNTIME)``."""
+
+    def deco(cls: type[Runner]) -> type[Runner]:
+        cls.format, cls.runtime = Format(fmt), Runtime(runtime)
+        _REGISTRY[(Format(fmt), Runtime(runtime))] = cls
+        return cls
+
+    return deco
+
+
+def registered() -> list[tuple[Format, Runtime]]:
+    return sorted(_REGISTRY, key=lambda k: (k[0].value, k[1].value))
+
+
+def get_runner_class(fmt: Format | str, runtime: Runtime | str) -> type["Runner"]:
+    key = (Format(fmt), Runtime(runtime))
+    if key not in _REGISTRY:
+        raise ConfigError(f"no runner for format {key[0]} on runtime {key[1]}; registered: "
+                          + ", ".join(f"{f}/{r}" for f, r in registered()))
+    return _REGISTRY[key]
+
+
+def available_runtimes(fmt: Format | str) -> list[Runtime]:
+    return [r for (f, r), cls in _REGISTRY.items() if f == Format(fmt) and cls.is_available()]
+
+
+class Runner(ABC):
+    """Runs one artifact. Life cycle: ``activate()`` -> ``infer(feeds)`` ... -> ``deactivate()``
+    (also a context manager). ``feeds``/outputs map tensor names to numpy arrays.
+
+    ``threads``: intra-op threads (0 = the runtime's default, all cores).
+    """
+
+    format: ClassVar[Format]
+    runtime: ClassVar[Runtime]
+    backend_module: ClassVar[str] = ""
+    extra: ClassVar[str] = ""
+
+    def __init__(self, path: str | Path, manifest: Manifest | None = None, *, threads: int = 0, options: dict[str, Any] | None = None):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.threads = int(threads)
+        self.options = dict(options or {})
+        self.active = False
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return not cls.backend_module or importlib.util.find_spec(cls.backend_module) is not None
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
+        return f"{cls.runtime} is not installed here: pip install 'edgetransfer[{cls.extra}]'"
+
+    # -- interface -------------------------------------------------------------------------
+    @abstractmethod
+    def activate(self) -> None: ...
+
+    @abstractmethod
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def deactivate(self) -> None:
+        self.active = False
+
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        """``[{"name", "shape", "dtype"}]``; a str in shape is a dynamic axis."""
+        if self.manifest and self.manifest.inputs:
+            return self.manifest.inputs
+        return [{"name": "input", "shape": ["batch", 3, 224, 224], "dtype": "float32"}]
+
+    @property
+    def execution_provider(self) -> str:
+        return str(self.runtime)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def validate(self, feeds: dict[str, np.ndarray]) -> None:
+        """Check names, rank, static dims and dtype of ``feeds``; ConfigError says what was expected."""
+        for spec in self.input_specs:
+            name = spec["name"]
+            if name not in feeds:
+                raise ConfigError(f"{self.path.name}: missing input {name!r}; expected inputs {[s['name'] for s in self.input_specs]}")
+            a = feeds[name]
+            shape = spec["shape"]
+            if a.ndim != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(shape, a.shape)):
+                raise ConfigError(f"{self.path.name}: input {name!r} has shape {tuple(a.shape)}, expected {shape} (layout NCHW)")
+            if str(a.dtype) != spec.get("dtype", "float32"):
+                raise ConfigError(f"{self.path.name}: input {name!r} has dtype {a.dtype}, expected {spec.get('dtype', 'float32')}")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits for one preprocessed batch ``x`` float32 (B, 3, S, S) -> (B, num_classes)."""
+        name = self.input_specs[0]["name"]
+        out = self.infer({name: x})
+        return next(iter(out.values()))
+
+    def __enter__(self) -> "Runner":
+        self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()

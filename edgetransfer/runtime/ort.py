@@ -1,0 +1,56 @@
+"""ONNX Runtime runner for .onnx (fp32, fp16, INT8 QDQ) files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import require
+from ..types import Format, Runtime
+from .base import Runner, register_runner
+
+
+def make_session(path, threads: int = 0, providers: list[str] | None = None, optimize: bool = True):
+    """An ``onnxruntime.InferenceSession`` with ``threads`` intra-op threads (0 = default) and
+    graph optimisations ALL (or none with ``optimize=False``)."""
+    ort = require("onnxruntime", "device", "ONNX Runtime inference")
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3
+    avail = ort.get_available_providers()
+    prov = [p for p in (providers or ["CPUExecutionProvider"]) if p in avail] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=so, providers=prov)
+
+
+@register_runner(Format.ONNX, Runtime.ONNXRUNTIME)
+class OnnxRuntimeRunner(Runner):
+    backend_module = "onnxruntime"
+    extra = "device"
+
+    def activate(self) -> None:
+        self.session = make_session(self.path, self.threads, self.options.get("providers"), self.options.get("optimize", True))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.active = True
+
+    @property
+    def input_specs(self):
+        if getattr(self, "session", None) is not None:
+            return [{"name": i.name, "shape": [d if isinstance(d, int) else str(d) for d in i.shape],
+                     "dtype": {"tensor(float)": "float32", "tensor(float16)": "float16"}.get(i.type, i.type)}
+                    for i in self.session.get_inputs()]
+        return super().input_specs
+
+    @property
+    def execution_provider(self) -> str:
+        return self.session.get_providers()[0] if getattr(self, "session", None) else "CPUExecutionProvider"
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outs))
+
+    def deactivate(self) -> None:
+        self.session = None
+        super().deactivate()
