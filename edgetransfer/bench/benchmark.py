@@ -177,7 +177,14 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
     notes = []
     if Precision.FP16 not in target.precisions:
-        notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it")
+        fp16 = [p.name for p, m in arts if m.precision == Precision.FP16]
+        notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it"
+                     + (f" ({', '.join(fp16)} exists for GPU targets; do not deploy it here)" if fp16 else ""))
+    for p, m in arts:
+        if m.details.get("status") == Status.BUDGET_EXCEEDED:
+            b = m.details.get("budget", {})
+            notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
+                         f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
     bj = bundle / BUNDLE_FILE
     bundle_info = json.loads(bj.read_text()) if bj.is_file() else {}
     report = {
@@ -237,6 +244,8 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                 stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s)
             row["latency"].append(stats.to_dict())
         row["rss_mib"] = max(0.0, rss_mib() - rss0)
+        if manifest.details.get("status") == Status.BUDGET_EXCEEDED:  # measured, but never reported as fine
+            row.update(status=str(Status.BUDGET_EXCEEDED), error="over the target's accuracy budget (see its manifest)")
     except Exception as exc:  # a failing artifact is a row with its error, never a crash
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
     finally:
