@@ -10,12 +10,14 @@ tests/test_calibration.py):
 - ``entropy`` searches the clipping threshold that minimises the KL divergence between the
   ``num_bins``-bin histogram and its ``num_quantized_bins``-level quantization. With
   ``num_bins == num_quantized_bins`` (ORT's defaults: 128 and 128, and ``quantize_static``
-  has no option to change them) there is exactly one candidate, the full range, and the
-  result is clipped to the observed [min, max]: **entropy == minmax**, byte for byte. The
+  has no option to change them) and one histogram of all calibration outputs (what
+  ``quantize_static`` builds) there is exactly one candidate, the full range, clipped to the
+  observed [min, max]: **entropy == minmax**, byte for byte. The
   recipe therefore states ``num_bins`` (default 2048, TensorRT's histogram calibrator) and
   ``num_quantized_bins`` (128), the calibrator is built here with them, and a recipe with
   ``num_bins <= num_quantized_bins`` is rejected.
-- ``percentile`` at 100 keeps the observed [min, max]: **percentile 100 == minmax**, so
+- ``percentile`` at 100 clips nothing: the observed [min, max] rounded inward to the histogram
+  grid, i.e. **percentile 100 == minmax up to one bin** (2 max|x| / ``num_bins``), so
   ``percentile`` must be < 100.
 - minmax / entropy (2048 bins) / percentile (< 100) then give different ranges on any tensor
   whose distribution has tails.
@@ -81,7 +83,7 @@ class CalibrationRecipe:
             raise ConfigError(f"calibration recipe {self.name!r}: method must be one of {METHODS} (got {self.method!r})")
         if not 50.0 < self.percentile < 100.0:
             raise ConfigError(f"calibration recipe {self.name!r}: percentile must be in (50, 100) (got {self.percentile}); "
-                              "percentile 100 keeps the observed [min, max] and is the same as method: minmax")
+                              "percentile 100 clips nothing and gives the minmax ranges up to one histogram bin: use method: minmax")
         if self.batch_size < 1 or self.num_bins < 16 or self.num_quantized_bins < 2:
             raise ConfigError(f"calibration recipe {self.name!r}: batch_size >= 1, num_bins >= 16 and num_quantized_bins >= 2 required")
         if self.method == "entropy" and self.num_bins <= self.num_quantized_bins:
