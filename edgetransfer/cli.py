@@ -192,8 +192,11 @@ def benchmark(
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Accuracy and latency of every artifact in BUNDLE on this machine (report.json/.md in BUNDLE),
-    or with --device on your own boards over SSH (one section per board, BUNDLE/devices/report.md)."""
+    """Accuracy and latency of every artifact in BUNDLE here, or with --device on your boards over SSH.
+
+    Without --device: measured on this machine, report.json/.md written into BUNDLE. With --device
+    (repeatable): the boards of the inventory run the benchmark in parallel; the combined report
+    goes to BUNDLE/devices/ (or --report-dir). --target overrides the devices' targets."""
     settings = _settings(bench_batch, warmup, iterations, min_seconds, threads, max_samples)
     set_quiet(quiet or as_json)
     if device:
@@ -349,8 +352,7 @@ def devices_check(
     record: Optional[Path] = typer.Option(None, "--record", help="also save the board's raw state files here (test-fixture layout)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Connect and show what the board is: arch, OS, L4T/JetPack, Python, edgetransfer[device] and
-    runtimes, free disk, power mode / clocks / temperatures."""
+    """Connect and show what the board is (arch, OS, L4T/JetPack, Python, runtimes, disk, power state)."""
     from .remote.bench import check_device
     from .remote.inventory import Inventory
 
@@ -364,33 +366,35 @@ def devices_check(
         return
     st, rem, ver = res["state"], res["remote"], res["version"]
     mods = rem.get("modules") or {}
+    rows = [("architecture", f"{st.get('arch') or rem.get('machine')}"),
+            ("OS", f"{st.get('os') or '?'}; kernel {st.get('kernel') or '?'}"),
+            ("model", st.get("model") or "—"),
+            ("L4T / JetPack", (f"L4T {st['l4t']}" + (f", JetPack {st['jetpack']}" if st.get("jetpack") else " (JetPack not in the table)"))
+             if st.get("l4t") else "— (not a Jetson)"),
+            ("Python", f"{rem.get('python_version')} ({rem.get('python')})")]
+    if ver:
+        missing = ver.get("device_extra_missing") or []
+        rows += [("edgetransfer", f"{ver['remote']} ({ver['relation']}; this workstation has {ver['local']})"),
+                 ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")]
+    else:
+        rows.append(("edgetransfer", f"ERROR: {res['version_error']}"))
+    rts = [f"{m} {v}" for m, v in mods.items() if m in ("onnxruntime", "tensorrt", "openvino", "torch") and v]
+    rows.append(("runtimes", ", ".join(rts) or "none"))
+    if rem.get("onnxruntime_providers"):
+        rows.append(("ORT providers", ", ".join(rem["onnxruntime_providers"])))
+    free = st.get("free_disk_mib")
+    rows.append(("free disk", f"{free / 1024:.1f} GiB (at {dev.workdir})" if free is not None else "?"))
+    rows.append(("state", res["summary"]))
+    rows += [("warning", w) for w in res["warnings"]]
+    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(show_header=False, title=f"{name} ({res['host']})")
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("architecture", f"{st.get('arch') or rem.get('machine')}")
-    t.add_row("OS", f"{st.get('os') or '?'}; kernel {st.get('kernel') or '?'}")
-    t.add_row("model", st.get("model") or "—")
-    t.add_row("L4T / JetPack", f"L4T {st['l4t']}" + (f", JetPack {st['jetpack']}" if st.get("jetpack") else " (JetPack not in the table)") if st.get("l4t") else "— (not a Jetson)")
-    t.add_row("Python", f"{rem.get('python_version')} ({rem.get('python')})")
-    if ver:
-        t.add_row("edgetransfer", f"{ver['remote']} ({ver['relation']} to this workstation's {ver['local']})")
-        missing = ver.get("device_extra_missing") or []
-        t.add_row("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")
-    else:
-        t.add_row("edgetransfer", f"[red]{res['version_error']}")
-    rts = [f"{m} {v}" for m, v in mods.items() if m in ("onnxruntime", "tensorrt", "openvino", "torch") and v]
-    t.add_row("runtimes", ", ".join(rts) or "none")
-    if rem.get("onnxruntime_providers"):
-        t.add_row("ORT providers", ", ".join(rem["onnxruntime_providers"]))
-    free = st.get("free_disk_mib")
-    t.add_row("free disk", f"{free / 1024:.1f} GiB (at {dev.workdir})" if free is not None else "?")
-    t.add_row("state", res["summary"])
-    for w in res["warnings"]:
-        t.add_row("warning", f"[yellow]{w}")
-    from rich.console import Console
-
+    for k, v in rows:  # Text: values are shown verbatim (no Rich markup: 'edgetransfer[device]' stays)
+        t.add_row(Text(k), Text(str(v), style="yellow" if k == "warning" else ("red" if v.startswith("ERROR") else "")))
     Console(width=None if sys.stdout.isatty() else 160).print(t)
     if res["version_error"]:
         raise SystemExit(2)
@@ -402,8 +406,7 @@ def devices_trust(
     fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="the SHA256:... fingerprint you verified on the board (non-interactive)"),
     inventory: Optional[Path] = InventoryOpt,
 ):
-    """Accept a board's SSH host key deliberately: shows its fingerprint, then records it in known_hosts
-    after you confirm it (or it matches --fingerprint)."""
+    """Accept a board's SSH host key deliberately: show its fingerprint, record it once confirmed."""
     import asyncio
 
     from .errors import HostKeyError
@@ -429,7 +432,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except EdgeTransferError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # escaped: "pip install 'edgetransfer[device]'" stays
         raise SystemExit(exc.exit_code)
     except typer.Abort:
         raise SystemExit(130)

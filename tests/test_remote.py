@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sshboard import CutProxy, LoopbackBoard, free_port, keygen, missing_reason, public_key
+from .sshboard import CutProxy, LoopbackBoard, free_port, keygen, missing_reason, public_key
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
@@ -64,7 +64,7 @@ def bundle(tmp_path_factory):
     synthetic ImageFolder, exported (TorchScript exporter, fast) and INT8-quantized."""
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
-    from conftest import make_image_folder
+    from .conftest import make_image_folder
     from edgetransfer.export.onnx import ExportConfig
     from edgetransfer.pipeline import stage_export, stage_quantize, stage_train
     from edgetransfer.train import TrainConfig
@@ -286,3 +286,34 @@ def test_incompatible_remote_version_says_what_to_install(env, tmp_path):
     res = check_device(dev)
     assert res["remote"]["edgetransfer"] == "0.0.3"
     assert "incompatible" in res["version_error"] and f"{sys.executable} -m pip install 'edgetransfer[device]==0.1.0'" in res["version_error"]
+
+
+def test_data_folder_mode_and_devices_check_cli(env, bundle, tmp_path):
+    """--data DIR with --device: the ImageFolder is sent and passed on; `devices check` prints the board."""
+    from typer.testing import CliRunner
+
+    from edgetransfer.cli import app
+    from edgetransfer.remote.bench import benchmark_on_devices
+
+    a = env["boards"][1]
+    dev = device(env, "board-b", a.port, tmp_path / "remote")
+    data = bundle.parent / "data"  # all 24 images, 3 classes
+    settings = BenchSettings(batch_sizes=(1,), warmup=1, min_iterations=3, min_seconds=0.0, max_samples=9)
+    local = benchmark_bundle(bundle, load_target("x86-cpu"), data=data, settings=settings, write=False)
+    comb = benchmark_on_devices(bundle, [dev], data=data, settings=settings, report_dir=tmp_path / "rep")
+    sec = comb["devices"][0]
+    assert sec["status"] == "ok", sec["error"]
+    assert sec["transfer"]["files_sent"] == 6 + 24 + 1
+    assert sec["report"]["dataset"]["num_images"] == local["dataset"]["num_images"] == 9
+    lrows = {r["name"]: r for r in local["results"]}
+    for r in sec["report"]["results"]:
+        if r["runtime"] == "onnxruntime":
+            assert r["accuracy"] == lrows[r["name"]]["accuracy"]
+    inv = Inventory(tmp_path / "devices.yaml", {"board-b": dev})
+    inv.save()
+    r = CliRunner().invoke(app, ["devices", "check", "board-b", "--inventory", str(inv.path), "--record", str(tmp_path / "rec")])
+    assert r.exit_code == 0, r.output
+    for text in ("architecture", platform.machine(), "edgetransfer", f"{__version__} (same; this workstation has {__version__})", "edgetransfer[device]", "installed",
+                 "onnxruntime", "free disk"):
+        assert text in r.output, r.output
+    assert (tmp_path / "rec" / "_commands" / "uname+-m.txt").read_text().strip() == platform.machine()

@@ -19,8 +19,9 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
-def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the summary table: one row per artifact x runtime x batch size."""
+def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the summary table: one row per artifact x runtime x batch size
+    (``with_errors``: a failed/unavailable row's status carries the start of its error)."""
     header = ["artifact", "precision", "runtime", "status", "MiB", "top-1", "agree fp32", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s"]
     rows = []
     for r in report["results"]:
@@ -28,7 +29,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         lats = r.get("latency") or [None]
         for lat in lats:
             rows.append([
-                r["name"], r["precision"], r["runtime"], r["status"] if not r.get("error") else f"{r['status']}: {r['error'][:60]}",
+                r["name"], r["precision"], r["runtime"], r["status"] if not (r.get("error") and with_errors) else f"{r['status']}: {r['error'][:60]}",
                 _fmt(r.get("size_mib")), _fmt(acc.get("top1"), 4), _fmt(acc.get("agreement_with_fp32"), 4),
                 _fmt(lat and lat["batch_size"]), _fmt(lat and lat["p50_ms"]), _fmt(lat and lat["p90_ms"]),
                 _fmt(lat and lat["p99_ms"]), _fmt(lat and lat["throughput_ips"], 1),
@@ -105,7 +106,7 @@ def device_table_rows(combined: dict[str, Any]) -> tuple[list[str], list[list[st
             err = (sec.get("error") or "").replace("\n", " ")
             rows.append([sec["device"], "—", "—", "—", f"failed ({sec.get('stage')}): {err[:90]}"] + ["—"] * 6 + [_temps(sec)])
             continue
-        header, trows = table_rows(sec["report"])
+        header, trows = table_rows(sec["report"], with_errors=False)
         idx = [header.index(h) for h in _PICK]
         for r in trows:
             rows.append([sec["device"]] + [r[i] for i in idx] + [_temps(sec)])
@@ -157,8 +158,10 @@ def devices_to_markdown(combined: dict[str, Any]) -> str:
             ds = rep.get("dataset", {})
             lines += ["", f"CPU {env.get('cpu', '?')} ({env.get('threads', '?')} threads); {ds.get('num_images', '?')} validation images.", ""]
             lines += _md_table(*table_rows(rep))
-            for n in rep.get("notes") or []:
-                lines.append(f"- {n}")
+            errs = [f"- `{r['name']}` [{r['runtime']}] {r['status']}: {r['error']}" for r in rep.get("results", []) if r.get("error")]
+            notes = [f"- {n}" for n in rep.get("notes") or []]
+            if errs or notes:
+                lines += [""] + errs + notes
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +189,8 @@ def print_devices_table(combined: dict[str, Any]) -> None:
         t.add_row(*row)
     con = Console(width=None if sys.stdout.isatty() else 180)
     con.print(t)
+    from rich.markup import escape
+
     for sec in combined["devices"]:
         for w in sec.get("warnings") or []:
-            con.print(f"[yellow]{sec['device']}: {w}")
+            con.print(f"[yellow]{escape(sec['device'] + ': ' + w)}")

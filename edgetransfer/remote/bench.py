@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from .. import __version__
 from ..bench.benchmark import BenchSettings
 from ..errors import EdgeTransferError, InventoryError, RemoteError, RemoteVersionError
@@ -26,7 +28,7 @@ from ..progress import log
 from ..targets import Target, load_target
 from .boardstate import BoardSnapshot, BoardState, parse_snapshot, snapshot_script, state_summary, state_warnings
 from .inventory import Device
-from .ssh import asyncssh, connect, run, shell_join
+from .ssh import asyncssh, connect, error_reason, is_connection_lost, run, shell_join
 from .sync import BundlePlan, SendItem, TransferStats, plan_bundle, sync
 
 REPORT_DIR = "devices"
@@ -186,7 +188,7 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                            "seconds": {}, "started_at": time.time(), "finished_at": None, "report": None}
     t0 = time.perf_counter()
     before = after = None
-    say = lambda msg: log(f"[bold]{device.name}[/]: {msg}")  # noqa: E731
+    say = lambda msg: log(f"[bold]{device.name}[/]: {escape(msg)}")  # noqa: E731
     try:
         conn = await connect(device)
         async with conn:
@@ -221,7 +223,7 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                     await sftp.remove(report_path)
                 argv = benchmark_argv(device, workdir, remote_dir, remote_target, settings,
                                       posixpath.join(remote_dir, "data") if plan.data_mode else None)
-                say(f"running {' '.join(argv[-8:]) if len(argv) > 8 else ' '.join(argv)}")
+                say(f"running {shell_join(argv)}")
                 t = time.perf_counter()
                 try:
                     r = await run(conn, argv, timeout=device.timeout_s)
@@ -247,15 +249,18 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
     except EdgeTransferError as exc:
         sec.update(error=str(exc), error_type=type(exc).__name__)
     except (a.Error, OSError, asyncio.TimeoutError) as exc:
-        sec.update(error=f"{device.name} ({device.destination}): connection lost during {sec['stage']}: "
-                         f"{getattr(exc, 'reason', None) or exc or type(exc).__name__}; re-run the same command", error_type="RemoteError")
+        if is_connection_lost(exc) or isinstance(exc, asyncio.TimeoutError):
+            msg = f"connection lost during {sec['stage']}: {error_reason(exc)}; re-run the same command"
+        else:
+            msg = f"the board refused an operation during {sec['stage']}: {error_reason(exc)}"
+        sec.update(error=f"{device.name} ({device.destination}): {msg}", error_type="RemoteError")
     sec["warnings"] = state_warnings(before, after) if (before or after) else []
     sec["seconds"]["total"] = time.perf_counter() - t0
     sec["finished_at"] = time.time()
     if sec["status"] == "ok":
         say(f"done in {sec['seconds']['total']:.1f} s" + (f"; {len(sec['warnings'])} warning(s)" if sec["warnings"] else ""))
     else:
-        say(f"[red]failed during {sec['stage']}[/]: {sec['error']}")
+        say(f"failed during {sec['stage']}: {sec['error']}")
     return sec
 
 

@@ -451,4 +451,6 @@ def state_summary(st: BoardState | None) -> str:
         parts.append(f"max {st.max_temp_c:.1f} °C")
     if st.throttled:
         parts.append(f"throttled={st.throttled['raw']}")
+    if not st.cpus and not st.thermal and not st.is_jetson and not st.throttled:
+        parts.append("no cpufreq/thermal data readable (a VM or container?)")
     return ", ".join(parts)

@@ -124,6 +124,18 @@ def connection_error(device: Device, exc: BaseException) -> RemoteError:
     return RemoteConnectionError(f"{device.name} ({dest}): {type(exc).__name__}: {exc}")
 
 
+def is_connection_lost(exc: BaseException) -> bool:
+    """True for a broken link (as opposed to the board refusing an SFTP operation)."""
+    a = asyncssh()
+    if isinstance(exc, a.SFTPError):
+        return isinstance(exc, a.SFTPConnectionLost)
+    return isinstance(exc, (a.DisconnectError, ConnectionError, EOFError, OSError))
+
+
+def error_reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or exc or type(exc).__name__)
+
+
 async def connect(device: Device):
     """An authenticated ``asyncssh.SSHClientConnection`` to ``device`` (use ``async with``).
 

@@ -33,7 +33,7 @@ from ..bench.benchmark import BUNDLE_FILE, discover_artifacts, load_validation, 
 from ..data import scan_image_folder
 from ..errors import ArtifactError, RemoteError, TransferError
 from .inventory import Device
-from .ssh import asyncssh, run, shell_join
+from .ssh import asyncssh, error_reason, is_connection_lost, run, shell_join
 
 CHUNK_BYTES = 256 * 1024
 PARALLEL_FILES = 8
@@ -286,9 +286,13 @@ async def sync(conn, sftp, device: Device, items: list[SendItem], remote_dir: st
         stats.sent = [i.rel for i in todo]
     except (a.Error, OSError) as exc:
         stats.seconds = time.perf_counter() - t0
+        if not is_connection_lost(exc):
+            raise TransferError(
+                f"{device.name} refused a file operation while sending {current or 'files'}: {error_reason(exc)}; check that the "
+                f"login can write to its workdir ({remote_dir}) and that the board has free disk") from exc
         raise TransferError(
             f"the connection to {device.name} ({device.destination}) broke while sending {current or 'files'} "
-            f"({stats.bytes_sent / 2**20:.2f} MiB sent in this run): {getattr(exc, 'reason', None) or exc or type(exc).__name__}. "
+            f"({stats.bytes_sent / 2**20:.2f} MiB sent in this run): {error_reason(exc)}. "
             "Nothing on this workstation was changed; re-run the same command to resume — files already on the board are "
             "not sent again and a partly sent file continues where it stopped") from exc
     stats.seconds = time.perf_counter() - t0
