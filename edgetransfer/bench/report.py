@@ -104,7 +104,8 @@ def device_table_rows(combined: dict[str, Any]) -> tuple[list[str], list[list[st
     for sec in combined["devices"]:
         if sec["status"] != "ok" or not sec.get("report"):
             err = (sec.get("error") or "").replace("\n", " ")
-            rows.append([sec["device"], "—", "—", "—", f"failed ({sec.get('stage')}): {err[:90]}"] + ["—"] * 6 + [_temps(sec)])
+            err = err if len(err) <= 110 else err[:109] + "…"
+            rows.append([sec["device"], "—", "—", "—", f"failed ({sec.get('stage')}): {err}"] + ["—"] * 6 + [_temps(sec)])
             continue
         header, trows = table_rows(sec["report"], with_errors=False)
         idx = [header.index(h) for h in _PICK]

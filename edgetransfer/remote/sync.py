@@ -143,9 +143,11 @@ class TransferStats:
     seconds: float = 0.0
     sent: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, max_names: int = 100) -> dict[str, Any]:
+        """For the report: the names of at most ``max_names`` sent files (``sent_more`` counts the rest)."""
         d = asdict(self)
         d["mib_sent"] = self.bytes_sent / 2**20
+        d["sent"], d["sent_more"] = self.sent[:max_names], max(0, len(self.sent) - max_names)
         return d
 
     def summary(self) -> str:
