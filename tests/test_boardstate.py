@@ -116,3 +116,19 @@ def test_snapshot_script_runs_here(tmp_path):
         assert st.os
     if Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").is_file():
         assert st.governors
+
+
+def test_board_not_matching_its_target_is_a_warning():
+    from dataclasses import replace
+
+    from edgetransfer.remote.bench import target_warnings
+    from edgetransfer.targets import load_target
+
+    x86 = load_target("x86-cpu")
+    orin = state("jetson-orin-nano-jp512-7w")
+    w = target_warnings(x86, orin)
+    assert len(w) == 1 and "the board is aarch64 but its target x86-cpu describes x86_64" in w[0]
+    jp6 = replace(x86, name="jetson-orin-nano", arch="aarch64", l4t="36.4")
+    w = target_warnings(jp6, orin)
+    assert len(w) == 1 and "L4T 35.4.1, its target jetson-orin-nano is for L4T 36.4" in w[0]
+    assert target_warnings(replace(jp6, l4t="35.4.1"), orin) == [] and target_warnings(replace(jp6, l4t="35.4"), orin) == []

@@ -156,6 +156,22 @@ def check_version(device: Device, info: dict[str, Any]) -> dict[str, Any]:
     return {"local": __version__, "remote": remote, "relation": rel, "note": note, "device_extra_missing": missing}
 
 
+def target_warnings(target: Target, st: BoardState | None) -> list[str]:
+    """The board does not match its target profile: CPU architecture, or L4T release (TensorRT
+    engines built for one L4T/TensorRT do not load on another)."""
+    out: list[str] = []
+    if st is None:
+        return out
+    arch = {"arm64": "aarch64"}.get(st.arch or "", st.arch)
+    if st.arch and target.arch and arch != target.arch:
+        out.append(f"the board is {st.arch} but its target {target.name} describes {target.arch}: pick the board's target profile "
+                   "(edgetransfer targets list) in the inventory or with --target")
+    if target.l4t and st.is_jetson and not (st.l4t == target.l4t or st.l4t.startswith(str(target.l4t) + ".")):
+        out.append(f"the board runs L4T {st.l4t}, its target {target.name} is for L4T {target.l4t}: engines built for one do not "
+                   "load on the other; flash the board or choose the matching target")
+    return out
+
+
 async def board_state(conn, workdir: str | None = None) -> tuple[BoardSnapshot, BoardState]:
     r = await run(conn, shell_join(["sh", "-c", snapshot_script(workdir)]), timeout=60)
     snap = parse_snapshot(r.stdout or "")
@@ -254,7 +270,7 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
         else:
             msg = f"the board refused an operation during {sec['stage']}: {error_reason(exc)}"
         sec.update(error=f"{device.name} ({device.destination}): {msg}", error_type="RemoteError")
-    sec["warnings"] = state_warnings(before, after) if (before or after) else []
+    sec["warnings"] = (state_warnings(before, after) + target_warnings(target, before or after)) if (before or after) else []
     sec["seconds"]["total"] = time.perf_counter() - t0
     sec["finished_at"] = time.time()
     if sec["status"] == "ok":
@@ -312,8 +328,11 @@ async def _check(device: Device) -> dict[str, Any]:
         version_error = None
     except RemoteVersionError as exc:
         version, version_error = None, str(exc)
+    warnings = state_warnings(st, None)
+    if device.target:
+        warnings += target_warnings(load_target(device.target), st)
     return {"device": device.name, "host": device.destination, "runs_in": device.runs_in, "remote": info, "version": version,
-            "version_error": version_error, "state": st.to_dict(), "summary": state_summary(st), "warnings": state_warnings(st, None),
+            "version_error": version_error, "state": st.to_dict(), "summary": state_summary(st), "warnings": warnings,
             "_snapshot": snap}
 
 
