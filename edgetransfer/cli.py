@@ -411,7 +411,7 @@ def devices_trust(
 
     from .errors import HostKeyError
     from .remote.inventory import Inventory
-    from .remote.ssh import add_known_host, fetch_host_key, key_fingerprint, known_hosts_path
+    from .remote.ssh import add_known_host, fetch_host_key, key_fingerprint
 
     dev = Inventory.load(inventory).get(name)
     key = asyncio.run(fetch_host_key(dev))

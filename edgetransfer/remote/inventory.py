@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,3 @@ class Inventory:
         del self.devices[name]
         return dev
 
-
-def with_overrides(device: Device, **kw: Any) -> Device:
-    """A copy of ``device`` with the non-``None`` fields of ``kw`` replaced (validated again)."""
-    return replace(device, **{k: v for k, v in kw.items() if v is not None})
