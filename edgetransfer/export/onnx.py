@@ -25,7 +25,7 @@ import numpy as np
 
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
 from ..errors import ConfigError, DataError, EdgeTransferError, require
-from ..progress import log
+from ..progress import log, task
 from ..types import Format, Precision
 from .parity import check_parity, compare_logits, tolerance
 
@@ -232,7 +232,8 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
         exporter, errors = None, []
         for dynamo in ([True, False] if cfg.dynamo else [False]):
             try:
-                exporter = _export(model, x, path, opset, dynamo)
+                with task(f"Exporting ONNX (opset {opset}, {'dynamo' if dynamo else 'TorchScript'})", None):
+                    exporter = _export(model, x, path, opset, dynamo)
                 break
             except Exception as exc:  # the dynamo exporter fails on some models: fall back, recorded
                 errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:500]}")
@@ -243,13 +244,15 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
         meta = {"exporter": exporter}
         graph = _finalise(path, class_names, preprocessing, meta)
         verify_dynamic_batch(path, len(class_names), input_size)
-        ref = torch_logits(model, parity_x)
+        with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
+            ref = torch_logits(model, parity_x)
         details: dict[str, Any] = {"exporter": exporter, "exporter_errors": errors, "opset": opset,
                                    "shape_inference": "onnx strict (value_info kept)", "graph": graph}
         if cfg.simplify:
             slim = path.with_name(path.stem + ".slim.onnx")
             try:
-                _simplify(path, slim)
+                with task("Simplifying with onnxslim", None):
+                    _simplify(path, slim)
                 slim_graph = _finalise(slim, class_names, preprocessing, {**meta, "simplifier": "onnxslim"})
                 verify_dynamic_batch(slim, len(class_names), input_size)
                 s_stats = compare_logits(onnx_logits(path, parity_x), onnx_logits(slim, parity_x))
@@ -263,7 +266,8 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
                                      "nodes_before": graph["nodes"], "nodes_after": slim_graph["nodes"],
                                      "parity_vs_unsimplified": s_stats.to_dict()}
             details["graph"] = slim_graph
-        stats = compare_logits(ref, onnx_logits(path, parity_x))
+        with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
+            stats = compare_logits(ref, onnx_logits(path, parity_x))
         check_parity(stats, output=OUTPUT_NAME, what="ONNX export", max_abs=tol["max_abs"], mean_abs=tol["mean_abs"],
                      min_agreement=tol["min_agreement"])
     finally:
