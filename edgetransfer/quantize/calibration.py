@@ -25,7 +25,9 @@ tests/test_calibration.py):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import time
@@ -216,7 +218,8 @@ def compute_ranges(model_path: Path, x: np.ndarray, input_name: str, recipe: Cal
         opts["num_quantized_bins"] = recipe.num_quantized_bins
     if recipe.method == "percentile":
         opts["percentile"] = recipe.percentile
-    with tempfile.TemporaryDirectory(prefix="edgetransfer-calib-") as td:
+    # ORT's calibrators print progress to stdout: keep the CLI's stdout (and --json) clean
+    with tempfile.TemporaryDirectory(prefix="edgetransfer-calib-") as td, contextlib.redirect_stdout(io.StringIO()):
         cal = create_calibrator(Path(model_path), list(op_types) if op_types else None,
                                 augmented_model_path=str(Path(td) / "augmented.onnx"), calibrate_method=method,
                                 extra_options=opts)
