@@ -20,7 +20,7 @@ exclusions, so the final figure is the one the loop optimised, not an independen
 
 Differential checks recorded in the manifest: the INT8 model's top-1 with ONNX Runtime graph
 optimisations on (fused integer kernels) and off (float Q/DQ reference semantics) — they must
-give the same top-1, else :class:`ParityError`; and the CPU features of the host (VNNI etc.: INT8
+agree within :data:`OPT_ON_OFF_TOLERANCE`, else :class:`ParityError`; and the CPU features of the host (VNNI etc.: INT8
 kernels without VNNI can saturate and give other results).
 """
 
@@ -43,6 +43,15 @@ from ..progress import log, task
 from ..targets import QuantizationPreset
 from ..types import Format, Precision, Status
 from .calibration import CalibrationRecipe, cached_ranges
+
+# ONNX Runtime with graph optimisations on runs QDQ models with fused integer kernels (QLinearConv:
+# int32 accumulation, one requantization rounding); off, it runs the reference semantics (float
+# DequantizeLinear -> op -> QuantizeLinear). With VNNI the two differ only by rounding, which can
+# flip a borderline image: measured on EfficientNet-Lite0 / hymenoptera (153 images), one
+# configuration of the benchmarks/quant_quality.py grid gave top-1 0.9608 on vs 0.9542 off
+# (prediction agreement 0.9935). Without VNNI, u8s8 products can saturate and the difference is
+# large. The tolerance separates the two: beyond it is a ParityError.
+OPT_ON_OFF_TOLERANCE = {"min_prediction_agreement": 0.98, "max_top1_diff": 0.01}
 
 # Unit counts excluded cumulatively at budget steps 1, 2, 3...: 1, 2, 4, 8, ... (doubling keeps
 # the step count logarithmic in the number of units while the first steps stay surgical).
@@ -263,12 +272,16 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
             details["optimizations_on_off"] = {"prediction_agreement": same,
                                                **({"top1_on": _top1(on, parity_y), "top1_off": _top1(off, parity_y)}
                                                   if parity_y is not None else {})}
-            if parity_y is not None and _top1(on, parity_y) != _top1(off, parity_y):
+            diff = abs(_top1(on, parity_y) - _top1(off, parity_y)) if parity_y is not None else 0.0
+            details["optimizations_on_off"]["tolerance"] = OPT_ON_OFF_TOLERANCE
+            if same < OPT_ON_OFF_TOLERANCE["min_prediction_agreement"] or diff > OPT_ON_OFF_TOLERANCE["max_top1_diff"]:
                 raise ParityError(
-                    f"INT8 model: top-1 with ONNX Runtime graph optimisations on ({_top1(on, parity_y):.4f}) differs from "
-                    f"off ({_top1(off, parity_y):.4f}) on {len(parity_y)} images (prediction agreement {same:.4f}): the fused "
-                    f"integer kernels of this CPU ({', '.join(cpu_info()['cpu_features'])}) disagree with the QDQ reference "
-                    "semantics; quantize with reduce-range weights or another preset, or report it")
+                    f"INT8 model: ONNX Runtime with graph optimisations on (fused integer kernels) and off (reference Q/DQ "
+                    f"semantics) disagree on {len(on)} images: prediction agreement {same:.4f}"
+                    + (f", top-1 {_top1(on, parity_y):.4f} vs {_top1(off, parity_y):.4f}" if parity_y is not None else "")
+                    + f" (tolerance {OPT_ON_OFF_TOLERANCE}). The integer kernels of this CPU "
+                    f"({', '.join(cpu_info()['cpu_features'])}) saturate or round differently; without VNNI, u8s8 products can "
+                    "saturate (ONNX Runtime recommends reduce_range then). Try another preset, or report it")
         onnx = require("onnx", "export")
         opset = graph_opset(onnx.load(str(chosen["path"]), load_external_data=False))
         if opset_max is not None and opset > opset_max:

@@ -109,21 +109,27 @@ def find_units(float_model, qdq_model) -> list[tuple[Unit, dict]]:
                 if ftensor in f_inits:
                     continue
                 key, payload = ("activation", ftensor), {"scale": scale, "zero_point": zp}
+                # the node whose output the QDQ model quantizes: ORT removes Relu/Clip after a
+                # quantized node (asymmetric activations) and quantizes that node's output instead
+                qp = producer.get(q.input[0])
+                if qp is not None and qp.op_type not in _QDQ and qp.name in f_nodes:
+                    payload = {**payload, "qdq_producer": qp.name}
             else:
                 continue
             unit, _ = units.setdefault(key, (Unit(kind=key[0], tensor=key[1]), payload))
             if node.name not in unit.nodes:
                 unit.nodes.append(node.name)
     # ORT's QDQ quantizer also quantizes the OUTPUT of a quantized node whatever its consumers are,
-    # so an activation stays in float only when its quantized producer is excluded as well.
+    # and folds a Relu/Clip that follows a quantized node into that node's output Q/DQ: an
+    # activation stays in float only when its producer in the float model (maybe such a Clip) and
+    # the node whose output carries the Q/DQ pair are excluded as well. (Excluding a node that is
+    # not quantized anyway changes nothing.)
     f_producer = {o: n.name for n in float_model.graph.node for o in n.output}
-    quantized = {n.name for n in qdq_model.graph.node
-                 if n.op_type not in _QDQ and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
-                                                  for i in n.input)}
-    for (kind, tensor), (unit, _) in units.items():
-        p = f_producer.get(tensor)
-        if kind == "activation" and p in quantized and p not in unit.nodes:
-            unit.nodes.append(p)
+    for (kind, tensor), (unit, payload) in units.items():
+        if kind == "activation":
+            for p in (f_producer.get(tensor), payload.get("qdq_producer")):
+                if p and p in f_nodes and p not in unit.nodes:
+                    unit.nodes.append(p)
     return list(units.values())
 
 
