@@ -32,6 +32,7 @@ from edgetransfer.artifacts import read_manifest  # noqa: E402
 from edgetransfer.bench.benchmark import cpu_info  # noqa: E402
 from edgetransfer.bench.latency import measure_latency  # noqa: E402
 from edgetransfer.data import PreprocessSpec, load_arrays  # noqa: E402
+from edgetransfer.errors import EdgeTransferError  # noqa: E402
 from edgetransfer.pipeline import ONNX_FP32, _folder_from_bundle, quantization_preset, read_bundle  # noqa: E402
 from edgetransfer.progress import set_quiet  # noqa: E402
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set  # noqa: E402
@@ -106,6 +107,10 @@ def main() -> None:
         r.update(speed(path, vx, args))
         return r
 
+    def failed_row(method: str, gran: str, preset_name: str, budget_on: bool, exc: Exception) -> dict:
+        return {"method": method, "granularity": gran, "preset": preset_name, "budget": "on" if budget_on else "off",
+                "status": f"error: {type(exc).__name__}: {exc}"[:400], "same_model_as_off": False}
+
     for preset_name in args.presets.split(","):
         for method in args.methods.split(","):
             recipe = load_recipe(RECIPES[method])
@@ -119,20 +124,28 @@ def main() -> None:
                 q = quantization_preset(target, None if preset_name == "target" else preset_name, gran == "per-channel")
                 tag = f"{preset_name}-{method}-{gran}"
                 p_off = out / f"{tag}.onnx"
-                m = qdq_int8_from_onnx(fp32_path, p_off, cx, q, recipe, parity_x=vx, parity_y=vy, target=target.name,
-                                       cache_dir=out / "cache", opset_max=target.opset_max)
-                off = row_from(m, p_off, method, gran, q.name, False)
+                try:
+                    m = qdq_int8_from_onnx(fp32_path, p_off, cx, q, recipe, parity_x=vx, parity_y=vy, target=target.name,
+                                           cache_dir=out / "cache", opset_max=target.opset_max)
+                except EdgeTransferError as exc:  # a failing configuration is a row with its error
+                    m, off = None, failed_row(method, gran, q.name, False, exc)
+                else:
+                    off = row_from(m, p_off, method, gran, q.name, False)
                 rows.append(off)
                 print(json.dumps(off), file=sys.stderr, flush=True)
-                if m.details["val_top1_drop"] <= budget:
+                if m is not None and m.details["val_top1_drop"] <= budget:
                     on = {**off, "budget": "on", "same_model_as_off": True, "status": "ok"}
                 else:
                     p_on = out / f"{tag}-budget.onnx"
-                    m2 = qdq_int8_from_onnx(fp32_path, p_on, cx, q, recipe, parity_x=vx, parity_y=vy, target=target.name,
-                                            cache_dir=out / "cache", opset_max=target.opset_max,
-                                            budget=AccuracyBudget(budget, args.max_steps))
-                    on = row_from(m2, p_on, method, gran, q.name, True)
-                    on["sensitivity_s"] = m2.details.get("sensitivity", {}).get("seconds")
+                    try:
+                        m2 = qdq_int8_from_onnx(fp32_path, p_on, cx, q, recipe, parity_x=vx, parity_y=vy, target=target.name,
+                                                cache_dir=out / "cache", opset_max=target.opset_max,
+                                                budget=AccuracyBudget(budget, args.max_steps))
+                    except EdgeTransferError as exc:
+                        on = failed_row(method, gran, q.name, True, exc)
+                    else:
+                        on = row_from(m2, p_on, method, gran, q.name, True)
+                        on["sensitivity_s"] = m2.details.get("sensitivity", {}).get("seconds")
                 rows.append(on)
                 print(json.dumps(on), file=sys.stderr, flush=True)
     fp16_row = None
@@ -148,8 +161,9 @@ def main() -> None:
     f_b1 = float(np.mean([s["b1_p50_ms"] for s in fp32_speed]))
     f_b8 = float(np.mean([s["b8_ips"] for s in fp32_speed]))
     for r in rows:
-        r["b1_p50_rel"] = r["b1_p50_ms"] / f_b1
-        r["b8_ips_rel"] = r["b8_ips"] / f_b8
+        if "b1_p50_ms" in r:
+            r["b1_p50_rel"] = r["b1_p50_ms"] / f_b1
+            r["b8_ips_rel"] = r["b8_ips"] / f_b8
     if fp16_row:
         fp16_row["b1_p50_rel"] = fp16_row["b1_p50_ms"] / f_b1
         fp16_row["b8_ips_rel"] = fp16_row["b8_ips"] / f_b8
@@ -160,6 +174,9 @@ def main() -> None:
     print("| preset | method | weights | budget | top-1 | drop (pt) | agree | top-1 opt off | float nodes | b1 p50 ms | b1 rel | b8 img/s | b8 rel |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "top1" not in r:
+            print(f"| {r['preset']} | {r['method']} | {r['granularity']} | {r['budget']} | {r['status']} |" + " — |" * 9)
+            continue
         print(f"| {r['preset']} | {r['method']} | {r['granularity']} | {r['budget']}{' (=off)' if r['same_model_as_off'] and r['budget'] == 'on' else ''}"
               f"{' ' + r['status'] if r['status'] not in ('ok', None) else ''} | {r['top1']:.4f} | {100 * r['top1_drop']:+.2f} | "
               f"{r['agreement']:.4f} | {r['top1_opt_off']:.4f} | {r['excluded_nodes']} | {r['b1_p50_ms']:.2f} | "

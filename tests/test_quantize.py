@@ -100,6 +100,18 @@ def test_budget_loop_excludes_the_outlier_and_meets_the_budget(data, sensitive, 
     assert ops["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
 
 
+def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
+    """conv2 alone in float sits between quantized neighbours: ORT's WeightBiasQuantization would
+    give it INT8 weights again at load time, so its consumer (pool) is kept in float too."""
+    from edgetransfer.quantize.int8 import requantized_by_ort
+
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], nodes_to_exclude=["conv2"])
+    assert m.details["nodes_to_exclude"] == ["conv2", "pool"]
+    assert m.details["exclusions_added_for_ort"] == {"conv2": ["pool"]}
+    assert requantized_by_ort(tmp_path / "q.onnx", ["conv2", "pool"]) == {}
+
+
 def test_budget_exceeded_is_reported_and_never_an_fp32_model_with_an_int8_name(data, sensitive, tmp_path):
     m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
                            parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=0))

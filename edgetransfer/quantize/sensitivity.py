@@ -31,10 +31,10 @@ _QDQ = ("QuantizeLinear", "DequantizeLinear")
 @dataclass
 class Unit:
     """One quantization unit. ``kind``: ``activation`` or ``weight``; ``tensor``: the float
-    tensor's name in the float model; ``nodes``: the quantized nodes consuming it, and for an
-    activation its quantized producer (the names to pass to ``nodes_to_exclude`` to keep it in
-    floating point); ``mse``: mean squared logit error
-    it adds alone (logit units squared); ``flips``: images whose top-1 it changes alone."""
+    tensor's name in the float model; ``nodes``: the node names to pass to ``nodes_to_exclude``
+    to keep it in floating point (its quantized consumers, and for an activation its producer and
+    the node whose output carries its Q/DQ pair); ``mse``: mean squared logit error it adds alone
+    (logit units squared); ``flips``: images whose top-1 it changes alone."""
 
     kind: str
     tensor: str
