@@ -199,7 +199,7 @@ def refuse_dynamic(onnx_path: Path) -> None:
             f"{Path(onnx_path).name} is a convolutional model: dynamic quantization is not offered for it. ONNX Runtime "
             "quantizes activations at run time only for MatMul/Gemm; convolutions get ConvInteger plus a run-time "
             "range computation per layer, which on this CPU measured 4.6-13x slower than fp32 and cost 3.3 points of "
-            "top-1. Use static INT8 (the default: calibrated QDQ, --mode static)"
+            "top-1 (issue 4's measurements on EfficientNet-Lite0). Use static INT8 (the default: calibrated QDQ, --mode static)"
         )
     raise ConfigError("dynamic quantization is not implemented: edgetransfer's INT8 artifact is static QDQ (--mode static), "
                       "which ONNX Runtime, TensorRT and the mobile converters all consume")
@@ -226,9 +226,10 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
     Returns the manifest; ``details["status"]`` is ``ok`` or ``budget_exceeded`` (the file is
     written in both cases so it can be inspected; the caller decides the exit code).
     Raises :class:`ConfigError` for a budget without labelled images or an opset above the
-    ceiling, :class:`ParityError` when optimisations on/off change top-1.
+    ceiling, :class:`ParityError` when ONNX Runtime with graph optimisations on and off disagree
+    beyond :data:`OPT_ON_OFF_TOLERANCE`.
     """
-    q = require("onnxruntime.quantization", "export", "INT8 quantization")
+    require("onnxruntime.quantization", "export", "INT8 quantization")
     from ..bench.benchmark import cpu_info
     from ..export.onnx import graph_opset, onnx_logits
     from .sensitivity import rank_units

@@ -10,10 +10,11 @@ Qualcomm AIMET, measured on the output that matters (the logits) rather than on 
 output.
 
 Cost: every unit is wired into ONE gated copy of the float model (:func:`gated_model`), so the
-ranking is one session plus one forward pass per unit. A first version built one session per
-unit and took 565 s for EfficientNet-Lite0's 110 units on 16 images (a loaded 2-core host);
-see the module's callers for the gated figures. Only the budget loop of
-:mod:`edgetransfer.quantize.int8` runs it, and only when the fully quantized model breaks the budget.
+ranking is one session plus one forward pass per unit. Measured on EfficientNet-Lite0 (110 units,
+8 calibration images; benchmarks/quant_quality.py): 32-201 s on a shared 2-core host whose load
+average ran between 3 and 8 (a first version with one session per unit and 16 images took 565 s
+there). Only the budget loop of :mod:`edgetransfer.quantize.int8` runs it, and only when the fully
+quantized model breaks the budget.
 """
 
 from __future__ import annotations
