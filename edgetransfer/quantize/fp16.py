@@ -15,8 +15,10 @@ where it runs (a GPU target's benchmark).
 
 FP16 is for GPU targets (TensorRT, CUDA/ROCm execution providers, mobile GPUs). On a CPU it
 brings no speed: ONNX Runtime's CPU execution provider has few fp16 kernels and wraps the rest
-in casts (measured on this host with EfficientNet-Lite0: 5.3 ms fp16 vs 3.9 ms fp32 at batch 1),
-so a target whose ``precisions`` lack fp16 refuses it unless explicitly overridden.
+in casts (measured on this host with EfficientNet-Lite0: 5.3 ms fp16 vs 3.9 ms fp32 at batch 1 for
+issue 4; batch-1 p50 1.2x and batch-8 throughput 0.63x of fp32, paired, in
+benchmarks/quant_quality.py), so a target whose ``precisions`` lack fp16 refuses it unless
+explicitly overridden.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ FP16_OP_BLOCK_LIST = ("ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumE
                       "Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization", "GroupNormalization")
 
 CPU_NOTE = ("FP16 brings no speed on CPU targets: ONNX Runtime's CPU execution provider runs most fp16 ops through "
-            "casts (measured on this host with EfficientNet-Lite0: 5.3 ms fp16 vs 3.9 ms fp32 at batch 1). It exists "
-            "for GPU targets (TensorRT, CUDA) and is not recommended for this target.")
+            "casts (measured on an AVX-512 x86 CPU with EfficientNet-Lite0: 5.3 ms fp16 vs 3.9 ms fp32 at batch 1; "
+            "batch-1 p50 1.2x and batch-8 throughput 0.63x of fp32 in benchmarks/quant_quality.py). It exists for GPU "
+            "targets (TensorRT, CUDA) and is not recommended for this target.")
 
 
 def overflowing_tensors(model_path: Path, x: np.ndarray, headroom: float = OVERFLOW_HEADROOM, batch: int = 16) -> dict[str, float]:
