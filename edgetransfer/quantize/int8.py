@@ -46,12 +46,14 @@ from .calibration import CalibrationRecipe, cached_ranges
 
 # ONNX Runtime with graph optimisations on runs QDQ models with fused integer kernels (QLinearConv:
 # int32 accumulation, one requantization rounding); off, it runs the reference semantics (float
-# DequantizeLinear -> op -> QuantizeLinear). With VNNI the two differ only by rounding, which can
-# flip a borderline image: measured on EfficientNet-Lite0 / hymenoptera (153 images), one
-# configuration of the benchmarks/quant_quality.py grid gave top-1 0.9608 on vs 0.9542 off
-# (prediction agreement 0.9935). Without VNNI, u8s8 products can saturate and the difference is
-# large. The tolerance separates the two: beyond it is a ParityError.
-OPT_ON_OFF_TOLERANCE = {"min_prediction_agreement": 0.98, "max_top1_diff": 0.01}
+# DequantizeLinear -> op -> QuantizeLinear). Both must compute the same function up to rounding.
+# Measured on EfficientNet-Lite0 / hymenoptera (153 images, mean |fp32 logit| 1.22) over the
+# 23 models of benchmarks/quant_quality.py: mean |on - off| = 0.5-1.1 % of mean |fp32 logit| (u8s8)
+# and 0.8-2.5 % (s8s8), prediction agreement >= 0.987 (rounding flips a borderline image or two
+# of a coarsely quantized model, so an exact top-1 match is not a property of correct kernels);
+# an optimiser rewrite that re-quantized an excluded conv gave 10 %. Without VNNI, u8s8 products
+# can saturate, which also shows up as a large difference.
+OPT_ON_OFF_TOLERANCE = {"max_rel_logit_diff": 0.05, "min_prediction_agreement": 0.98}
 
 # Unit counts excluded cumulatively at budget steps 1, 2, 3...: 1, 2, 4, 8, ... (doubling keeps
 # the step count logarithmic in the number of units while the first steps stay surgical).
@@ -330,19 +332,20 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
             off = onnx_logits(chosen["path"], parity_x, optimize=False)
             on = chosen["_logits"]
             same = float((on.argmax(1) == off.argmax(1)).mean())
-            details["optimizations_on_off"] = {"prediction_agreement": same,
+            rel = float(np.abs(on - off).mean() / max(float(np.abs(ref).mean()), 1e-12))
+            details["optimizations_on_off"] = {"prediction_agreement": same, "rel_logit_diff": rel,
+                                               "tolerance": OPT_ON_OFF_TOLERANCE,
                                                **({"top1_on": _top1(on, parity_y), "top1_off": _top1(off, parity_y)}
                                                   if parity_y is not None else {})}
-            diff = abs(_top1(on, parity_y) - _top1(off, parity_y)) if parity_y is not None else 0.0
-            details["optimizations_on_off"]["tolerance"] = OPT_ON_OFF_TOLERANCE
-            if same < OPT_ON_OFF_TOLERANCE["min_prediction_agreement"] or diff > OPT_ON_OFF_TOLERANCE["max_top1_diff"]:
+            if rel > OPT_ON_OFF_TOLERANCE["max_rel_logit_diff"] or same < OPT_ON_OFF_TOLERANCE["min_prediction_agreement"]:
                 raise ParityError(
                     f"INT8 model: ONNX Runtime with graph optimisations on (fused integer kernels) and off (reference Q/DQ "
-                    f"semantics) disagree on {len(on)} images: prediction agreement {same:.4f}"
+                    f"semantics) compute different functions on {len(on)} images: mean |logit difference| {rel:.1%} of the "
+                    f"mean |fp32 logit|, prediction agreement {same:.4f}"
                     + (f", top-1 {_top1(on, parity_y):.4f} vs {_top1(off, parity_y):.4f}" if parity_y is not None else "")
                     + f" (tolerance {OPT_ON_OFF_TOLERANCE}). The integer kernels of this CPU "
-                    f"({', '.join(cpu_info()['cpu_features'])}) saturate or round differently; without VNNI, u8s8 products can "
-                    "saturate (ONNX Runtime recommends reduce_range then). Try another preset, or report it")
+                    f"({', '.join(cpu_info()['cpu_features'])}) saturate or an optimiser rewrote the graph; without VNNI, "
+                    "u8s8 products can saturate (ONNX Runtime recommends reduce_range then). Try another preset, or report it")
         onnx = require("onnx", "export")
         opset = graph_opset(onnx.load(str(chosen["path"]), load_external_data=False))
         if opset_max is not None and opset > opset_max:
