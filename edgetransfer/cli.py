@@ -173,6 +173,29 @@ def quantize(
 
 
 @app.command()
+def build(
+    bundle: Path = typer.Argument(...),
+    target: Optional[str] = TargetOpt,
+    fmt: Optional[List[str]] = typer.Option(None, "--format", help="format to build (repeat): tflite, pte, mlpackage, ort; default: the target's"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration recipe name or YAML path (INT8)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Mobile formats of the target (LiteRT, ExecuTorch, Core ML, ORT mobile) from the bundle's
+    checkpoint / ONNX files, each parity-checked against the fp32 model."""
+    from .pipeline import stage_build
+
+    set_quiet(quiet)
+    made = stage_build(bundle, _target_for(bundle, target), calibration, formats=list(fmt) if fmt else None)
+    for m in made:
+        p = m.details.get("parity") or {}
+        figure = (f"agreement with fp32 {p['agreement']:.4f}, max |diff| {p['max_abs']:.2e}" if p
+                  else m.details.get("parity_status", "parity not measured"))
+        console.print(f"{bundle / m.file}: {m.format} {m.precision}, {m.size_bytes / 2**20:.2f} MiB, {figure}")
+    if not made:
+        console.print("[yellow]nothing to build: the target lists no mobile format (pass --format)")
+
+
+@app.command()
 def benchmark(
     bundle: Path = typer.Argument(...),
     data: Optional[Path] = typer.Option(None, "--data", help="labelled validation ImageFolder (default: the bundle's split)"),

@@ -1,8 +1,10 @@
 """Composition of the stages. Stages talk only through files in the bundle directory:
 
 ``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
-``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``report.json`` / ``report.md``,
-each artifact with its ``<file>.json`` manifest.
+``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), the target's mobile formats
+(``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``, ``model*.ort`` +
+``ort.required_operators.config``), ``report.json`` / ``report.md``, each artifact with its
+``<file>.json`` manifest.
 """
 
 from __future__ import annotations
@@ -128,6 +130,79 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None)
     return m
 
 
+def build_formats(target: Target) -> list[str]:
+    """The formats of ``target`` that :func:`stage_build` makes (``onnx`` is export/quantize's)."""
+    return [f for f in target.formats if f != "onnx"]
+
+
+def check_build_backends(target: Target) -> None:
+    """Fail before any long work when a converter the target needs is not installed
+    (:class:`~edgetransfer.errors.MissingExtraError` naming the pip extra)."""
+    from .build import get_builder
+
+    for fmt in build_formats(target):
+        get_builder(fmt).require_backend()
+
+
+def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, formats: list[str] | None = None,
+                threads: int | None = None) -> list[Any]:
+    """Build the target's non-ONNX formats into the bundle and register them; returns their manifests.
+
+    Dispatch is by format through the converter registry (:func:`edgetransfer.build.get_builder`).
+    A converter from the checkpoint makes every precision of the target it can hold (e.g. Core ML:
+    fp16 and int8 weights); ``OrtFromOnnx`` converts each ONNX file of the bundle whose precision the
+    target lists, then the bundle's reduced-operator config is (re)written. INT8 builds calibrate on
+    the training images the target's calibration recipe selects, exactly as ONNX INT8 does.
+    """
+    from .build import BuildInputs, get_builder
+    from .build.ort_mobile import ort_target_platform, write_operator_config
+    from .quantize.calibration import load_recipe, select_calibration_set
+    from .types import Format, Precision
+
+    bundle = Path(bundle)
+    info = read_bundle(bundle)
+    fmts = list(formats) if formats is not None else build_formats(target)
+    builders = {f: get_builder(f) for f in fmts}  # unknown format -> ConfigError before any work
+    for cls in builders.values():
+        cls.require_backend()
+    ck = read_manifest(bundle / CHECKPOINT)
+    x, y = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
+    calib, recipe = [], None
+    if target.supports("int8") and any(Precision.INT8 in cls.precisions for cls in builders.values()):
+        recipe = load_recipe(recipe_name or target.quantization.calibration)
+        calib = select_calibration_set(_folder_from_bundle(info, "train_files"), recipe)
+    options = {**target.extra, "ort_target_platform": ort_target_platform(target.arch)}
+    if threads:
+        options["threads"] = threads
+    inputs = BuildInputs(parity_x=x, parity_y=y, calibration=calib, recipe=recipe, target=target.name, options=options)
+    made = []
+    for fmt, cls in builders.items():
+        if cls.source_format == Format.ONNX:
+            ort_files = []
+            for a in read_bundle(bundle).get("artifacts", []):
+                if a["format"] == "onnx" and target.supports(a["precision"]):
+                    conv = cls(bundle / a["file"], inputs)
+                    m = conv.build()
+                    register_artifact(bundle, m.file)
+                    made.append(m)
+                    ort_files.append(bundle / m.file)
+            if not ort_files:
+                raise ArtifactError(f"format {fmt} converts the bundle's ONNX files but there are none; run 'edgetransfer export' first")
+            cfg = write_operator_config(bundle, ort_files)
+            log(f"reduced-operator config for a minimal ONNX Runtime build: {cfg}")
+            continue
+        conv = cls(bundle / CHECKPOINT, inputs)
+        wanted = [p for p in cls.precisions if target.supports(p)]
+        skipped = [str(p) for p in target.precisions if p not in cls.precisions]
+        if skipped:
+            log(f"{fmt}: {', '.join(skipped)} not made ({fmt} holds {', '.join(map(str, cls.precisions))})")
+        for p in wanted:
+            m = conv.build(p, bundle / cls.file_name(p))
+            register_artifact(bundle, m.file)
+            made.append(m)
+    return made
+
+
 def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, settings: BenchSettings = BenchSettings()):
     return benchmark_bundle(Path(bundle), target, data=data, settings=settings)
 
@@ -142,6 +217,7 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         from .quantize.calibration import load_recipe
 
         load_recipe(recipe or tgt.quantization.calibration)  # fail fast on a bad recipe
+    check_build_backends(tgt)  # a missing mobile backend fails now, not after training
     times = {}
     t = time.perf_counter()
     stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
@@ -153,6 +229,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         t = time.perf_counter()
         stage_quantize(Path(out), tgt, recipe)
         times["quantize_s"] = time.perf_counter() - t
+    if build_formats(tgt):
+        t = time.perf_counter()
+        stage_build(Path(out), tgt, recipe)
+        times["build_s"] = time.perf_counter() - t
     t = time.perf_counter()
     report = stage_benchmark(Path(out), tgt, None, settings)
     times["benchmark_s"] = time.perf_counter() - t

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .errors import TargetError
-from .types import Precision, Runtime
+from .types import Format, Precision, Runtime
 
 _QUANT_TYPES = ("uint8", "int8")
 _CAL_METHODS = ("minmax", "entropy", "percentile")
@@ -86,10 +86,33 @@ class BenchmarkSettings:
             raise TargetError("benchmark: warmup >= 0, min_iterations >= 1, min_seconds >= 0 required")
 
 
+_PLATFORMS = ("linux", "android", "ios", "macos", "windows")
+_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
+
+
+def normalize_arch(arch: str) -> str:
+    """``arm64`` -> ``aarch64``, ``amd64``/``x64`` -> ``x86_64``; others lower-cased as they are."""
+    a = arch.lower()
+    return _ARCH_ALIASES.get(a, a)
+
+
+def host_platform() -> str:
+    """The operating system of this host in :data:`_PLATFORMS` terms (``android`` on Android's Python)."""
+    import sys
+
+    if hasattr(sys, "getandroidapilevel"):
+        return "android"
+    return {"darwin": "macos", "win32": "windows"}.get(sys.platform, "ios" if sys.platform == "ios" else "linux")
+
+
 @dataclass(frozen=True)
 class Target:
     """A device profile. ``opset_max``: highest ONNX opset its runtimes accept.
-    ``max_top1_drop``: accuracy budget, a fraction of top-1 vs the fp32 ONNX model."""
+    ``max_top1_drop``: accuracy budget, a fraction of top-1 vs the fp32 ONNX model.
+    ``platform``: the device's operating system (one of linux, android, ios, macos, windows);
+    with ``arch`` it decides whether a measurement on this host is a measurement of the target
+    (:meth:`host_is_target`). ``formats``: the artifact formats built and benchmarked for it; the
+    fp32/INT8 ONNX files are always made too (the fp32 reference, and the source of ``.ort``)."""
 
     name: str
     description: str
@@ -107,6 +130,7 @@ class Target:
     l4t: str | None = None
     dla_cores: int = 0
     workspace_mib: int | None = None
+    platform: str = "linux"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +142,21 @@ class Target:
             raise TargetError(f"target {self.name!r}: opset_max {self.opset_max} is outside 7..30")
         if not (0.0 <= self.max_top1_drop <= 1.0):
             raise TargetError(f"target {self.name!r}: accuracy_budget.max_top1_drop must be a fraction in [0, 1]")
+        if self.platform not in _PLATFORMS:
+            raise TargetError(f"target {self.name!r}: platform must be one of {_PLATFORMS} (got {self.platform!r})")
+        known = {f.value for f in Format} - {"checkpoint"}
+        bad = [f for f in self.formats if f not in known]
+        if bad:
+            raise TargetError(f"target {self.name!r}: unknown formats {bad}; known: {sorted(known)}")
+
+    def host_is_target(self, machine: str | None = None, platform: str | None = None) -> bool:
+        """True when this host has the target's CPU architecture and operating system, so latency
+        measured here is the target's (a Jetson measured on the Jetson); False for e.g. an Android
+        target measured on an x86 Linux workstation (a host measurement)."""
+        import platform as _pf
+
+        return (normalize_arch(machine or _pf.machine()) == normalize_arch(self.arch)
+                and (platform or host_platform()) == self.platform)
 
     def supports(self, precision: Precision | str) -> bool:
         return Precision(precision) in self.precisions

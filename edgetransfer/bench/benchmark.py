@@ -152,6 +152,14 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     iters = settings.min_iterations or tb.min_iterations
     min_s = tb.min_seconds if settings.min_seconds is None else settings.min_seconds
     threads = tb.threads if settings.threads is None else settings.threads
+    host_is_target = target.host_is_target()
+    notes = []
+    if not host_is_target:
+        notes.append(f"host measurement: this {platform.machine()} host is not a {target.name} device "
+                     f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
+        if threads and os.cpu_count() and threads > os.cpu_count():
+            notes.append(f"{target.name} runs {threads} threads; this host has {os.cpu_count()} cores, so {os.cpu_count()} were used")
+            threads = os.cpu_count()
 
     plan: list[tuple[Path, Manifest, Runtime]] = []
     for p, m in arts:
@@ -175,14 +183,13 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     # keep bundle order in the report
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
-    notes = []
     if Precision.FP16 not in target.precisions:
         notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it")
     bj = bundle / BUNDLE_FILE
     bundle_info = json.loads(bj.read_text()) if bj.is_file() else {}
     report = {
         "target": target.name,
-        "host_is_target": True,
+        "host_is_target": host_is_target,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bundle": str(bundle),
         "environment": environment(threads),
@@ -212,6 +219,10 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
     except Exception as exc:
         row.update(status=str(Status.UNAVAILABLE), error=str(exc))
         return row
+    problem = cls.host_problem()
+    if problem:
+        row.update(status=str(Status.NOT_RUNNABLE), error=problem)
+        return row
     if not cls.is_available():
         row.update(status=str(Status.UNAVAILABLE), error=cls.unavailable_reason())
         return row
@@ -221,16 +232,21 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
         read_manifest(path)  # sha256 must match before anything runs
         runner.activate()
         row["execution_provider"] = runner.execution_provider
+        static_batch = runner.input_specs[0]["shape"][0]
+        static_batch = static_batch if isinstance(static_batch, int) else None
         with task(f"Accuracy {path.name} [{runtime}]", len(x)) as advance:
             def fn(b):
                 out = runner(b)
                 advance(len(b))
                 return out
-            logits = predict(fn, x, batch_size=max(batch_sizes))
+            logits = predict(fn, x, batch_size=static_batch or max(batch_sizes))
         acc = accuracy(logits, y, class_names, ref_pred)
         row["accuracy"] = acc.to_dict()
         row["_pred"] = logits.argmax(1)
         for b in batch_sizes:
+            if static_batch is not None and b != static_batch:
+                row.setdefault("latency_skipped", []).append(f"batch {b}: the artifact has a static batch of {static_batch}")
+                continue
             xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:])) if len(x) else np.zeros((b, 3, 224, 224), np.float32)
             runner.validate({runner.input_specs[0]["name"]: xb})
             with task(f"Latency {path.name} [{runtime}] b{b}", None):

@@ -4,6 +4,9 @@
 from .base import Runner, RunnerUnavailable, available_runtimes, get_runner_class, register_runner, registered
 
 # Register the built-in runners (their modules import their backends lazily).
+from . import coreml as _coreml  # noqa: F401,E402
+from . import executorch as _executorch  # noqa: F401,E402
+from . import litert as _litert  # noqa: F401,E402
 from . import ort as _ort  # noqa: F401,E402
 from . import pytorch as _pytorch  # noqa: F401,E402
 

@@ -74,6 +74,14 @@ class Runner(ABC):
     def unavailable_reason(cls) -> str:
         return f"{cls.runtime} is not installed here: pip install 'edgetransfer[{cls.extra}]'"
 
+    @classmethod
+    def host_problem(cls) -> str | None:
+        """Why this runtime can never run on this host (e.g. Core ML off macOS), or None.
+
+        The benchmark turns a non-None answer into a ``not_runnable`` row carrying the text.
+        """
+        return None
+
     # -- interface -------------------------------------------------------------------------
     @abstractmethod
     def activate(self) -> None: ...

@@ -54,3 +54,12 @@ class OnnxRuntimeRunner(Runner):
     def deactivate(self) -> None:
         self.session = None
         super().deactivate()
+
+
+@register_runner(Format.ORT, Runtime.ONNXRUNTIME)
+class OrtFormatRunner(OnnxRuntimeRunner):
+    """ONNX Runtime on an ORT-format (``.ort``) flatbuffer, as a mobile/minimal build loads it.
+
+    The full ONNX Runtime package reads ``.ort`` files too (the format is recognised by its
+    extension), so the file is measured here with the same session options as a ``.onnx`` file.
+    """
