@@ -35,7 +35,7 @@ class LiteRtRunner(Runner):
     """``threads``: XNNPACK/interpreter threads (0 = LiteRT's default)."""
 
     backend_module = "ai_edge_litert"
-    extra = "litert"
+    extra = "device-litert"  # the runtime alone; edgetransfer[litert] (converters) includes it
 
     def activate(self) -> None:
         interp = require("ai_edge_litert.interpreter", self.extra, "the LiteRT runner")
