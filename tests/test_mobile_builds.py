@@ -163,12 +163,20 @@ def test_coreml(bees, val):
         assert fold["agreement"] == 1.0 and fold["max_abs"] <= 1e-3 and fold["num_samples"] == 153
         spec = ct.models.MLModel(str(bees / m.file), skip_model_load=True).get_spec()
         (inp,) = spec.description.input
-        assert inp.type.WhichOneof("Type") == "imageType"
+        assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
         assert ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(inp.type.imageType.colorSpace) == "RGB"
         assert (inp.type.imageType.width, inp.type.imageType.height) == (224, 224)
         assert spec.description.predictedFeatureName == "classLabel"
-        labels = list(spec.mlProgram.functions) and m.details["image_input"]
-        assert labels["scale"] == pytest.approx(1 / 127.5) and labels["bias"] == [-1.0, -1.0, -1.0]  # Lite0: mean = std = 0.5
+        assert spec.description.predictedProbabilitiesName == "classLabel_probs"
+        fn = spec.mlProgram.functions["main"]
+        ops = list(fn.block_specializations[fn.opset].operations)
+        types = [o.type for o in ops]
+        assert types.index("mul") < types.index("add") < types.index("conv")  # the folded scale/bias come first
+        classify = [o for o in ops if o.type == "classify"]
+        assert len(classify) == 1 and all(f'"{c}"' in str(classify[0].inputs["classes"]) for c in ("ants", "bees"))
+        img = m.details["image_input"]
+        assert img["scale"] == pytest.approx(1 / 127.5) and img["bias"] == [-1.0, -1.0, -1.0]  # Lite0: mean = std = 0.5
+        assert types.count("softmax") == 1  # probabilities, not logits
     assert w8.details["weight_only"] and w8.size_bytes < 0.6 * fp16.size_bytes
     report = benchmark_bundle(bees, load_target("ios-arm64"), settings=FAST, write=False)
     rows = [r for r in report["results"] if r["format"] == "mlpackage"]
