@@ -27,6 +27,7 @@ validation images.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,8 @@ class MlpackageFromTorch(Converter):
         return folded_preprocessing(self.spec.mean, self.spec.std)
 
     _program = None
+    _fp16 = None  # the fp16 ML program, reused by the int8-weight variant
+    _fold = None  # the preprocessing-fold figures (the same for both precisions)
 
     def _exported(self):
         """The ExportedProgram (folded affine + model + softmax) given to coremltools; built once."""
@@ -112,15 +115,16 @@ class MlpackageFromTorch(Converter):
         target_name = str(self.inputs.options.get("coreml_minimum_deployment_target", DEFAULT_DEPLOYMENT_TARGET))
         if not hasattr(ct.target, target_name):
             raise ConfigError(f"unknown Core ML deployment target {target_name!r}; use e.g. iOS16, iOS17, iOS18")
-        program = self._exported()
         s = self.spec.input_size
-        mlmodel = ct.convert(
-            program,
-            inputs=[ct.ImageType(name=INPUT_NAME, shape=(1, 3, s, s), scale=scale, bias=bias, color_layout=ct.colorlayout.RGB)],
-            classifier_config=ct.ClassifierConfig(list(self.class_names)),
-            convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
-            minimum_deployment_target=getattr(ct.target, target_name),
-        )
+        if self._fp16 is None:
+            self._fp16 = ct.convert(
+                self._exported(),
+                inputs=[ct.ImageType(name=INPUT_NAME, shape=(1, 3, s, s), scale=scale, bias=bias, color_layout=ct.colorlayout.RGB)],
+                classifier_config=ct.ClassifierConfig(list(self.class_names)),
+                convert_to="mlprogram", compute_precision=ct.precision.FLOAT16,
+                minimum_deployment_target=getattr(ct.target, target_name),
+            )
+        mlmodel = self._fp16
         details: dict[str, Any] = {
             "converter": "coremltools.convert(torch.export)", "minimum_deployment_target": target_name,
             "compute_precision": "float16", "batch": 1,
@@ -140,7 +144,7 @@ class MlpackageFromTorch(Converter):
         else:
             details.update({"weights": "float16", "activations": "float16"})
         mlmodel.short_description = f"edgetransfer image classifier ({len(self.class_names)} classes)"
-        mlmodel.user_defined_metadata["class_names"] = ",".join(self.class_names)
+        mlmodel.user_defined_metadata["class_names"] = json.dumps(self.class_names)
         mlmodel.save(str(out))
         return details
 
@@ -149,8 +153,25 @@ class MlpackageFromTorch(Converter):
 
     def parity(self, path: Path, precision: Precision) -> dict[str, Any]:
         """Not measurable off macOS; the preprocessing fold is measured instead (see module doc)."""
+        if self._fold is None:
+            self._fold = self._fold_parity()
+        stats = self._fold
+        log(f"Core ML {precision}: preprocessing fold checked in PyTorch on {stats.num_samples} images "
+            f"(max |prob diff| {stats.max_abs:.2e}, agreement {stats.agreement:.4f}); predictions not measured (need macOS)")
+        out: dict[str, Any] = {
+            "parity": None,
+            "parity_status": "not measured: Core ML predictions need macOS",
+            "parity_vs": self.parity_reference_name,
+            "preprocessing_fold_parity": {**stats.to_dict(), "quantity": "softmax probabilities",
+                                          "what": "PyTorch graph exported to Core ML, fed 8-bit RGB pixels through the folded scale/bias"},
+        }
+        if self.inputs.parity_y is not None:
+            out["val_top1_fp32"] = float((self.reference.argmax(1) == self.inputs.parity_y).mean())
+        return out
+
+    def _fold_parity(self):
         torch = require("torch", "train")
-        x, y = self.inputs.parity_x, self.inputs.parity_y
+        x = self.inputs.parity_x
         scale, bias, _, _ = self._affine()
         mean = np.asarray(self.spec.mean, np.float32).reshape(1, 3, 1, 1)
         std = np.asarray(self.spec.std, np.float32).reshape(1, 3, 1, 1)
@@ -165,18 +186,7 @@ class MlpackageFromTorch(Converter):
         stats = compare_logits(ref_probs, probs)
         check_parity(stats, output="classLabel_probs", what=f"Core ML image input (scale {scale:.6g}, bias {bias}) vs the model's preprocessing",
                      **TOLERANCES["fp32"])
-        log(f"Core ML {precision}: preprocessing fold checked in PyTorch on {stats.num_samples} images "
-            f"(max |prob diff| {stats.max_abs:.2e}, agreement {stats.agreement:.4f}); predictions not measured (need macOS)")
-        out: dict[str, Any] = {
-            "parity": None,
-            "parity_status": "not measured: Core ML predictions need macOS",
-            "parity_vs": self.parity_reference_name,
-            "preprocessing_fold_parity": {**stats.to_dict(), "quantity": "softmax probabilities",
-                                          "what": "PyTorch graph exported to Core ML, fed 8-bit RGB pixels through the folded scale/bias"},
-        }
-        if y is not None:
-            out["val_top1_fp32"] = float((ref.argmax(1) == y).mean())
-        return out
+        return stats
 
     def io_specs(self, precision: Precision):
         s = self.spec.input_size
