@@ -31,6 +31,18 @@ from edgetransfer.targets import load_target
 MOBILE_FORMATS = ("ort", "tflite", "pte", "mlpackage")
 
 
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "executorch", "coremltools"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def build_missing(bundle: Path, threads: int) -> list[str]:
     """Build the mobile formats not yet in ``bundle`` whose backend is installed; return what was skipped."""
     have = {a["format"] for a in read_bundle(bundle)["artifacts"]}
@@ -97,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"benchmark": "mobile", "host_is_target": False, "cpu": report["environment"]["cpu"], "threads": a.threads,
                "reference": "model.onnx/onnxruntime", "reference_p50_ms": round(ref_p50, 3), "reference_top1": ref_top1,
                "num_images": report["dataset"]["num_images"], "rows": out_rows, "not_built": skipped,
-               "versions": report["environment"]["versions"]}
+               "versions": {**report["environment"]["versions"], **_versions()}}
     print(json.dumps(summary))
     return 0
 
