@@ -155,7 +155,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     host_is_target = target.host_is_target()
     notes = []
     if not host_is_target:
-        notes.append(f"host measurement: this {platform.machine()} host is not a {target.name} device "
+        notes.append(f"host measurement: this {platform.machine()} host is not the target {target.name} "
                      f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
         if threads and os.cpu_count() and threads > os.cpu_count():
             notes.append(f"{target.name} runs {threads} threads; this host has {os.cpu_count()} cores, so {os.cpu_count()} were used")

@@ -14,6 +14,8 @@ pipeline dispatches on a target's ``formats`` field.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -206,7 +208,8 @@ class Converter(ABC):
         t0 = time.perf_counter()
         atomic: Callable = atomic_dir if out.suffix == ".mlpackage" else atomic_path
         with atomic(out) as tmp:
-            with task(f"Building {out.name}", None):
+            # converters (litert-torch) print progress on stdout, which belongs to the CLI's --json output
+            with task(f"Building {out.name}", None), contextlib.redirect_stdout(sys.stderr):
                 details = self.convert(precision, tmp)
             details["convert_seconds"] = time.perf_counter() - t0
             details.update(self.parity(tmp, precision))
