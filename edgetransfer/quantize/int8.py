@@ -69,6 +69,9 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample], pres
         "ActivationSymmetric": preset.symmetric_activations,
         "WeightSymmetric": preset.symmetric_weights,
         "CalibMovingAverage": False,
+        "QuantizeBias": preset.quantize_bias,
+        "AddQDQPairToWeight": preset.qdq_pair_on_weights,
+        "DedicatedQDQPair": preset.dedicated_qdq_pair,
     }
     if recipe.method in ("entropy", "percentile"):
         extra["CalibNumBins"] = recipe.num_bins
