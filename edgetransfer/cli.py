@@ -202,6 +202,7 @@ def build(
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="build for this DLA core (GPU fallback on); targets with DLA cores only"),
     script_only: bool = typer.Option(False, "--script-only", help="only write BUNDLE/build_engine.sh (trtexec commands); needs no TensorRT"),
     requantize: bool = typer.Option(False, "--requantize", help="when the INT8 Q/DQ ONNX was made with another preset, requantize it with the target's (needs the training images)"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="with --requantize: calibration recipe name or YAML path"),
     force: bool = typer.Option(False, "--force", help="rebuild even when a current engine exists"),
     tensorrt_version: Optional[str] = typer.Option(None, "--tensorrt-version", help="with --script-only: write trtexec flags for this TensorRT version (default: the target's)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -221,7 +222,7 @@ def build(
         from .pipeline import stage_quantize
 
         console.print(f"requantizing {bundle}/model.int8.qdq.onnx with target {tgt.name}'s preset")
-        stage_quantize(bundle, tgt)
+        stage_quantize(bundle, tgt, calibration)
         plan = plan_engine_build(bundle, tgt, precision, dla_core=dla_core, tensorrt_version=tensorrt_version)
     script = write_build_script(bundle, tgt, tensorrt_version=tensorrt_version, dla_core=dla_core)
     if script_only:

@@ -92,6 +92,9 @@ class QuantizationPreset:
     quantize_bias: bool = True
     qdq_pair_on_weights: bool = False
     dedicated_qdq_pair: bool = False
+    # op types whose outputs get no Q/DQ (ORT "OpTypesToExcludeOutputQuantization"); TensorRT's
+    # Q/DQ placement guidance: quantize the inputs of weighted ops, not their outputs
+    no_output_qdq_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.format != "qdq":
@@ -265,6 +268,8 @@ def _parse(name: str, raw: dict[str, Any], source: str) -> Target:
     bench_raw = raw.pop("benchmark", None) or {}
     budget = raw.pop("accuracy_budget", None) or {}
     try:
+        if "no_output_qdq_ops" in quant_raw:
+            quant_raw["no_output_qdq_ops"] = tuple(str(x) for x in quant_raw["no_output_qdq_ops"] or ())
         quant = QuantizationPreset(**quant_raw)
         if "batch_sizes" in bench_raw:
             bench_raw["batch_sizes"] = tuple(int(b) for b in bench_raw["batch_sizes"])

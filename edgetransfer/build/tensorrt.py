@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..artifacts import Manifest, atomic_path, atomic_write_text, read_manifest, sha256_file, tool_versions, write_manifest
+from ..artifacts import Manifest, atomic_path, atomic_write_text, read_manifest, tool_versions, write_manifest
 from ..errors import ArtifactError, ConfigError, TargetError, require
 from ..progress import log
 from ..runtime.tensorrt import DeviceFacts, check_engine_compatible, device_facts, engine_facts
@@ -227,14 +227,14 @@ def plan_engine_build(bundle: str | Path, target: Target, precision: str, *, dla
             made_by = f" (it was quantized for target {m.target!r}: {made.get('activation_type', '?')} activations, " \
                       f"symmetric={made.get('symmetric_activations', '?')})" if m.target else ""
             raise TargetError(
-                f"{onnx_name} does not meet target {target.name!r}'s INT8 preset — TensorRT consumes signed, symmetric INT8 "
+                f"{onnx_name} does not meet target {target.name}'s INT8 preset — TensorRT consumes signed, symmetric INT8 "
                 f"(zero point 0) Q/DQ with float biases{made_by}: " + "; ".join(problems)
                 + f". Make a matching one with `edgetransfer quantize {bundle} --target {target.name}` (on the machine that has the "
                 "training images), or pass --requantize to `edgetransfer build` there; it is never used silently")
     else:
         opset = _onnx_opset(path)
         if opset is not None and opset > target.opset_max:
-            raise TargetError(f"{onnx_name} uses opset {opset}, above target {target.name!r}'s ceiling {target.opset_max} "
+            raise TargetError(f"{onnx_name} uses opset {opset}, above target {target.name}'s ceiling {target.opset_max} "
                               f"(the highest its TensorRT parses); re-export with `edgetransfer export {bundle} --target {target.name}`")
     if not m.inputs:
         raise ArtifactError(f"{onnx_name}'s manifest lists no inputs; re-run the stage that produced it")
@@ -244,7 +244,7 @@ def plan_engine_build(bundle: str | Path, target: Target, precision: str, *, dla
         raise ConfigError(f"{onnx_name}: input {spec['name']!r} has dynamic non-batch dimensions {shape}; only the batch axis may be dynamic")
     pb = target.profile_batch
     if isinstance(shape[0], int) and not (pb.min == pb.opt == pb.max == shape[0]):
-        raise ConfigError(f"{onnx_name}: the batch axis of {spec['name']!r} is fixed to {shape[0]}, but target {target.name!r}'s profile "
+        raise ConfigError(f"{onnx_name}: the batch axis of {spec['name']!r} is fixed to {shape[0]}, but target {target.name}'s profile "
                           f"needs batches {pb.min}..{pb.max}; re-export with a dynamic batch axis (`edgetransfer export`)")
     rest = [int(d) for d in shape[1:]]
     profile = {"input": spec["name"], "min": [pb.min] + rest, "opt": [pb.opt] + rest, "max": [pb.max] + rest}
@@ -264,7 +264,7 @@ def plan_engine_build(bundle: str | Path, target: Target, precision: str, *, dla
 
 _MANIFEST_PY = r'''
 import datetime, hashlib, json, os, sys
-onnx, engine, trt_version, cc, device, details_json, target = sys.argv[1:8]
+onnx, engine, trt_version, cc, device, details_json, target, cache = sys.argv[1:9]
 def sha256(p):
     h = hashlib.sha256()
     with open(p, "rb") as f:
@@ -274,7 +274,7 @@ def sha256(p):
 with open(onnx + ".json") as f:
     parent = json.load(f)
 details = json.loads(details_json)
-details["tensorrt"].update(version=trt_version, compute_capability=cc, device_name=device)
+details["tensorrt"].update(version=trt_version, compute_capability=cc, device_name=device, timing_cache=cache or None)
 board = None
 if os.path.exists("/proc/device-tree/model"):
     with open("/proc/device-tree/model", "rb") as f:
@@ -369,6 +369,7 @@ def render_build_script(bundle: Path, target: Target, plans: dict[str, EngineBui
         cache = f"{CACHE_DIR}/timing-trt{_version_floor(plan.tensorrt_version)}-sm${{CC_TAG}}-{plan.onnx_sha256[:16]}.cache"
         rendered = [f'"{a}"' if "$" in a else shlex.quote(a) for a in plan.trtexec_args("$TRTEXEC", timing_cache=cache)]
         lines += [
+            f'    CACHE="{cache if plan.timing_cache else ""}"',
             f"    ONNX={shlex.quote(plan.onnx)}",
             f"    ONNX_SHA256={plan.onnx_sha256}",
             f"    ENGINE={shlex.quote(plan.engine)}",
@@ -386,7 +387,9 @@ def render_build_script(bundle: Path, target: Target, plans: dict[str, EngineBui
         "fi",
         'LOG="$ENGINE.build.log"',
         'echo "+ ${CMD[*]}"',
-        '"${CMD[@]}" 2>&1 | tee "$LOG"',
+        '"${CMD[@]}" 2>&1 | tee "$LOG" || { echo "build_engine.sh: trtexec failed; its log is $LOG' + (
+            " (TensorRT 11 has no precision flags: regenerate with --tensorrt-version 11 for a strongly typed build)"
+            if spec.startswith(">=") else "") + '" >&2; exit 1; }',
         "TRT_VERSION=\"$(sed -n 's/.*TensorRT version: *\\([0-9][0-9.]*\\).*/\\1/p' \"$LOG\" | head -n1)\"",
         "CC=\"$(sed -n 's/.*Compute Capability: *\\([0-9][0-9.]*\\).*/\\1/p' \"$LOG\" | head -n1)\"",
         "DEVICE=\"$(sed -n 's/.*Selected Device: *//p' \"$LOG\" | head -n1)\"",
@@ -395,13 +398,13 @@ def render_build_script(bundle: Path, target: Target, plans: dict[str, EngineBui
         "  exit 3",
         "fi",
         f"if ! {_bash_version_test(spec)} || ! {_bash_cc_test(target)}; then",
-        '  rm -f "$ENGINE" ' + f'"{CACHE_DIR}"/timing-*-sm"$CC_TAG"-"${{ONNX_SHA256:0:16}}".cache',
+        '  rm -f "$ENGINE" ${CACHE:+"$CACHE"}',
         f'  echo "build_engine.sh: this device has TensorRT $TRT_VERSION, compute capability $CC; target {target.name} needs TensorRT {spec}, '
         f'compute capability {target.compute_capability or ">= " + str(target.min_compute_capability)}: engine removed; use the target of this board (edgetransfer targets list)" >&2',
         "  exit 3",
         "fi",
         'if command -v python3 >/dev/null 2>&1; then',
-        f'  python3 - "$ONNX" "$ENGINE" "$TRT_VERSION" "$CC" "$DEVICE" "$DETAILS" {shlex.quote(target.name)} <<\'PY\'',
+        f'  python3 - "$ONNX" "$ENGINE" "$TRT_VERSION" "$CC" "$DEVICE" "$DETAILS" {shlex.quote(target.name)} "$CACHE" <<\'PY\'',
         _MANIFEST_PY.strip("\n"),
         "PY",
         "else",
@@ -409,11 +412,6 @@ def render_build_script(bundle: Path, target: Target, plans: dict[str, EngineBui
         "fi",
     ]
     return "\n".join(lines) + "\n"
-
-
-def script_labels(target: Target) -> list[str]:
-    """Precisions ``build_engine.sh`` offers for ``target``: those it lists, plus ``best``."""
-    return [p for p in PRECISION_CHOICES if p == "best" or target.supports(p)]
 
 
 def write_build_script(bundle: str | Path, target: Target, *, tensorrt_version: str | None = None, dla_core: int | None = None) -> Path:
@@ -424,7 +422,7 @@ def write_build_script(bundle: str | Path, target: Target, *, tensorrt_version: 
     """
     bundle = Path(bundle)
     plans: dict[str, EngineBuildPlan | Exception] = {}
-    for label in script_labels(target):
+    for label in PRECISION_CHOICES:  # a precision the target lacks gets a branch that says so
         try:
             plans[label] = plan_engine_build(bundle, target, label, tensorrt_version=tensorrt_version,
                                              dla_core=dla_core if label != "fp32" else None)
@@ -517,8 +515,12 @@ def build_engine(bundle: str | Path, target: Target, precision: str, *, dla_core
     t0 = time.perf_counter()
     log(f"building {plan.engine} from {plan.onnx} (TensorRT {device.tensorrt_version}, {device.name}, flags {list(plan.builder_flags) or 'none'}"
         + (", strongly typed" if plan.strongly_typed else "") + ")")
-    serialized = poly.EngineBytesFromNetwork(network, config=poly.PostprocessConfig(config, postprocess),
-                                             save_timing_cache=str(cache) if cache else None)()
+    try:
+        serialized = poly.EngineBytesFromNetwork(network, config=poly.PostprocessConfig(config, postprocess),
+                                                 save_timing_cache=str(cache) if cache else None)()
+    except Exception as exc:  # Polygraphy raises PolygraphyException after TensorRT's own log
+        raise ArtifactError(f"TensorRT could not build {plan.engine} from {plan.onnx}: {type(exc).__name__}: {exc} "
+                            "(TensorRT's log above names the layer; an unsupported op needs a lower opset or another model)") from exc
     seconds = time.perf_counter() - t0
     if not serialized:
         raise ArtifactError(f"TensorRT could not build {plan.engine} (see its log above)")

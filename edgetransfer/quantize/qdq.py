@@ -106,7 +106,7 @@ def inspect_qdq(path: str | Path) -> QdqSummary:
         elif n.input[0] in consts:
             dtype = _DTYPES.get(consts[n.input[0]].data_type, str(consts[n.input[0]].data_type))
             s.dequantized_types[dtype] = s.dequantized_types.get(dtype, 0) + 1
-            if scale_size > 1:
+            if scale_size > 1 and dtype in ("int8", "uint8"):
                 s.per_channel_weights += 1
     return s
 
