@@ -80,6 +80,14 @@ def test_matching_engine_goes_on_to_tensorrt(tmp_path):
             runner.activate()
 
 
+def test_engine_of_a_rebuilt_onnx_is_refused(tmp_path):
+    b = make_bundle(tmp_path)
+    p, m = fake_engine(b)
+    m.parent_file, m.parent_sha256 = "model.onnx", "0" * 64  # built from an older model.onnx
+    with pytest.raises(EngineMismatchError, match="built from an older model.onnx"):
+        TensorRTRunner(p, m, options={"device": DeviceFacts("Orin", "8.7", "10.3.0.30")}).activate()
+
+
 def test_engine_without_device_facts_is_refused(tmp_path):
     p, m = fake_engine(tmp_path, details=False)
     with pytest.raises(EngineMismatchError, match="cannot be matched to this device"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,6 +167,24 @@ def check_engine_compatible(manifest: Manifest, device: DeviceFacts, name: str =
             "or `bash build_engine.sh`")
 
 
+def check_engine_current(manifest: Manifest, engine_path: Path) -> None:
+    """Refuse an engine whose parent ONNX in the same bundle has been rebuilt since (its manifest
+    records another sha256): the engine would run an older model under the current name."""
+    if not manifest.parent_file or not manifest.parent_sha256:
+        return
+    parent_manifest = engine_path.parent / (manifest.parent_file + ".json")
+    if not parent_manifest.is_file():
+        return  # the engine travelled without its ONNX: nothing to compare with
+    try:
+        now = json.loads(parent_manifest.read_text()).get("sha256")
+    except (OSError, json.JSONDecodeError):
+        return
+    if now and now != manifest.parent_sha256:
+        raise EngineMismatchError(
+            f"{engine_path.name} was built from an older {manifest.parent_file} (sha256 {manifest.parent_sha256[:12]}…, now {now[:12]}…); "
+            "rebuild it with `edgetransfer build` or build_engine.sh so it runs the current model")
+
+
 @register_runner(Format.ENGINE, Runtime.TENSORRT)
 class TensorRTRunner(Runner):
     """Runs a TensorRT engine with Polygraphy's ``TrtRunner`` (host numpy in, host numpy out).
@@ -201,6 +220,7 @@ class TensorRTRunner(Runner):
         self.manifest = manifest
         device = self.options.get("device") or device_facts()
         check_engine_compatible(manifest, device, self.path.name)  # before the engine is read
+        check_engine_current(manifest, self.path)
         facts = engine_facts(manifest, self.path.name)
         trt = require("tensorrt", "tensorrt", "the TensorRT runner")
         poly = require("polygraphy.backend.trt", "tensorrt", "the TensorRT runner")
