@@ -91,7 +91,7 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
             "skipped": skipped, "num_skipped": len(skipped),
             "train_files": [[str(s.path), train_set.class_names[s.label]] for s in train_set.samples],
             "val_files": [[str(s.path), train_set.class_names[s.label]] for s in val_set.samples],
-            "training": {"num_images": len(train_set), "counts": train_set.counts()},
+            "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
         "artifacts": [],
     }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_bundle import make_bundle
+from .tiny_bundle import make_bundle
 from edgetransfer.artifacts import Manifest, atomic_write_json, write_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle, runner_options
 from edgetransfer.errors import EngineMismatchError, MissingExtraError

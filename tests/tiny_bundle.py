@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import make_image_folder
+from .conftest import make_image_folder
 from edgetransfer.artifacts import Manifest, atomic_write_json, write_manifest
 from edgetransfer.data import PreprocessSpec, scan_image_folder
 from edgetransfer.targets import QuantizationPreset

@@ -1,1 +1,1 @@
-"""Build stage: per-target artifacts made from the bundle's ONNX files (TensorRT engines, ...)."""
+"""Build stage: per-target compiled artifacts (TensorRT engines, mobile formats)."""
