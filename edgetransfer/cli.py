@@ -230,6 +230,49 @@ def _benchmark_devices(bundle, names, inventory, target, data, settings, report_
 
 
 @app.command()
+def build(
+    bundle: Path = typer.Argument(..., help="bundle directory (from 'edgetransfer run' or a copy of it on the device)"),
+    target: Optional[str] = TargetOpt,
+    precision: str = typer.Option("best", "--precision", help="fp16 | int8 | best | fp32 (best: int8 with fp16 fallback where the target has INT8)"),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="build for this DLA core (GPU fallback on); targets with DLA cores only"),
+    script_only: bool = typer.Option(False, "--script-only", help="only write BUNDLE/build_engine.sh (trtexec commands); needs no TensorRT"),
+    requantize: bool = typer.Option(False, "--requantize", help="when the INT8 Q/DQ ONNX was made with another preset, requantize it with the target's (needs the training images)"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="with --requantize: calibration recipe name or YAML path"),
+    force: bool = typer.Option(False, "--force", help="rebuild even when a current engine exists"),
+    tensorrt_version: Optional[str] = typer.Option(None, "--tensorrt-version", help="with --script-only: write trtexec flags for this TensorRT version (default: the target's)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """TensorRT engine for a GPU target, built on this device (the engine only runs with the
+    TensorRT version and GPU that built it); always writes BUNDLE/build_engine.sh too."""
+    from .build.tensorrt import build_engine, int8_onnx_problems, plan_engine_build, write_build_script
+    from .errors import TargetError
+
+    set_quiet(quiet)
+    tgt = _target_for(bundle, target)
+    try:
+        plan = plan_engine_build(bundle, tgt, precision, dla_core=dla_core, tensorrt_version=tensorrt_version)
+    except TargetError:
+        if not (requantize and precision in ("int8", "best") and int8_onnx_problems(bundle, tgt)):
+            raise
+        from .pipeline import stage_quantize
+
+        console.print(f"requantizing {bundle}/model.int8.qdq.onnx with target {tgt.name}'s preset")
+        stage_quantize(bundle, tgt, calibration)
+        plan = plan_engine_build(bundle, tgt, precision, dla_core=dla_core, tensorrt_version=tensorrt_version)
+    script = write_build_script(bundle, tgt, tensorrt_version=tensorrt_version, dla_core=dla_core)
+    if script_only:
+        import shlex
+
+        console.print(f"{script} written; on the device run: bash {script.name} {precision}")
+        console.print("equivalent trtexec command: " + shlex.join(plan.trtexec_args()))
+        return
+    m, reused = build_engine(bundle, tgt, precision, dla_core=dla_core, force=force)
+    t = m.details["tensorrt"]
+    console.print(f"{bundle / m.file}: {'reused (current)' if reused else 'built'}; {m.precision} (asked {precision}), TensorRT {t['version']}, "
+                  f"compute capability {t['compute_capability']} ({t['device_name']}), profile batch {t['profile']['min'][0]}..{t['profile']['max'][0]}")
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
     epochs: int = typer.Option(30, "--epochs"),
@@ -256,11 +299,13 @@ def targets_list():
     from .targets import list_targets, load_target
 
     t = Table()
-    for c in ("name", "arch", "runtimes", "precisions", "description"):
+    for c in ("name", "arch", "runtimes", "precisions", "TensorRT / CC / DLA", "description"):
         t.add_column(c)
     for n in list_targets():
         tg = load_target(n)
-        t.add_row(n, tg.arch, ", ".join(map(str, tg.runtimes)), ", ".join(map(str, tg.precisions)), tg.description)
+        gpu = (f"{tg.tensorrt_version} / {tg.compute_capability or '>=' + str(tg.min_compute_capability)} / {tg.dla_cores}"
+               if tg.tensorrt_version else "—")
+        t.add_row(n, tg.arch, ", ".join(map(str, tg.runtimes)), ", ".join(map(str, tg.precisions)), gpu, tg.description)
     console.print(t)
 
 

@@ -2,7 +2,8 @@
 
 ``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
 ``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``report.json`` / ``report.md``,
-each artifact with its ``<file>.json`` manifest.
+each artifact with its ``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the
+trtexec commands that build the engines on the device).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_spli
 from .errors import ArtifactError, ConfigError, DataError
 from .progress import log
 from .targets import Target, load_target
+from .types import Runtime
 
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
@@ -153,6 +155,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         t = time.perf_counter()
         stage_quantize(Path(out), tgt, recipe)
         times["quantize_s"] = time.perf_counter() - t
+    if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
+        from .build.tensorrt import write_build_script
+
+        write_build_script(Path(out), tgt)
     t = time.perf_counter()
     report = stage_benchmark(Path(out), tgt, None, settings)
     times["benchmark_s"] = time.perf_counter() - t

@@ -6,5 +6,6 @@ from .base import Runner, RunnerUnavailable, available_runtimes, get_runner_clas
 # Register the built-in runners (their modules import their backends lazily).
 from . import ort as _ort  # noqa: F401,E402
 from . import pytorch as _pytorch  # noqa: F401,E402
+from . import tensorrt as _tensorrt  # noqa: F401,E402
 
 __all__ = ["Runner", "RunnerUnavailable", "available_runtimes", "get_runner_class", "register_runner", "registered"]
