@@ -4,7 +4,8 @@
 ``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), the target's mobile formats
 (``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``, ``model*.ort`` +
 ``ort.required_operators.config``), ``report.json`` / ``report.md``, each artifact with its
-``<file>.json`` manifest.
+``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the trtexec commands that build
+the engines on the device).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_spli
 from .errors import ArtifactError, ConfigError, DataError
 from .progress import log
 from .targets import Target, load_target
+from .types import Runtime
 
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
@@ -84,14 +86,14 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "target": target.name if target else None,
         "dataset": {
-            "data": str(data), "split": how, "class_names": train_set.class_names,
+            "data": str(Path(data).resolve()), "split": how, "class_names": train_set.class_names,
             "train_root": str(train_set.root), "val_root": str(val_set.root),
             "num_train": len(train_set), "num_val": len(val_set),
             "train_counts": train_set.counts(), "val_counts": val_set.counts(),
             "skipped": skipped, "num_skipped": len(skipped),
-            "train_files": [[str(s.path), train_set.class_names[s.label]] for s in train_set.samples],
-            "val_files": [[str(s.path), train_set.class_names[s.label]] for s in val_set.samples],
-            "training": {"num_images": len(train_set), "counts": train_set.counts()},
+            "train_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in train_set.samples],
+            "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
+            "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
         "artifacts": [],
     }
@@ -233,6 +235,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         t = time.perf_counter()
         stage_build(Path(out), tgt, recipe)
         times["build_s"] = time.perf_counter() - t
+    if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
+        from .build.tensorrt import write_build_script
+
+        write_build_script(Path(out), tgt)
     t = time.perf_counter()
     report = stage_benchmark(Path(out), tgt, None, settings)
     times["benchmark_s"] = time.perf_counter() - t

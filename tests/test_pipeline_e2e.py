@@ -87,6 +87,7 @@ def test_stage_commands_compose_on_a_tiny_model(tmp_path):
     import timm
 
     data = make_image_folder(tmp_path / "data", classes=("red", "green"), per_class=12, size=64)
+    (data / "red" / "broken.jpg").write_bytes(b"")  # reported, skipped, counted; the run goes on
     sd = tmp_path / "sd.pt"
     torch.manual_seed(0)
     torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict(), sd)
@@ -109,6 +110,8 @@ def test_stage_commands_compose_on_a_tiny_model(tmp_path):
     assert {r["name"] for r in report["results"]} == {"model.pt", "model.onnx", "model.int8.qdq.onnx"}
     assert all(r["status"] == "ok" for r in report["results"])
     assert report["dataset"]["num_images"] == 4  # round(0.2 * 12) = 2 per class, seeded split
+    assert report["dataset"]["training"]["num_skipped"] == 1
+    assert report["dataset"]["training"]["skipped"][0]["path"].endswith("broken.jpg")
     fp32 = next(r for r in report["results"] if r["name"] == "model.onnx")
     assert fp32["accuracy"]["top1"] >= 0.8  # colour classes are easy even for a random backbone
 

@@ -117,6 +117,14 @@ def load_validation(bundle: Path, class_names: list[str], data: Path | None) -> 
     raise DataError(f"no validation data: pass --data VAL_DIR (an ImageFolder with the classes {class_names})")
 
 
+def subsample(samples: list[Sample], max_samples: int | None) -> list[Sample]:
+    """At most ``max_samples`` evenly spaced samples, in order (all when ``None`` or 0)."""
+    if max_samples and len(samples) > max_samples:
+        step = len(samples) / max_samples
+        return [samples[int(i * step)] for i in range(max_samples)]
+    return list(samples)
+
+
 def _runtimes_for(fmt: Format, target: Target) -> list[Runtime]:
     rts = [r for r in target.runtimes if (fmt, r) in _REGISTRY]
     if not rts:
@@ -140,10 +148,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             raise ArtifactError(f"{p.name} has classes {m.class_names}, {arts[0][0].name} has {class_names}: mixed bundles are not supported")
     spec = PreprocessSpec.from_dict(arts[0][1].preprocessing)
     val, val_root = load_validation(bundle, class_names, data)
-    samples = val.samples
-    if settings.max_samples and len(samples) > settings.max_samples:
-        step = len(samples) / settings.max_samples
-        samples = [samples[int(i * step)] for i in range(settings.max_samples)]
+    samples = subsample(val.samples, settings.max_samples)
     log(f"preprocessing {len(samples)} validation images")
     x, y = load_arrays(samples, spec)
     tb = target.benchmark
@@ -152,9 +157,9 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     iters = settings.min_iterations or tb.min_iterations
     min_s = tb.min_seconds if settings.min_seconds is None else settings.min_seconds
     threads = tb.threads if settings.threads is None else settings.threads
-    host_is_target = target.host_is_target()
+    on_target = host_is_target(target)
     notes = []
-    if not host_is_target:
+    if not on_target:
         notes.append(f"host measurement: this {platform.machine()} host is not the target {target.name} "
                      f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
         if threads and os.cpu_count() and threads > os.cpu_count():
@@ -173,7 +178,8 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     order = [ref_item] + [it for it in plan if it is not ref_item] if ref_item else plan
     results, ref_pred = [], None
     for p, m, rt in order:
-        row = measure_artifact(p, m, rt, x, y, class_names, batch_sizes, warmup, iters, min_s, threads, ref_pred)
+        row = measure_artifact(p, m, rt, x, y, class_names, batch_sizes, warmup, iters, min_s, threads, ref_pred,
+                               options=runner_options(target, bundle, m, rt))
         if (p, m, rt) == ref_item and row["status"] == Status.OK:
             ref_pred = row.pop("_pred")
             row["accuracy"]["agreement_with_fp32"] = 1.0
@@ -183,13 +189,14 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     # keep bundle order in the report
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
+    results += not_built_rows(bundle, target)
     if Precision.FP16 not in target.precisions:
         notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it")
     bj = bundle / BUNDLE_FILE
     bundle_info = json.loads(bj.read_text()) if bj.is_file() else {}
     report = {
         "target": target.name,
-        "host_is_target": host_is_target,
+        "host_is_target": on_target,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bundle": str(bundle),
         "environment": environment(threads),
@@ -206,9 +213,58 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     return report
 
 
+def runner_options(target: Target, bundle: Path, manifest: Manifest, runtime: Runtime) -> dict[str, Any]:
+    """Runner options a target implies: ONNX Runtime execution providers from ``ort_providers``
+    (TensorRT EP caches keyed by the artifact's sha256 under ``.trt-cache/ort``)."""
+    if runtime == Runtime.ONNXRUNTIME and target.ort_providers:
+        from ..runtime.ort import execution_providers
+
+        cache = Path(bundle) / ".trt-cache" / "ort" / (manifest.sha256 or "unknown")[:16]
+        return {"providers": execution_providers(target.ort_providers, precision=manifest.precision, cache_dir=cache)}
+    return {}
+
+
+def host_is_target(target: Target) -> bool:
+    """Whether this machine can stand for ``target``: same CPU architecture, and a CUDA GPU of a
+    fitting compute capability when the target is a GPU target."""
+    if not target.host_is_target():  # CPU architecture and operating system (an Android phone is not an arm64 Linux box)
+        return False
+    if target.compute_capability or target.min_compute_capability:
+        from ..runtime.tensorrt import cuda_device
+        from ..targets import parse_compute_capability
+
+        dev = cuda_device()
+        if dev is None:
+            return False
+        if target.compute_capability:
+            return dev[1] == target.compute_capability
+        return parse_compute_capability(dev[1]) >= parse_compute_capability(target.min_compute_capability)
+    return True
+
+
+def not_built_rows(bundle: Path, target: Target) -> list[dict[str, Any]]:
+    """Rows for the engines a TensorRT target expects that the bundle does not hold: status
+    ``not_runnable``, error ``not built on this host ...`` — never a number."""
+    from ..build.tensorrt import BUILD_SCRIPT, planned_engines
+    from ..runtime.tensorrt import NOT_BUILT_HERE
+
+    rows = []
+    for name, precision in planned_engines(bundle, target):
+        rows.append({
+            "name": name, "format": str(Format.ENGINE), "precision": precision, "runtime": str(Runtime.TENSORRT),
+            "path": str(Path(bundle) / name), "sha256": None, "size_mib": None, "target": target.name,
+            "status": str(Status.NOT_RUNNABLE), "accuracy": None, "latency": [], "execution_provider": None, "rss_mib": None,
+            "error": f"{NOT_BUILT_HERE}: build it on the {target.name} device with `edgetransfer build BUNDLE --target {target.name} "
+                     f"--precision {precision}` or `bash {BUILD_SCRIPT} {precision}`, then benchmark there",
+        })
+    return rows
+
+
 def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.ndarray, y: np.ndarray, class_names: list[str],
-                     batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred) -> dict[str, Any]:
-    """One report row. Never raises for a runtime/artifact failure: the row carries the error."""
+                     batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred,
+                     options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One report row. Never raises for a runtime/artifact failure: the row carries the error.
+    ``options``: passed to the runner (e.g. ONNX Runtime providers)."""
     row: dict[str, Any] = {
         "name": path.name, "format": manifest.format, "precision": manifest.precision, "runtime": str(runtime),
         "path": str(path), "sha256": manifest.sha256, "size_mib": manifest.size_bytes / 2**20, "target": manifest.target,
@@ -219,15 +275,11 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
     except Exception as exc:
         row.update(status=str(Status.UNAVAILABLE), error=str(exc))
         return row
-    problem = cls.host_problem()
-    if problem:
-        row.update(status=str(Status.NOT_RUNNABLE), error=problem)
-        return row
     if not cls.is_available():
-        row.update(status=str(Status.UNAVAILABLE), error=cls.unavailable_reason())
+        row.update(status=str(cls.unavailable_status), error=cls.unavailable_reason())
         return row
     rss0 = rss_mib()
-    runner = cls(path, manifest, threads=threads)
+    runner = cls(path, manifest, threads=threads, options=options)
     try:
         read_manifest(path)  # sha256 must match before anything runs
         runner.activate()
@@ -250,7 +302,8 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
             xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:])) if len(x) else np.zeros((b, 3, 224, 224), np.float32)
             runner.validate({runner.input_specs[0]["name"]: xb})
             with task(f"Latency {path.name} [{runtime}] b{b}", None):
-                stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s)
+                stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
+                                        sync=runner.synchronize)
             row["latency"].append(stats.to_dict())
         row["rss_mib"] = max(0.0, rss_mib() - rss0)
     except Exception as exc:  # a failing artifact is a row with its error, never a crash

@@ -9,5 +9,6 @@ from . import executorch as _executorch  # noqa: F401,E402
 from . import litert as _litert  # noqa: F401,E402
 from . import ort as _ort  # noqa: F401,E402
 from . import pytorch as _pytorch  # noqa: F401,E402
+from . import tensorrt as _tensorrt  # noqa: F401,E402
 
 __all__ = ["Runner", "RunnerUnavailable", "available_runtimes", "get_runner_class", "register_runner", "registered"]

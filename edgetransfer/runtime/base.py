@@ -11,7 +11,7 @@ import numpy as np
 
 from ..artifacts import Manifest
 from ..errors import ConfigError, EdgeTransferError
-from ..types import Format, Runtime
+from ..types import Format, Runtime, Status
 
 _REGISTRY: dict[tuple[Format, Runtime], type["Runner"]] = {}
 
@@ -58,6 +58,9 @@ class Runner(ABC):
     runtime: ClassVar[Runtime]
     backend_module: ClassVar[str] = ""
     extra: ClassVar[str] = ""
+    # report status when is_available() is False: UNAVAILABLE (install the extra) or NOT_RUNNABLE
+    # (this kind of host cannot run it at all, e.g. a TensorRT engine without an NVIDIA GPU)
+    unavailable_status: ClassVar[Status] = Status.UNAVAILABLE
 
     def __init__(self, path: str | Path, manifest: Manifest | None = None, *, threads: int = 0, options: dict[str, Any] | None = None):
         self.path = Path(path)
@@ -74,14 +77,6 @@ class Runner(ABC):
     def unavailable_reason(cls) -> str:
         return f"{cls.runtime} is not installed here: pip install 'edgetransfer[{cls.extra}]'"
 
-    @classmethod
-    def host_problem(cls) -> str | None:
-        """Why this runtime can never run on this host (e.g. Core ML off macOS), or None.
-
-        The benchmark turns a non-None answer into a ``not_runnable`` row carrying the text.
-        """
-        return None
-
     # -- interface -------------------------------------------------------------------------
     @abstractmethod
     def activate(self) -> None: ...
@@ -91,6 +86,10 @@ class Runner(ABC):
 
     def deactivate(self) -> None:
         self.active = False
+
+    def synchronize(self) -> None:
+        """Wait until work queued on the device is done (GPU runners); CPU runners return at once.
+        Latency timing calls this before reading the clock."""
 
     @property
     def input_specs(self) -> list[dict[str, Any]]:

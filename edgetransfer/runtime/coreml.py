@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from ..errors import require
-from ..types import Format, Runtime
+from ..types import Format, Runtime, Status
 from .base import Runner, register_runner
 
 
@@ -24,11 +24,17 @@ class CoreMlRunner(Runner):
     backend_module = "coremltools"
     extra = "coreml"
 
+    unavailable_status = Status.NOT_RUNNABLE  # off macOS no install can make it run
+
     @classmethod
-    def host_problem(cls) -> str | None:
+    def is_available(cls) -> bool:
+        return sys.platform == "darwin" and super().is_available()
+
+    @classmethod
+    def unavailable_reason(cls) -> str:
         if sys.platform != "darwin":
             return f"not runnable on this host: Core ML predictions need macOS (this host is {sys.platform})"
-        return None
+        return super().unavailable_reason()
 
     def activate(self) -> None:
         ct = require("coremltools", self.extra, "the Core ML runner")

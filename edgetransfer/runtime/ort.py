@@ -21,8 +21,35 @@ def make_session(path, threads: int = 0, providers: list[str] | None = None, opt
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3
     avail = ort.get_available_providers()
-    prov = [p for p in (providers or ["CPUExecutionProvider"]) if p in avail] or ["CPUExecutionProvider"]
+    prov = [p for p in (providers or ["CPUExecutionProvider"]) if _provider_name(p) in avail] or ["CPUExecutionProvider"]
     return ort.InferenceSession(str(path), sess_options=so, providers=prov)
+
+
+def _provider_name(p) -> str:
+    return p[0] if isinstance(p, (tuple, list)) else p
+
+
+def execution_providers(names, *, precision: str | None = None, cache_dir=None) -> list:
+    """ONNX Runtime providers for a target's ``ort_providers`` (names in priority order), with
+    options for the TensorRT execution provider.
+
+    TensorRT EP: engine and timing caches under ``cache_dir`` (the caller keys it by the model's
+    sha256, so a new ONNX never meets a stale engine); ``trt_int8_enable`` for an INT8 Q/DQ model
+    (TensorRT before 11 builds explicit quantization only with its INT8 flag). Never
+    ``trt_fp16_enable``: an fp32 model would then run in fp16 under an fp32 name. Providers that
+    are not installed are dropped by :func:`make_session` (the report shows the provider used).
+    """
+    out: list = []
+    for name in names:
+        if name == "TensorrtExecutionProvider":
+            opts: dict = {"trt_int8_enable": precision == "int8"}
+            if cache_dir is not None:
+                opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir),
+                            trt_timing_cache_enable=True, trt_timing_cache_path=str(cache_dir))
+            out.append((name, opts))
+        else:
+            out.append(name)
+    return out
 
 
 @register_runner(Format.ONNX, Runtime.ONNXRUNTIME)
