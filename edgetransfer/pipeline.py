@@ -133,8 +133,12 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None)
 
 
 def build_formats(target: Target) -> list[str]:
-    """The formats of ``target`` that :func:`stage_build` makes (``onnx`` is export/quantize's)."""
-    return [f for f in target.formats if f != "onnx"]
+    """The formats of ``target`` that :func:`stage_build` makes through the converter registry
+    (``onnx`` is export/quantize's; TensorRT ``engine`` files are built on the device)."""
+    from .build import registered_builders
+
+    mobile = {str(f) for f in registered_builders()}
+    return [f for f in target.formats if f in mobile]
 
 
 def check_build_backends(target: Target) -> None:
