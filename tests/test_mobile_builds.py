@@ -191,7 +191,9 @@ def test_android_benchmark_rows_are_host_measurements(bees):
     """Every android artifact of the bundle is a row; the runnable ones are measured at batch 1."""
     if not (bees / "model.ort").exists():  # run alone: build the one format that needs no extra
         stage_build(bees, load_target("android-arm64"), formats=["ort"])
-    report = benchmark_bundle(bees, load_target("android-arm64"), settings=FAST, write=True)
+    # 48 of the 153 images: every artifact's parity on all 153 is already in its manifest (CI time)
+    report = benchmark_bundle(bees, load_target("android-arm64"), settings=BenchSettings(warmup=2, min_iterations=5, min_seconds=0.0, max_samples=48),
+                              write=True)
     assert report["host_is_target"] is False
     assert any(n.startswith("host measurement") for n in report["notes"])
     rows = {(r["name"], r["runtime"]): r for r in report["results"]}
@@ -201,7 +203,7 @@ def test_android_benchmark_rows_are_host_measurements(bees):
             continue
         assert r["status"] == "ok", (name, r["error"])
         assert [lat["batch_size"] for lat in r["latency"]] == [1]
-        assert r["accuracy"]["num_samples"] == 153 and r["accuracy"]["agreement_with_fp32"] >= 0.97
+        assert r["accuracy"]["num_samples"] == 48 and r["accuracy"]["agreement_with_fp32"] >= 0.97
     md = (bees / "report.md").read_text()
     assert "a host measurement, not the target device" in md
     assert json.loads((bees / "report.json").read_text())["host_is_target"] is False
