@@ -43,11 +43,23 @@ def _settings(batch_sizes, warmup, iterations, min_seconds, threads, max_samples
                          min_seconds=min_seconds, threads=threads, max_samples=max_samples)
 
 
-def _train_cfg(model, arch, epochs, batch_size, lr, seed, head, hidden, dropout, no_cache):
+def _train_cfg(no_cache: bool, **kw):
     from .train import TrainConfig
 
-    return TrainConfig(model=model, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, head=head, hidden=hidden,
-                       dropout=dropout, feature_cache=not no_cache)
+    return TrainConfig(feature_cache=not no_cache, **kw)
+
+
+_RECIPE = ("model", "arch", "epochs", "batch_size", "lr", "seed", "head", "hidden", "dropout", "freeze", "trainable_blocks",
+           "freeze_bn", "finetune_epochs", "unfreeze", "finetune_lr", "backbone_lr_factor", "layer_decay", "warmup_epochs",
+           "weight_decay", "label_smoothing", "class_weights", "balanced_sampler", "augment", "views", "early_stopping",
+           "strict", "resume", "cache_dir", "device", "amp", "input_size")
+
+
+def _recipe(params: dict) -> dict:
+    """The TrainConfig fields among a command's parameters."""
+    kw = {k: params[k] for k in _RECIPE}
+    kw["cache_dir"] = str(kw["cache_dir"]) if kw["cache_dir"] else None
+    return kw
 
 
 def _finish(report, as_json: bool):
@@ -67,6 +79,29 @@ ModelOpt = typer.Option("efficientnet-lite0", "--model", help="efficientnet-lite
 ArchOpt = typer.Option(None, "--arch", help="architecture of a plain state dict given with file:PATH (timm:NAME or torchvision:NAME)")
 TargetOpt = typer.Option(None, "--target", help="target profile name (targets/*.yaml) or path")
 BatchSizesOpt = typer.Option(None, "--bench-batch", help="latency batch sizes (repeat), default: the target's")
+# the transfer-learning recipe (train and run); see edgetransfer.train.TrainConfig
+FreezeOpt = typer.Option("backbone", "--freeze", help="backbone (train the new head) | none (train everything)")
+BlocksOpt = typer.Option(0, "--trainable-blocks", min=0, help="with --freeze backbone: the last N backbone stages train too")
+FreezeBnOpt = typer.Option(False, "--freeze-bn", help="keep every BatchNorm frozen, even in trainable stages (small datasets)")
+FtEpochsOpt = typer.Option(0, "--finetune-epochs", min=0, help="second phase: unfreeze and fine-tune for N epochs")
+UnfreezeOpt = typer.Option("last:1", "--unfreeze", help="stages the fine-tune phase trains: last:K | all")
+FtLrOpt = typer.Option(None, "--finetune-lr", help="head lr of the fine-tune phase (default --lr / 10)")
+BbFactorOpt = typer.Option(0.1, "--backbone-lr-factor", help="backbone lr = head lr x this")
+LayerDecayOpt = typer.Option(None, "--layer-decay", help="lr x this per stage away from the head (e.g. 0.7)")
+WarmupOpt = typer.Option(0.0, "--warmup-epochs", help="linear lr warm-up per phase, then cosine")
+WdOpt = typer.Option(1e-4, "--weight-decay")
+SmoothOpt = typer.Option(0.1, "--label-smoothing")
+ClassWOpt = typer.Option(False, "--class-weights", help="class-weighted loss (imbalanced data)")
+BalancedOpt = typer.Option(False, "--balanced-sampler", help="class-balanced sampling (imbalanced data)")
+AugmentOpt = typer.Option(False, "--augment", help="random resized crop + flip when the whole network runs")
+ViewsOpt = typer.Option(1, "--views", min=1, help="cached feature views per image (view 0 plain, others augmented)")
+EarlyOpt = typer.Option(None, "--early-stopping", help="end a phase after N epochs without a better validation result")
+StrictOpt = typer.Option(False, "--strict", help="an undecodable image is an error instead of being skipped")
+ResumeOpt = typer.Option(False, "--resume", help="continue the interrupted run in --out (OUT/last.pt)")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="on-disk feature cache directory (default: memory only)")
+DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+AmpOpt = typer.Option("auto", "--amp", help="auto | off | bf16 | fp16 (auto: bf16 on CUDA where supported, else fp16; off on CPU)")
+InputSizeOpt = typer.Option(None, "--input-size", help="crop size in px (default: the model's)")
 
 
 @app.command()
@@ -86,6 +121,13 @@ def run(
     hidden: int = typer.Option(512, "--hidden"),
     dropout: float = typer.Option(0.2, "--dropout"),
     no_cache: bool = typer.Option(False, "--no-feature-cache", help="run the whole network every step"),
+    freeze: str = FreezeOpt, trainable_blocks: int = BlocksOpt, freeze_bn: bool = FreezeBnOpt, finetune_epochs: int = FtEpochsOpt,
+    unfreeze: str = UnfreezeOpt, finetune_lr: Optional[float] = FtLrOpt, backbone_lr_factor: float = BbFactorOpt,
+    layer_decay: Optional[float] = LayerDecayOpt, warmup_epochs: float = WarmupOpt, weight_decay: float = WdOpt,
+    label_smoothing: float = SmoothOpt, class_weights: bool = ClassWOpt, balanced_sampler: bool = BalancedOpt,
+    augment: bool = AugmentOpt, views: int = ViewsOpt, early_stopping: Optional[int] = EarlyOpt, strict: bool = StrictOpt,
+    resume: bool = ResumeOpt, cache_dir: Optional[Path] = CacheDirOpt, device: Optional[str] = DeviceOpt, amp: str = AmpOpt,
+    input_size: Optional[int] = InputSizeOpt,
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration recipe name or YAML path"),
     bench_batch: Optional[List[int]] = BatchSizesOpt,
     warmup: Optional[int] = typer.Option(None, "--warmup"),
@@ -99,9 +141,11 @@ def run(
     from .pipeline import run as run_pipeline
 
     set_quiet(quiet or as_json)
-    cfg = _train_cfg(model, arch, epochs, batch_size, lr, seed, head, hidden, dropout, no_cache)
+    cfg = _train_cfg(no_cache, **_recipe(locals()))
     report = run_pipeline(data, out, cfg, target=target, val=val, recipe=calibration,
                           settings=_settings(bench_batch, warmup, iterations, min_seconds, threads), val_fraction=val_fraction)
+    if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
+        return
     _finish(report, as_json)
     if not as_json:
         console.print(f"bundle: {out}  (report.json, report.md)")
@@ -124,17 +168,26 @@ def train(
     hidden: int = typer.Option(512, "--hidden"),
     dropout: float = typer.Option(0.2, "--dropout"),
     no_cache: bool = typer.Option(False, "--no-feature-cache"),
+    freeze: str = FreezeOpt, trainable_blocks: int = BlocksOpt, freeze_bn: bool = FreezeBnOpt, finetune_epochs: int = FtEpochsOpt,
+    unfreeze: str = UnfreezeOpt, finetune_lr: Optional[float] = FtLrOpt, backbone_lr_factor: float = BbFactorOpt,
+    layer_decay: Optional[float] = LayerDecayOpt, warmup_epochs: float = WarmupOpt, weight_decay: float = WdOpt,
+    label_smoothing: float = SmoothOpt, class_weights: bool = ClassWOpt, balanced_sampler: bool = BalancedOpt,
+    augment: bool = AugmentOpt, views: int = ViewsOpt, early_stopping: Optional[int] = EarlyOpt, strict: bool = StrictOpt,
+    resume: bool = ResumeOpt, cache_dir: Optional[Path] = CacheDirOpt, device: Optional[str] = DeviceOpt, amp: str = AmpOpt,
+    input_size: Optional[int] = InputSizeOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Transfer learning: new head, frozen backbone; writes OUT/model.pt (+ manifest, bundle.json)."""
+    """Transfer learning: new head, frozen backbone, optional fine-tune; writes OUT/model.pt (+ manifest,
+    bundle.json), OUT/last.pt (for --resume), OUT/metrics.csv/.json. Works under torchrun (DDP)."""
     from .pipeline import stage_train
     from .targets import load_target
+    from .train import process_rank
 
     set_quiet(quiet)
     tgt = load_target(target)
-    res = stage_train(data, out, _train_cfg(model, arch, epochs, batch_size, lr, seed, head, hidden, dropout, no_cache), val=val,
-                      val_fraction=val_fraction, target=tgt)
-    console.print(f"checkpoint: {res.checkpoint} (val top-1 {res.best_val_top1:.4f}, epoch {res.best_epoch})")
+    res = stage_train(data, out, _train_cfg(no_cache, **_recipe(locals())), val=val, val_fraction=val_fraction, target=tgt)
+    if process_rank() == 0:
+        console.print(f"checkpoint: {res.checkpoint} (val top-1 {res.best_val_top1:.4f}, {res.best_phase} phase, epoch {res.best_epoch})")
 
 
 @app.command()

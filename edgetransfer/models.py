@@ -237,7 +237,9 @@ def backbone_blocks(model, head_path: str) -> list[list[str]]:
     timm models: ``model.group_matcher(coarse=True)``; torchvision models: :data:`TORCHVISION_BLOCKS`
     by class name; any other model: one block per top-level child module, in registration order.
     """
-    timm = require("timm", "train")
+    require("timm", "train")
+    from timm.models._manipulate import group_with_matcher
+
     names = [n for n, _ in model.named_parameters() if not (n == head_path or n.startswith(head_path + "."))]
     matcher = None
     if hasattr(model, "group_matcher"):
@@ -252,7 +254,7 @@ def backbone_blocks(model, head_path: str) -> list[list[str]]:
         for n in names:
             order.setdefault(n.split(".")[0], len(order))
         matcher = lambda n: order[n.split(".")[0]]  # noqa: E731
-    groups = timm.models.group_with_matcher(((n, None) for n in names), matcher)
+    groups = group_with_matcher(((n, None) for n in names), matcher)
     return [groups[k] for k in sorted(groups) if groups[k]]
 
 

@@ -68,7 +68,7 @@ def parity_arrays(info: dict[str, Any], spec: PreprocessSpec):
 
 def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
     """Resolve the split, write bundle.json, train, register the checkpoint."""
-    from .train import train
+    from .train import process_rank, train
 
     out = Path(out)
     train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
@@ -93,9 +93,12 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
         },
         "artifacts": [],
     }
-    atomic_write_json(out / BUNDLE_FILE, info)
+    main = process_rank() == 0  # under torchrun only rank 0 writes files
+    if main:
+        atomic_write_json(out / BUNDLE_FILE, info)
     res = train(train_set, val_set, out, cfg)
-    register_artifact(out, CHECKPOINT)
+    if main:
+        register_artifact(out, CHECKPOINT)
     return res
 
 
@@ -146,6 +149,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     t = time.perf_counter()
     stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
     times["train_s"] = time.perf_counter() - t
+    from .train import process_rank
+
+    if process_rank() != 0:  # torchrun: the other ranks only helped to train
+        return {}
     t = time.perf_counter()
     stage_export(Path(out), tgt, export_cfg)
     times["export_s"] = time.perf_counter() - t
