@@ -220,7 +220,7 @@ TORCHVISION_BLOCKS: dict[str, dict[str, Any]] = {
     "MobileNetV2": _TV_FEATURES, "MobileNetV3": _TV_FEATURES, "EfficientNet": _TV_FEATURES,  # EfficientNet V1 and V2
     "ConvNeXt": _TV_FEATURES, "SqueezeNet": _TV_FEATURES, "VGG": _TV_FEATURES, "AlexNet": _TV_FEATURES,
     "MNASNet": dict(stem=r"^layers\.[0-7]\.", blocks=r"^layers\.(\d+)\."),
-    "DenseNet": dict(stem=r"^features\.(conv0|norm0)\.", blocks=[(r"^features\.(?:denseblock|transition)(\d+)\.", None),
+    "DenseNet": dict(stem=r"^features\.(?:conv0|norm0)\.", blocks=[(r"^features\.(?:denseblock|transition)(\d+)\.", None),
                                                                   (r"^features\.norm5\.", (99999,))]),
     "RegNet": dict(stem=r"^stem\.", blocks=r"^trunk_output\.block(\d+)\."),
     "ShuffleNetV2": dict(stem=r"^conv1\.", blocks=[(r"^stage(\d+)\.", None), (r"^conv5\.", (99999,))]),
