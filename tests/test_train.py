@@ -62,6 +62,17 @@ def test_amp_dtype_choice():
         amp_dtype("bf16", "cuda", bf16_supported=False)
 
 
+def test_autocast_path_on_cpu_bf16(splits, tmp_path):
+    """The AMP code path (autocast in extraction, head and whole-network steps, evaluation), run
+    with CPU bfloat16 autocast; the checkpoint stays float32."""
+    tr, va = splits
+    res = train(tr, va, tmp_path / "out", replace(TINY, amp="bf16", epochs=1, finetune_epochs=1))
+    _, ck = load_checkpoint(res.checkpoint)
+    assert ck["metrics"]["amp"] == "bfloat16" and [h["phase"] for h in res.history] == ["head", "finetune"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ck["state_dict"].values())
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+
+
 def test_samplers():
     labels = np.array([0] * 90 + [1] * 10)
     a = epoch_indices(labels, 1, seed=0, rank=0, world=2)
