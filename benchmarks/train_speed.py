@@ -41,6 +41,7 @@ def main() -> None:
     from edgetransfer.train import TrainConfig, train
 
     set_quiet(True)
+    load0 = os.getloadavg()[0]
     tr, va, how = resolve_splits(args.data, seed=args.seed)
     base = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     runs = {}
@@ -63,6 +64,7 @@ def main() -> None:
         "cached_val_top1": round(c["val_top1"], 4), "naive_val_top1": round(n["val_top1"], 4),
         "top1_diff_points": round(100 * (c["val_top1"] - n["val_top1"]), 2),
         "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "load_avg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],  # other processes skew both runs
     }))
 
 

@@ -240,7 +240,24 @@ def apply_freeze(model, head_path: str, blocks: list[list[str]], trainable: list
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def set_train_mode(model) -> None:
+def train_modes(model) -> list[tuple[Any, bool]]:
+    """``(module, training)`` for every module under the rule of :func:`set_train_mode`."""
+    status: dict[str, bool | None] = {}
+    mods = list(model.named_modules())
+    for name, m in mods:
+        params = list(m.parameters())
+        status[name] = all(p.requires_grad for p in params) if params else None
+    out = []
+    for name, m in mods:
+        s, anc = status[name], name
+        while s is None and anc:
+            anc = anc.rpartition(".")[0]
+            s = status[anc]
+        out.append((m, bool(s)))
+    return out
+
+
+def set_train_mode(model, modes: list[tuple[Any, bool]] | None = None) -> None:
     """Train mode for the trainable parts only, set module by module (not recursively):
 
     * a module with parameters trains iff all of them are trainable, so frozen BatchNorm layers
@@ -248,17 +265,11 @@ def set_train_mode(model) -> None:
     * a parameter-free module (dropout, drop-path, activations) follows its nearest ancestor with
       parameters: it trains iff that ancestor is fully trainable. Dropout inside the frozen
       backbone stays off; dropout inside the head or a trainable stage is on.
+
+    ``modes``: a precomputed :func:`train_modes` list (the freezing has not changed since).
     """
-    status: dict[str, bool | None] = {}
-    for name, m in model.named_modules():
-        params = list(m.parameters())
-        status[name] = all(p.requires_grad for p in params) if params else None
-    for name, m in model.named_modules():
-        s, anc = status[name], name
-        while s is None and anc:
-            anc = anc.rpartition(".")[0]
-            s = status[anc]
-        m.training = bool(s)
+    for m, flag in modes if modes is not None else train_modes(model):
+        m.training = flag
 
 
 # -- devices, precision, distributed ------------------------------------------------------------
@@ -818,10 +829,11 @@ class _Run:
         else:
             s.epoch, s.stale, s.stopped = 0, 0, False
         trainable = [q for q in self.model.parameters() if q.requires_grad]
+        modes = train_modes(self.model)
         while s.epoch < ph.epochs and not s.stopped:
             epoch = s.epoch + 1
             t0 = time.perf_counter()
-            set_train_mode(self.model)
+            set_train_mode(self.model, modes)
             order = epoch_indices(self.labels, epoch + 1000 * p, cfg.seed, d.rank, d.world, cfg.balanced_sampler)
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
             seen = 0
@@ -891,7 +903,6 @@ class _Run:
                 log(f"  early stopping: {s.stale} epoch(s) without a better validation result")
             self.save_last(p, opt, sched)
             self.write_metrics()
-        set_train_mode(self.model)
         self.model.eval()
 
     def _sync_buffers(self) -> None:
@@ -971,7 +982,7 @@ def _train(train_set: ImageFolder, val_set: ImageFolder, out: Path, cfg: TrainCo
     t0 = time.perf_counter()
     for p in range(len(r.phases)):
         s = r.state
-        if p < s.phase or (p == s.phase and resumed is not None and (s.epoch >= r.phases[p].epochs or s.stopped) and p + 1 < len(r.phases)):
+        if p < s.phase:  # finished before the interruption
             continue
         if p > s.phase:
             s.phase, s.epoch, s.stopped = p, 0, False

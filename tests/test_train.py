@@ -246,6 +246,9 @@ def test_cli_train_and_resume(tmp_path):
     assert (c["head"], c["finetune_epochs"], c["unfreeze"], c["layer_decay"], c["views"], c["balanced_sampler"]) == ("mlp", 1, "last:1", 0.8, 2, True)
     assert [h["phase"] for h in ck["metrics"]["history"]] == ["head", "head", "finetune"]
     assert json.loads((tmp_path / "out" / "bundle.json").read_text())["artifacts"][0]["file"] == "model.pt"
+    for cmd in (["train", str(root), "--out", str(tmp_path / "bad")], ["run", "--data", str(root), "--out", str(tmp_path / "bad")]):
+        r = CliRunner().invoke(app, cmd + ["--finetune-epochs", "1", "--unfreeze", "first:2"])
+        assert isinstance(r.exception, ConfigError) and "--unfreeze" in str(r.exception)
     r = CliRunner().invoke(app, args + ["--resume"])  # a finished run resumes to the same checkpoint
     assert r.exit_code == 0, r.output
     _, ck2 = load_checkpoint(tmp_path / "out" / "model.pt")
