@@ -117,6 +117,14 @@ def load_validation(bundle: Path, class_names: list[str], data: Path | None) -> 
     raise DataError(f"no validation data: pass --data VAL_DIR (an ImageFolder with the classes {class_names})")
 
 
+def subsample(samples: list[Sample], max_samples: int | None) -> list[Sample]:
+    """At most ``max_samples`` evenly spaced samples, in order (all when ``None`` or 0)."""
+    if max_samples and len(samples) > max_samples:
+        step = len(samples) / max_samples
+        return [samples[int(i * step)] for i in range(max_samples)]
+    return list(samples)
+
+
 def _runtimes_for(fmt: Format, target: Target) -> list[Runtime]:
     rts = [r for r in target.runtimes if (fmt, r) in _REGISTRY]
     if not rts:
@@ -140,10 +148,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             raise ArtifactError(f"{p.name} has classes {m.class_names}, {arts[0][0].name} has {class_names}: mixed bundles are not supported")
     spec = PreprocessSpec.from_dict(arts[0][1].preprocessing)
     val, val_root = load_validation(bundle, class_names, data)
-    samples = val.samples
-    if settings.max_samples and len(samples) > settings.max_samples:
-        step = len(samples) / settings.max_samples
-        samples = [samples[int(i * step)] for i in range(settings.max_samples)]
+    samples = subsample(val.samples, settings.max_samples)
     log(f"preprocessing {len(samples)} validation images")
     x, y = load_arrays(samples, spec)
     tb = target.benchmark
