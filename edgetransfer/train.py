@@ -1009,6 +1009,24 @@ def _train(train_set: ImageFolder, val_set: ImageFolder, out: Path, cfg: TrainCo
 
 # -- checkpoints --------------------------------------------------------------------------------
 
+def train_epoch_naive(model, folder: ImageFolder, spec: PreprocessSpec, cfg: TrainConfig, opt, device: str) -> float:
+    """One epoch through the whole network (frozen parts in eval mode, :func:`set_train_mode`), in a
+    seeded order, with ``opt`` over the trainable parameters. Returns the mean training loss."""
+    torch = _torch()
+    loss_fn = make_loss(cfg, list(folder.counts().values()), device)
+    set_train_mode(model)
+    tot, n = 0.0, 0
+    for x, y in _batches(folder.samples, spec, cfg.batch_size, None, epoch_indices(folder.labels, 1, cfg.seed)):
+        loss = loss_fn(model(torch.from_numpy(x).to(device)), torch.from_numpy(y).to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot += float(loss.detach()) * len(y)
+        n += len(y)
+    model.eval()
+    return tot / max(1, n)
+
+
 def evaluate_model(model, folder: ImageFolder, spec: PreprocessSpec, batch_size: int, device: str) -> float:
     """Top-1 of ``model`` on ``folder`` (fraction)."""
     torch = _torch()

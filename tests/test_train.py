@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from conftest import make_image_folder  # noqa: E402
+from .conftest import make_image_folder  # noqa: E402
 from edgetransfer import train as T  # noqa: E402
 from edgetransfer.data import resolve_splits, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, DataError, TrainingError  # noqa: E402
