@@ -830,6 +830,20 @@ class _Run:
             s.epoch, s.stale, s.stopped = 0, 0, False
         trainable = [q for q in self.model.parameters() if q.requires_grad]
         modes = train_modes(self.model)
+        threads = torch.get_num_threads()
+        if cached and not self.device.startswith("cuda"):
+            # steps on cached features are tiny: one thread beats OpenMP fork/join, which collapses on a busy machine
+            torch.set_num_threads(1)
+        try:
+            self._epochs(p, ph, cached, module, head, opt, sched, trainable, modes)
+        finally:
+            torch.set_num_threads(threads)
+        self.model.eval()
+
+    def _epochs(self, p: int, ph: _Phase, cached: bool, module, head, opt, sched, trainable: list, modes: list) -> None:
+        torch = _torch()
+        cfg, d, s = self.cfg, self.d, self.state
+        per_rank_batch = max(1, cfg.batch_size // d.world)
         while s.epoch < ph.epochs and not s.stopped:
             epoch = s.epoch + 1
             t0 = time.perf_counter()
@@ -903,7 +917,6 @@ class _Run:
                 log(f"  early stopping: {s.stale} epoch(s) without a better validation result")
             self.save_last(p, opt, sched)
             self.write_metrics()
-        self.model.eval()
 
     def _sync_buffers(self) -> None:
         """BatchNorm statistics of trainable stages move per rank; make rank 0's the shared ones."""
