@@ -237,10 +237,11 @@ def backbone_blocks(model, head_path: str) -> list[list[str]]:
     timm models: ``model.group_matcher(coarse=True)``; torchvision models: :data:`TORCHVISION_BLOCKS`
     by class name; any other model: one block per top-level child module, in registration order.
     """
-    require("timm", "train")
-    from timm.models._manipulate import group_with_matcher
+    timm = require("timm", "train")
 
-    names = [n for n, _ in model.named_parameters() if not (n == head_path or n.startswith(head_path + "."))]
+    def in_head(n: str) -> bool:
+        return n == head_path or n.startswith(head_path + ".")
+
     matcher = None
     if hasattr(model, "group_matcher"):
         try:
@@ -251,11 +252,12 @@ def backbone_blocks(model, head_path: str) -> list[list[str]]:
         matcher = TORCHVISION_BLOCKS.get(type(model).__name__)
     if matcher is None:
         order: dict[str, int] = {}
-        for n in names:
+        for n, _ in model.named_parameters():
             order.setdefault(n.split(".")[0], len(order))
         matcher = lambda n: order[n.split(".")[0]]  # noqa: E731
-    groups = group_with_matcher(((n, None) for n in names), matcher)
-    return [groups[k] for k in sorted(groups) if groups[k]]
+    groups = timm.models.group_parameters(model, matcher)
+    blocks = [[n for n in groups[k] if not in_head(n)] for k in sorted(groups)]
+    return [b for b in blocks if b]
 
 
 def _timm_preprocessing(model) -> PreprocessSpec:
