@@ -107,6 +107,9 @@ class Target:
     l4t: str | None = None
     dla_cores: int = 0
     workspace_mib: int | None = None
+    # ONNX Runtime execution providers in priority order (full ORT names); empty = CPU only.
+    # Providers missing from the installed onnxruntime build are skipped and the report says so.
+    execution_providers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +121,10 @@ class Target:
             raise TargetError(f"target {self.name!r}: opset_max {self.opset_max} is outside 7..30")
         if not (0.0 <= self.max_top1_drop <= 1.0):
             raise TargetError(f"target {self.name!r}: accuracy_budget.max_top1_drop must be a fraction in [0, 1]")
+        bad = [p for p in self.execution_providers if not str(p).endswith("ExecutionProvider")]
+        if bad:
+            raise TargetError(f"target {self.name!r}: execution_providers must be ONNX Runtime provider names such as "
+                              f"CUDAExecutionProvider (got {bad})")
 
     def supports(self, precision: Precision | str) -> bool:
         return Precision(precision) in self.precisions
@@ -170,6 +177,8 @@ def _parse(name: str, raw: dict[str, Any], source: str) -> Target:
     raw.setdefault("name", name)
     if "formats" in raw:
         raw["formats"] = tuple(raw["formats"])
+    if "execution_providers" in raw:
+        raw["execution_providers"] = tuple(str(p) for p in raw["execution_providers"] or ())
     if "compute_capability" in raw and raw["compute_capability"] is not None:
         raw["compute_capability"] = str(raw["compute_capability"])
     if "tensorrt_version" in raw and raw["tensorrt_version"] is not None:
