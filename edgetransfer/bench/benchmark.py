@@ -72,6 +72,14 @@ def environment(threads: int) -> dict[str, Any]:
             "platform": platform.platform(), "versions": versions}
 
 
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (Unix), None elsewhere."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def discover_artifacts(bundle: Path) -> list[tuple[Path, Manifest]]:
     """Artifacts of a bundle in the order bundle.json lists them (else every file with a manifest)."""
     bundle = Path(bundle)
@@ -178,6 +186,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     threads = tb.threads if settings.threads is None else settings.threads
     timing = dict(batch_sizes=batch_sizes, warmup=warmup, iters=iters, min_s=min_s, threads=threads)
 
+    load_start = load_average()
     plan, ref_item = plan_rows(arts, target)
     order = [ref_item] + [it for it in plan if it is not ref_item] if ref_item else plan
     results, ref_pred = [], None
@@ -194,6 +203,12 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
     notes = []
+    env = environment(threads)
+    env["load_average"] = {"start": load_start, "end": load_average()}
+    busy = max([v[0] for v in env["load_average"].values() if v] or [0.0])
+    if busy > (os.cpu_count() or 1):
+        notes.append(f"the host was busy (1-minute load average up to {busy:.1f} on {os.cpu_count()} logical CPUs): "
+                     "latency figures include contention from other processes; re-measure on an idle device")
     if ref_pred is None:
         notes.append("the fp32 reference could not be measured, so agreement_with_fp32 is missing for every row")
     if Precision.FP16 not in target.precisions:
@@ -208,7 +223,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         "host_is_target": True,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bundle": str(bundle),
-        "environment": environment(threads),
+        "environment": env,
         "settings": {"batch_sizes": list(batch_sizes), "warmup": warmup, "min_iterations": iters, "min_seconds": min_s,
                      "threads": threads, "e2e_images": len(payloads)},
         "dataset": {"val_root": val_root, "class_names": class_names, "num_images": len(samples),
@@ -263,7 +278,7 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                 row.update(status=str(Status.UNAVAILABLE), error=str(exc))
                 return row
             row.update(runner.runtime_info())
-            with task(f"Accuracy {path.name} [{runtime}]", len(x)) as advance:
+            with task(f"Accuracy {path.name} ({runtime})", len(x)) as advance:
                 def fn(b):
                     out = runner(b)
                     advance(len(b))
@@ -274,12 +289,12 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
             for b in batch_sizes:
                 xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:]))
                 runner.validate({runner.input_specs[0]["name"]: xb})
-                with task(f"Latency {path.name} [{runtime}] b{b}", None):
+                with task(f"Latency {path.name} ({runtime}) b{b}", None):
                     stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
                                             sync=runner.sync)
                 row["latency"].append(stats.to_dict())
             if payloads and spec is not None:
-                with task(f"End-to-end {path.name} [{runtime}] (JPEG -> top-k)", None):
+                with task(f"End-to-end {path.name} ({runtime}), JPEG -> top-k", None):
                     row["latency_e2e"] = measure_end_to_end(runner, spec, class_names, payloads, warmup=warmup,
                                                             min_iterations=iters, min_seconds=min_s).to_dict()
         row["memory"] = mem.stats.to_dict()

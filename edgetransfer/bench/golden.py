@@ -221,5 +221,10 @@ def selftest(bundle: Path, target: Target, *, threads: int = 0) -> dict[str, Any
                      "(Pillow/libjpeg build, resize filter, colour order)")
     if not ran:
         notes.append("no artifact could run here: install a runtime, e.g. pip install 'edgetransfer[device]'")
+    ref = doc["reference"]
+    current = {p.name: m.sha256 for p, m in arts}
+    if ref["file"] in current and current[ref["file"]] != ref["sha256"]:
+        notes.append(f"the golden logits come from an earlier {ref['file']} (sha256 {ref['sha256'][:12]}…, now "
+                     f"{current[ref['file']][:12]}…): re-run 'edgetransfer export' to refresh golden/")
     return {"bundle": str(bundle), "target": target.name, "golden_images": len(doc["images"]), "reference": doc["reference"],
             "input_ok": input_ok, "input_max_diff": input_max, "passed": bool(ran) and not bad, "rows": rows, "notes": notes}

@@ -175,6 +175,13 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return list(HEADER), rows
 
 
+def _load_text(env: dict[str, Any]) -> str:
+    la = env.get("load_average") or {}
+    if not la.get("start") or not la.get("end"):
+        return ""
+    return f"; 1-min load average {la['start'][0]:.1f} at the start, {la['end'][0]:.1f} at the end"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     header, rows = table_rows(report)
     env = report.get("environment", {})
@@ -185,7 +192,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Host: {env.get('cpu', '?')} ({env.get('arch', '?')}, {env.get('cpu_count', '?')} logical CPUs, "
         f"threads {st.get('threads') or 'runtime default'}); measured on this host"
-        + ("" if report.get("host_is_target", True) else " (a host measurement, not the target device)") + ".",
+        + ("" if report.get("host_is_target", True) else " (a host measurement, not the target device)")
+        + _load_text(env) + ".",
         f"Validation set: {ds.get('num_images', '?')} images, classes {ds.get('class_names')}; skipped files: {len(ds.get('skipped') or [])}.",
         f"Latency: {st.get('warmup')} warm-up calls, then at least {st.get('min_iterations')} calls and {st.get('min_seconds')} s "
         "per figure; `e2e` = JPEG bytes in, decode + preprocess + inference + softmax/top-k, batch 1; "

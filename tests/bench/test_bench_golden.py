@@ -62,6 +62,7 @@ def test_altered_weights_fail(bundle_copy, capsys):
     assert res["input_ok"]  # the images and preprocessing are unchanged: the artifact is at fault
     assert by[("model.pt", "torch")]["status"] == "pass"
     assert not res["passed"]
+    assert any("golden logits come from an earlier model.onnx" in n for n in res["notes"])
     capsys.readouterr()
     assert cli(["selftest", bundle_copy, "--json", "--threads", "1"]) == 1
     assert json.loads(capsys.readouterr().out)["passed"] is False
