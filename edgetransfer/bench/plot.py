@@ -85,6 +85,7 @@ def write_plot(report: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlabel(f"p50 latency, batch {'/'.join(map(str, bs))} (ms, lower is better{', log scale' if ax.get_xscale() == 'log' else ''})")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"edgetransfer — {report.get('target')}: accuracy vs latency")
+        ax.margins(x=0.1, y=0.3)  # room for the labels above the points
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
