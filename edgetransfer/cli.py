@@ -20,6 +20,8 @@ from .progress import console, set_quiet
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pretrained image model -> measured, deployable edge artifact.")
 targets_app = typer.Typer(no_args_is_help=True, help="List and show target device profiles.")
 app.add_typer(targets_app, name="targets")
+devices_app = typer.Typer(no_args_is_help=True, help="Your own boards, reached over SSH: list, add, remove, check, trust.")
+app.add_typer(devices_app, name="devices")
 
 DEFAULT_TARGET = "x86-cpu"
 
@@ -69,6 +71,7 @@ ModelOpt = typer.Option("efficientnet-lite0", "--model", help="efficientnet-lite
 ArchOpt = typer.Option(None, "--arch", help="architecture of a plain state dict given with file:PATH (timm:NAME or torchvision:NAME)")
 TargetOpt = typer.Option(None, "--target", help="target profile name (targets/*.yaml) or path")
 BatchSizesOpt = typer.Option(None, "--bench-batch", help="latency batch sizes (repeat), default: the target's")
+InventoryOpt = typer.Option(None, "--inventory", help="device inventory YAML (default $EDGETRANSFER_DEVICES or ~/.config/edgetransfer/devices.yaml)")
 
 
 @app.command()
@@ -187,19 +190,48 @@ def benchmark(
     max_samples: Optional[int] = typer.Option(None, "--max-samples", help="cap on validation images (evenly spaced)"),
     e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="also time JPEG bytes -> top-k (decode + preprocess + infer + softmax)"),
     allow_missing_classes: bool = typer.Option(False, "--allow-missing-classes", help="accept a --data folder lacking some trained classes"),
+    device: Optional[List[str]] = typer.Option(None, "--device", help="run on this board of the inventory instead (repeat for several, in parallel)"),
+    inventory: Optional[Path] = InventoryOpt,
+    report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="with --device: where the combined report goes (default BUNDLE/devices)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Accuracy and latency of every artifact in BUNDLE on this machine; writes report.json/.md/.png.
+    """Accuracy and latency of every artifact in BUNDLE here, or with --device on your boards over SSH.
 
-    Needs only the device extra (numpy, Pillow, PyYAML, onnxruntime): pip install 'edgetransfer[device]'.
-    """
+    Without --device: measured on this machine, report.json/.md/.png written into BUNDLE; needs only
+    the device extra (numpy, Pillow, PyYAML, onnxruntime): pip install 'edgetransfer[device]'. With
+    --device (repeatable): the boards of the inventory run the benchmark in parallel; the combined
+    report goes to BUNDLE/devices/ (or --report-dir). --target overrides the devices' targets."""
+    settings = _settings(bench_batch, warmup, iterations, min_seconds, threads, max_samples, e2e, allow_missing_classes)
+    set_quiet(quiet or as_json)
+    if device:
+        _benchmark_devices(bundle, device, inventory, target, data, settings, report_dir, as_json)
+        return
     from .pipeline import stage_benchmark
 
-    set_quiet(quiet or as_json)
-    report = stage_benchmark(bundle, _target_for(bundle, target), data,
-                             _settings(bench_batch, warmup, iterations, min_seconds, threads, max_samples, e2e, allow_missing_classes))
+    report = stage_benchmark(bundle, _target_for(bundle, target), data, settings)
     _finish(report, as_json)
+
+
+def _benchmark_devices(bundle, names, inventory, target, data, settings, report_dir, as_json):
+    from .bench.report import print_devices_table
+    from .errors import RemoteError
+    from .remote.bench import REPORT_DIR, benchmark_on_devices
+    from .remote.inventory import Inventory
+
+    inv = Inventory.load(inventory)
+    devices = [inv.get(n) for n in names]
+    combined = benchmark_on_devices(bundle, devices, target=target, data=data, settings=settings, report_dir=report_dir)
+    out = Path(report_dir) if report_dir else Path(bundle) / REPORT_DIR
+    if as_json:
+        sys.stdout.write(json.dumps(combined, indent=2, default=str) + "\n")
+    else:
+        print_devices_table(combined)
+        console.print(f"report: {out / 'report.md'} (and report.json)")
+    failed = [s for s in combined["devices"] if s["status"] != "ok"]
+    if failed:
+        raise RemoteError(f"{len(failed)} of {len(combined['devices'])} device(s) failed ({', '.join(s['device'] for s in failed)}); "
+                          f"their errors are in {out / 'report.md'}")
 
 
 @app.command()
@@ -328,13 +360,169 @@ def targets_show(name: str):
     sys.stdout.write(json.dumps(load_target(name).to_dict(), indent=2) + "\n")
 
 
+@devices_app.command("list")
+def devices_list(inventory: Optional[Path] = InventoryOpt):
+    """The boards of the inventory."""
+    from rich.table import Table
+
+    from .remote.inventory import Inventory
+
+    inv = Inventory.load(inventory)
+    if not inv.devices:
+        console.print(f"no devices in {inv.path}; add one with 'edgetransfer devices add NAME --host USER@HOST --target TARGET'")
+        return
+    t = Table(title=str(inv.path))
+    for c in ("name", "host", "target", "workdir", "runs in"):
+        t.add_column(c)
+    for d in inv.devices.values():
+        t.add_row(d.name, d.destination, d.target or "(bundle's)", d.workdir, d.runs_in)
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+
+
+@devices_app.command("add")
+def devices_add(
+    name: str = typer.Argument(..., help="a short name, e.g. orin-desk"),
+    host: str = typer.Option(..., "--host", help="[USER@]HOST of the board"),
+    port: int = typer.Option(22, "--port"),
+    user: Optional[str] = typer.Option(None, "--user", help="login (or give it as USER@HOST)"),
+    target: Optional[str] = typer.Option(None, "--target", help="target profile of the board (default: the bundle's)"),
+    workdir: str = typer.Option("edgetransfer", "--workdir", help="directory on the board (relative = under the login's home)"),
+    python: str = typer.Option("python3", "--python", help="the board's Python with edgetransfer[device] installed"),
+    env: Optional[List[str]] = typer.Option(None, "--env", help="NAME=VALUE for the remote benchmark (repeat)"),
+    docker_image: Optional[str] = typer.Option(None, "--docker-image", help="run the benchmark in this image (built from Dockerfile.jetson)"),
+    docker_arg: Optional[List[str]] = typer.Option(None, "--docker-arg", help="extra 'docker run' argument (repeat), e.g. --docker-arg=--runtime=nvidia"),
+    identity_file: Optional[str] = typer.Option(None, "--identity-file", help="private key for this board (else ssh-agent / ~/.ssh/id_*)"),
+    known_hosts: Optional[str] = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts)"),
+    replace: bool = typer.Option(False, "--replace", help="overwrite an existing entry"),
+    inventory: Optional[Path] = InventoryOpt,
+):
+    """Add a board to the inventory (no connection is made; 'devices check NAME' tests it)."""
+    from .errors import InventoryError
+    from .remote.inventory import Device, Inventory, parse_host
+    from .targets import load_target
+
+    u, h = parse_host(host)
+    if u and user and u != user:
+        raise InventoryError(f"--host says user {u!r} but --user says {user!r}; give the login once")
+    envd = {}
+    for e in env or []:
+        k, sep, v = e.partition("=")
+        if not sep:
+            raise InventoryError(f"--env {e!r} must be NAME=VALUE")
+        envd[k] = v
+    if target:
+        load_target(target)  # unknown target: error listing the known ones
+    dev = Device(name=name, host=h, user=user or u, port=port, target=target, workdir=workdir, python=python, env=envd,
+                 docker_image=docker_image, docker_args=tuple(docker_arg or ()), identity_file=identity_file, known_hosts=known_hosts)
+    inv = Inventory.load(inventory)
+    inv.add(dev, replace_existing=replace)
+    inv.save()
+    console.print(f"added {name} ({dev.destination}) to {inv.path}; test it with 'edgetransfer devices check {name}'")
+
+
+@devices_app.command("remove")
+def devices_remove(name: str = typer.Argument(...), inventory: Optional[Path] = InventoryOpt):
+    """Remove a board from the inventory (nothing on the board is touched)."""
+    from .remote.inventory import Inventory
+
+    inv = Inventory.load(inventory)
+    inv.remove(name)
+    inv.save()
+    console.print(f"removed {name} from {inv.path}")
+
+
+@devices_app.command("check")
+def devices_check(
+    name: str = typer.Argument(...),
+    inventory: Optional[Path] = InventoryOpt,
+    record: Optional[Path] = typer.Option(None, "--record", help="also save the board's raw state files here (test-fixture layout)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Connect and show what the board is (arch, OS, L4T/JetPack, Python, runtimes, disk, power state)."""
+    from .remote.bench import check_device
+    from .remote.inventory import Inventory
+
+    dev = Inventory.load(inventory).get(name)
+    res = check_device(dev)
+    snap = res.pop("_snapshot")
+    if record:
+        snap.write_directory(record)
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=2, default=str) + "\n")
+        return
+    st, rem, ver = res["state"], res["remote"], res["version"]
+    mods = rem.get("modules") or {}
+    rows = [("architecture", f"{st.get('arch') or rem.get('machine')}"),
+            ("OS", f"{st.get('os') or '?'}; kernel {st.get('kernel') or '?'}"),
+            ("model", st.get("model") or "—"),
+            ("L4T / JetPack", (f"L4T {st['l4t']}" + (f", JetPack {st['jetpack']}" if st.get("jetpack") else " (JetPack not in the table)"))
+             if st.get("l4t") else "— (not a Jetson)"),
+            ("Python", f"{rem.get('python_version')} ({rem.get('python')})")]
+    if ver:
+        missing = ver.get("device_extra_missing") or []
+        rows += [("edgetransfer", f"{ver['remote']} ({ver['relation']}; this workstation has {ver['local']})"),
+                 ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")]
+    else:
+        rows.append(("edgetransfer", f"ERROR: {res['version_error']}"))
+    rts = [f"{m} {v}" for m, v in mods.items() if m in ("onnxruntime", "tensorrt", "openvino", "torch") and v]
+    rows.append(("runtimes", ", ".join(rts) or "none"))
+    if rem.get("onnxruntime_providers"):
+        rows.append(("ORT providers", ", ".join(rem["onnxruntime_providers"])))
+    free = st.get("free_disk_mib")
+    rows.append(("free disk", f"{free / 1024:.1f} GiB (at {dev.workdir})" if free is not None else "?"))
+    rows.append(("state", res["summary"]))
+    rows += [("warning", w) for w in res["warnings"]]
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(show_header=False, title=f"{name} ({res['host']})")
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in rows:  # Text: values are shown verbatim (no Rich markup: 'edgetransfer[device]' stays)
+        t.add_row(Text(k), Text(str(v), style="yellow" if k == "warning" else ("red" if v.startswith("ERROR") else "")))
+    Console(width=None if sys.stdout.isatty() else 160).print(t)
+    if res["version_error"]:
+        raise SystemExit(2)
+
+
+@devices_app.command("trust")
+def devices_trust(
+    name: str = typer.Argument(...),
+    fingerprint: Optional[str] = typer.Option(None, "--fingerprint", help="the SHA256:... fingerprint you verified on the board (non-interactive)"),
+    inventory: Optional[Path] = InventoryOpt,
+):
+    """Accept a board's SSH host key deliberately: show its fingerprint, record it once confirmed."""
+    import asyncio
+
+    from .errors import HostKeyError
+    from .remote.inventory import Inventory
+    from .remote.ssh import add_known_host, fetch_host_key, key_fingerprint
+
+    dev = Inventory.load(inventory).get(name)
+    key = asyncio.run(fetch_host_key(dev))
+    fp = key_fingerprint(key)
+    console.print(f"{name} ({dev.host}:{dev.port}) presents a {key.get_algorithm()} host key with fingerprint\n  {fp}\n"
+                  "Compare it with the output of 'ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub' (or the key type shown) run on the "
+                  "board's own console.")
+    if fingerprint is not None:
+        if fingerprint.strip() != fp:
+            raise HostKeyError(f"the board presents {fp}, not the fingerprint you gave ({fingerprint}); nothing was recorded")
+    elif not sys.stdin.isatty() or not typer.confirm("Does it match, and do you trust this key?", default=False):
+        raise HostKeyError("host key not accepted; nothing was recorded (non-interactive use: pass --fingerprint SHA256:...)")
+    p = add_known_host(dev, key)
+    console.print(f"recorded in {p}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except EdgeTransferError as exc:
         from rich.markup import escape
 
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # messages hold [brackets]: not markup
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")  # escaped: "pip install 'edgetransfer[device]'" stays
         raise SystemExit(exc.exit_code)
     except typer.Abort:
         raise SystemExit(130)

@@ -50,6 +50,30 @@ class MissingExtraError(EdgeTransferError):
         self.extra = extra
 
 
+class RemoteError(EdgeTransferError):
+    """Benchmarking on a board over SSH failed: inventory, connection, transfer or the remote run."""
+
+
+class InventoryError(RemoteError, ConfigError):
+    """The device inventory (devices.yaml) or a device entry is invalid or unknown."""
+
+
+class HostKeyError(RemoteError):
+    """The board's SSH host key is not in known_hosts, or differs from the recorded one."""
+
+
+class RemoteConnectionError(RemoteError):
+    """The board cannot be reached or refuses the login (network, sshd, keys)."""
+
+
+class TransferError(RemoteError):
+    """Sending files to the board failed (e.g. the connection broke); re-running resumes."""
+
+
+class RemoteVersionError(RemoteError):
+    """The board's edgetransfer is missing or incompatible with this workstation's."""
+
+
 class BudgetExceededError(EdgeTransferError):
     """A quantized model breaks the accuracy budget of its target (exit code 3)."""
 

@@ -84,14 +84,14 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "target": target.name if target else None,
         "dataset": {
-            "data": str(data), "split": how, "class_names": train_set.class_names,
+            "data": str(Path(data).resolve()), "split": how, "class_names": train_set.class_names,
             "train_root": str(train_set.root), "val_root": str(val_set.root),
             "num_train": len(train_set), "num_val": len(val_set),
             "train_counts": train_set.counts(), "val_counts": val_set.counts(),
             "skipped": skipped, "num_skipped": len(skipped),
-            "train_files": [[str(s.path), train_set.class_names[s.label]] for s in train_set.samples],
-            "val_files": [[str(s.path), train_set.class_names[s.label]] for s in val_set.samples],
-            "training": {"num_images": len(train_set), "counts": train_set.counts()},
+            "train_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in train_set.samples],
+            "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
+            "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
         "artifacts": [],
     }

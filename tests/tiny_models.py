@@ -1,6 +1,5 @@
-"""Helpers of the benchmark/runtime tests (imported by name: tests/ is on sys.path under pytest's
-default import mode): a hand-written ONNX colour classifier, colour-coded ImageFolders, a CLI
-runner for subprocesses."""
+"""Helpers of the benchmark/runtime tests (``from ..tiny_models import ...``): a hand-written ONNX
+colour classifier, colour-coded ImageFolders, CLI runners (subprocess and in-process)."""
 
 from __future__ import annotations
 

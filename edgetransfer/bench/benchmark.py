@@ -61,15 +61,16 @@ def cpu_info() -> dict[str, Any]:
 
 
 def environment(threads: int) -> dict[str, Any]:
+    """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
+    count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
     versions = {}
     for pkg in ("numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "timm", "onnx", "matplotlib"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    """Host facts for the report; ``threads``: the requested intra-op threads (0 = each runtime's default)."""
-    return {**cpu_info(), "threads": threads, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+    return {**cpu_info(), "threads": threads or os.cpu_count(), "threads_requested": threads, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
 
 
 def load_average() -> list[float] | None:
@@ -132,6 +133,14 @@ def load_validation(bundle: Path, class_names: list[str], data: Path | None, *, 
     raise DataError(f"no validation data: pass --data VAL_DIR (an ImageFolder with the classes {class_names})")
 
 
+def subsample(samples: list[Sample], max_samples: int | None) -> list[Sample]:
+    """At most ``max_samples`` evenly spaced samples, in order (all when ``None`` or 0)."""
+    if max_samples and len(samples) > max_samples:
+        step = len(samples) / max_samples
+        return [samples[int(i * step)] for i in range(max_samples)]
+    return list(samples)
+
+
 def runtimes_for_target(fmt: Format, target: Target) -> list[Runtime]:
     """Runtimes to measure ``fmt`` on: the target's runtimes (its priority order) that have a
     registered runner for ``fmt``, installed or not (a missing one becomes an ``unavailable``
@@ -169,10 +178,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             raise ArtifactError(f"{p.name} has classes {m.class_names}, {arts[0][0].name} has {class_names}: mixed bundles are not supported")
     spec = PreprocessSpec.from_dict(arts[0][1].preprocessing)
     val, val_root = load_validation(bundle, class_names, data, allow_missing_classes=settings.allow_missing_classes)
-    samples = val.samples
-    if settings.max_samples and len(samples) > settings.max_samples:
-        step = len(samples) / settings.max_samples
-        samples = [samples[int(i * step)] for i in range(settings.max_samples)]
+    samples = subsample(val.samples, settings.max_samples)
     if not samples:
         raise DataError(f"validation set {val_root} has no usable images")
     log(f"preprocessing {len(samples)} validation images")

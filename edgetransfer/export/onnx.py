@@ -19,7 +19,7 @@ import numpy as np
 
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
 from ..errors import ConfigError, EdgeTransferError, require
-from ..progress import log
+from ..progress import log, task
 from ..types import Format, Precision
 from .parity import TOLERANCES, check_parity, compare_logits
 
@@ -128,7 +128,8 @@ def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_
     with atomic_path(out, suffix=".onnx") as tmp:
         for dynamo in ([True, False] if cfg.dynamo else [False]):
             try:
-                exporter = _export(model, x, tmp, opset, dynamo)
+                with task(f"Exporting ONNX (opset {opset}, {'dynamo' if dynamo else 'TorchScript'})", None):
+                    exporter = _export(model, x, tmp, opset, dynamo)
                 break
             except Exception as exc:  # the dynamo exporter fails on some models: fall back, recorded
                 errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:500]}")
@@ -138,8 +139,9 @@ def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_
             raise EdgeTransferError("ONNX export failed with every exporter:\n" + "\n".join(errors))
         _finalise(tmp, class_names, ckpt["preprocessing"], {"exporter": exporter})
         verify_dynamic_batch(tmp, len(class_names), size)
-        ref = torch_logits(model, parity_x)
-        cand = onnx_logits(tmp, parity_x)
+        with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
+            ref = torch_logits(model, parity_x)
+            cand = onnx_logits(tmp, parity_x)
         stats = compare_logits(ref, cand)
         check_parity(stats, output=OUTPUT_NAME, what=f"ONNX export of {checkpoint.name}", max_abs=cfg.max_abs,
                      min_agreement=cfg.min_agreement)

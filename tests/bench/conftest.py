@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tiny_models import colour_folder
+from ..tiny_models import colour_folder
 
 CLASSES = ("red", "green", "blue")
 # one thread per runtime: the suite runs on small shared CI machines, where a spinning thread pool

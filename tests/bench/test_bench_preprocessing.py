@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tiny_models import colour_folder, write_colour_onnx
+from ..tiny_models import colour_folder, write_colour_onnx
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.bench.e2e import ImageClassifier

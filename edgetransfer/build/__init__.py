@@ -1,0 +1,1 @@
+"""Build stage: per-target compiled artifacts (TensorRT engines, mobile formats)."""

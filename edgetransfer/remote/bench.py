@@ -1,0 +1,347 @@
+"""Benchmark a bundle on the user's own boards over SSH, several boards in parallel.
+
+Per board: connect (verified host key, key auth) -> probe the board's Python (edgetransfer and
+runtime versions) -> board state before -> send what changed (:mod:`.sync`) -> run the
+torch-free device benchmark there (``python -m edgetransfer benchmark``, in the board's Python
+or in a Docker image) -> board state after -> fetch its report.json. A board that fails at any
+step becomes a section with ``status: failed``, the step and its error; the others still report.
+The combined report (one section per board and one table across boards) is written locally to
+``<bundle>/devices/report.json`` and ``report.md``; the bundle's own files are only read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from .. import __version__
+from ..bench.benchmark import BenchSettings
+from ..errors import EdgeTransferError, InventoryError, RemoteError, RemoteVersionError
+from ..progress import log
+from ..targets import Target, load_target
+from .boardstate import BoardSnapshot, BoardState, parse_snapshot, snapshot_script, state_summary, state_warnings
+from .inventory import Device
+from .ssh import asyncssh, connect, error_reason, is_connection_lost, run, shell_join
+from .sync import BundlePlan, SendItem, TransferStats, plan_bundle, sync
+
+REPORT_DIR = "devices"
+PROBE_MARK = "@@edgetransfer:probe "
+DEVICE_EXTRA_MODULES = ("numpy", "PIL", "yaml", "typer", "rich", "onnxruntime")
+
+# Runs in the board's Python (any version >= 3.6): what is installed there. Constant text.
+PROBE_SCRIPT = r'''
+import json, platform, sys
+import importlib.util as u
+try:
+    from importlib import metadata as md
+except ImportError:
+    md = None
+def ver(d):
+    try:
+        return md.version(d)
+    except Exception:
+        return "installed"
+out = {"python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine()}
+try:
+    import edgetransfer
+    out["edgetransfer"] = edgetransfer.__version__
+    out["edgetransfer_path"] = edgetransfer.__file__
+except Exception as e:
+    out["edgetransfer"] = None
+    out["edgetransfer_error"] = "%s: %s" % (type(e).__name__, e)
+mods = {}
+for m, d in (("numpy", "numpy"), ("PIL", "pillow"), ("yaml", "pyyaml"), ("typer", "typer"), ("rich", "rich"),
+             ("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt"), ("openvino", "openvino"), ("torch", "torch")):
+    try:
+        mods[m] = ver(d) if u.find_spec(m) else None
+    except Exception:
+        mods[m] = None
+if mods.get("onnxruntime"):
+    try:
+        import onnxruntime as o
+        mods["onnxruntime"] = o.__version__
+        out["onnxruntime_providers"] = o.get_available_providers()
+    except Exception as e:
+        out["onnxruntime_error"] = "%s: %s" % (type(e).__name__, e)
+out["modules"] = mods
+print("@@edgetransfer:probe " + json.dumps(out))
+'''
+
+
+def version_tuple(v: str) -> tuple[int, int, int]:
+    nums = [int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3]]
+    return tuple(nums + [0] * (3 - len(nums)))  # type: ignore[return-value]
+
+
+def compare_versions(local: str, remote: str) -> str:
+    """``same``, ``compatible`` (same major, and same minor while major is 0) or ``incompatible``."""
+    if local == remote:
+        return "same"
+    lv, rv = version_tuple(local), version_tuple(remote)
+    if lv[0] != rv[0] or (lv[0] == 0 and lv[1] != rv[1]):
+        return "incompatible"
+    return "compatible"
+
+
+def install_hint(device: Device) -> str:
+    spec = f"'edgetransfer[device]=={__version__}'"
+    if device.docker_image:
+        return f"rebuild the image {device.docker_image} (Dockerfile.jetson) with {spec}"
+    return f"install it on the board: {device.python} -m pip install {spec}"
+
+
+def launcher(device: Device, workdir: str | None = None) -> list[str]:
+    """The argv prefix that starts the board's Python: ``[env K=V] python`` or ``docker run ...
+    IMAGE python`` (the workdir mounted at the same path)."""
+    if device.docker_image:
+        argv = ["docker", "run", "--rm"]
+        if workdir:
+            argv += ["-v", f"{workdir}:{workdir}", "-w", workdir]
+        for k, v in device.env.items():
+            argv += ["-e", f"{k}={v}"]
+        return argv + [*device.docker_args, device.docker_image, device.python]
+    py = device.python[2:] if device.python.startswith("~/") else device.python  # SSH commands start in the home directory
+    return (["env", *[f"{k}={v}" for k, v in device.env.items()]] if device.env else []) + [py]
+
+
+def benchmark_argv(device: Device, workdir: str, remote_bundle: str, target: str, settings: BenchSettings,
+                   remote_data: str | None = None) -> list[str]:
+    """``python -m edgetransfer benchmark REMOTE_BUNDLE --target T --quiet ...`` for the board."""
+    argv = launcher(device, workdir) + ["-m", "edgetransfer", "benchmark", remote_bundle, "--target", target, "--quiet"]
+    if remote_data:
+        argv += ["--data", remote_data]
+    for b in settings.batch_sizes or ():
+        argv += ["--bench-batch", str(int(b))]
+    for flag, v in (("--warmup", settings.warmup), ("--iterations", settings.min_iterations), ("--min-seconds", settings.min_seconds),
+                    ("--threads", settings.threads), ("--max-samples", settings.max_samples)):
+        if v is not None:
+            argv += [flag, str(v)]
+    if not settings.e2e:
+        argv.append("--no-e2e")
+    if settings.allow_missing_classes:
+        argv.append("--allow-missing-classes")
+    return argv
+
+
+async def probe(conn, device: Device) -> dict[str, Any]:
+    """What the board's Python has: versions of Python, edgetransfer, numpy/Pillow/..., runtimes."""
+    r = await run(conn, launcher(device) + ["-c", PROBE_SCRIPT], timeout=120)
+    line = next((ln for ln in (r.stdout or "").splitlines() if ln.startswith(PROBE_MARK)), None)
+    if line is None:
+        err = (r.stderr or r.stdout or "").strip()[-400:]
+        raise RemoteError(f"{device.name}: cannot run the board's Python {device.runs_in!r} (exit {r.exit_status}: {err}); "
+                          "set python: (or docker_image:) in the inventory to an interpreter that exists on the board")
+    return json.loads(line[len(PROBE_MARK):])
+
+
+def check_version(device: Device, info: dict[str, Any]) -> dict[str, Any]:
+    """``{"local", "remote", "relation", "note"}``; raises :class:`RemoteVersionError` when the
+    board's edgetransfer is missing or incompatible (the message says what to install)."""
+    remote = info.get("edgetransfer")
+    if not remote:
+        raise RemoteVersionError(
+            f"{device.name}: edgetransfer is not importable by {info.get('python') or device.runs_in} "
+            f"({info.get('edgetransfer_error', 'not installed')}); {install_hint(device)}")
+    rel = compare_versions(__version__, remote)
+    if rel == "incompatible":
+        raise RemoteVersionError(f"{device.name} has edgetransfer {remote}, this workstation {__version__}: incompatible; "
+                                 f"{install_hint(device)}")
+    missing = [m for m in DEVICE_EXTRA_MODULES if not (info.get("modules") or {}).get(m)]
+    note = None
+    if rel == "compatible":
+        note = f"the board runs edgetransfer {remote}, this workstation {__version__} (compatible; same results format)"
+    return {"local": __version__, "remote": remote, "relation": rel, "note": note, "device_extra_missing": missing}
+
+
+def target_warnings(target: Target, st: BoardState | None) -> list[str]:
+    """The board does not match its target profile: CPU architecture, or L4T release (TensorRT
+    engines built for one L4T/TensorRT do not load on another)."""
+    out: list[str] = []
+    if st is None:
+        return out
+    arch = {"arm64": "aarch64"}.get(st.arch or "", st.arch)
+    if st.arch and target.arch and arch != target.arch:
+        out.append(f"the board is {st.arch} but its target {target.name} describes {target.arch}: pick the board's target profile "
+                   "(edgetransfer targets list) in the inventory or with --target")
+    if target.l4t and st.is_jetson and not (st.l4t == target.l4t or st.l4t.startswith(str(target.l4t) + ".")):
+        out.append(f"the board runs L4T {st.l4t}, its target {target.name} is for L4T {target.l4t}: engines built for one do not "
+                   "load on the other; flash the board or choose the matching target")
+    return out
+
+
+async def board_state(conn, workdir: str | None = None) -> tuple[BoardSnapshot, BoardState]:
+    r = await run(conn, shell_join(["sh", "-c", snapshot_script(workdir)]), timeout=60)
+    snap = parse_snapshot(r.stdout or "")
+    return snap, BoardState.from_snapshot(snap)
+
+
+async def _workdir(sftp, device: Device) -> str:
+    wd = device.workdir[2:] if device.workdir.startswith("~/") else device.workdir
+    await sftp.makedirs(wd, exist_ok=True)
+    return await sftp.realpath(wd)
+
+
+def resolve_target(device: Device, override: str | None, bundle_info: dict[str, Any]) -> tuple[Target, str | None]:
+    """(target, local YAML path to send or None). Order: --target, the device's, the bundle's."""
+    name = override or device.target or bundle_info.get("target") or "x86-cpu"
+    try:
+        tgt = load_target(name)
+    except EdgeTransferError as exc:
+        raise InventoryError(f"device {device.name}: {exc}") from exc
+    p = Path(name)
+    return tgt, (str(p) if p.suffix in (".yaml", ".yml") and p.is_file() else None)
+
+
+async def bench_device(device: Device, plan: BundlePlan, target: Target, target_file: str | None, settings: BenchSettings) -> dict[str, Any]:
+    """One board's section of the combined report (never raises for a board failure)."""
+    a = asyncssh()
+    sec: dict[str, Any] = {"device": device.name, "host": device.destination, "target": target.name, "runs_in": device.runs_in,
+                           "status": "failed", "stage": "connect", "error": None, "error_type": None, "remote": None, "version": None,
+                           "board": {"before": None, "after": None}, "warnings": [], "transfer": None, "remote_bundle": None,
+                           "seconds": {}, "started_at": time.time(), "finished_at": None, "report": None}
+    t0 = time.perf_counter()
+    before = after = None
+    say = lambda msg: log(f"[bold]{device.name}[/]: {escape(msg)}")  # noqa: E731
+    try:
+        conn = await connect(device)
+        async with conn:
+            sec["seconds"]["connect"] = time.perf_counter() - t0
+            sec["stage"] = "probe"
+            info = await probe(conn, device)
+            sec["remote"] = info
+            sec["version"] = check_version(device, info)
+            say(f"{info.get('machine')}, Python {info.get('python_version')}, edgetransfer {info.get('edgetransfer')}")
+            async with conn.start_sftp_client() as sftp:
+                workdir = await _workdir(sftp, device)
+                remote_dir = posixpath.join(workdir, "bundles", plan.key)
+                sec["remote_bundle"] = remote_dir
+                sec["stage"] = "board state"
+                _, before = await board_state(conn, workdir)
+                sec["board"]["before"] = before.to_dict()
+                sec["stage"] = "transfer"
+                items = plan.items_for(remote_dir)
+                remote_target = target.name
+                if target_file:
+                    data = Path(target_file).read_bytes()
+                    items.append(SendItem.from_bytes(f"_targets/{Path(target_file).name}", data))
+                    remote_target = posixpath.join(remote_dir, "_targets", Path(target_file).name)
+                t = time.perf_counter()
+                stats: TransferStats = await sync(conn, sftp, device, items, remote_dir)
+                sec["transfer"] = stats.to_dict()
+                sec["seconds"]["transfer"] = time.perf_counter() - t
+                say(stats.summary())
+                sec["stage"] = "benchmark"
+                report_path = posixpath.join(remote_dir, "report.json")
+                if await sftp.exists(report_path):
+                    await sftp.remove(report_path)
+                argv = benchmark_argv(device, workdir, remote_dir, remote_target, settings,
+                                      posixpath.join(remote_dir, "data") if plan.data_mode else None)
+                say(f"running {shell_join(argv)}")
+                t = time.perf_counter()
+                try:
+                    r = await run(conn, argv, timeout=device.timeout_s)
+                except a.TimeoutError as exc:
+                    raise RemoteError(f"{device.name}: the remote benchmark did not finish within {device.timeout_s:g} s "
+                                      "(timeout_s in the inventory); lower --max-samples/--iterations or raise timeout_s") from exc
+                sec["seconds"]["benchmark"] = time.perf_counter() - t
+                sec["stage"] = "board state"
+                _, after = await board_state(conn, workdir)
+                sec["board"]["after"] = after.to_dict()
+                if r.exit_status != 0:
+                    tail = "\n".join((r.stderr or r.stdout or "").strip().splitlines()[-6:])
+                    raise RemoteError(f"the benchmark on {device.name} failed (exit {r.exit_status}): {tail}")
+                sec["stage"] = "report"
+                async with sftp.open(report_path, "rb") as fh:
+                    report = json.loads((await fh.read()).decode())
+                from ..bench.report import SCHEMA_VERSION
+
+                if report.get("schema_version") != SCHEMA_VERSION:
+                    raise RemoteVersionError(f"{device.name} wrote report schema {report.get('schema_version')}, this workstation reads "
+                                             f"{SCHEMA_VERSION}; {install_hint(device)}")
+                sec.update(status="ok", stage=None, report=report)
+    except EdgeTransferError as exc:
+        sec.update(error=str(exc), error_type=type(exc).__name__)
+    except (a.Error, OSError, asyncio.TimeoutError) as exc:
+        if is_connection_lost(exc) or isinstance(exc, asyncio.TimeoutError):
+            msg = f"connection lost during {sec['stage']}: {error_reason(exc)}; re-run the same command"
+        else:
+            msg = f"the board refused an operation during {sec['stage']}: {error_reason(exc)}"
+        sec.update(error=f"{device.name} ({device.destination}): {msg}", error_type="RemoteError")
+    sec["warnings"] = (state_warnings(before, after) + target_warnings(target, before or after)) if (before or after) else []
+    sec["seconds"]["total"] = time.perf_counter() - t0
+    sec["finished_at"] = time.time()
+    if sec["status"] == "ok":
+        say(f"done in {sec['seconds']['total']:.1f} s" + (f"; {len(sec['warnings'])} warning(s)" if sec["warnings"] else ""))
+    else:
+        say(f"failed during {sec['stage']}: {sec['error']}")
+    return sec
+
+
+def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | None = None, data: Path | None = None,
+                         settings: BenchSettings = BenchSettings(), report_dir: Path | None = None, write: bool = True) -> dict[str, Any]:
+    """Benchmark ``bundle`` on every device in parallel; returns the combined report (written to
+    ``report_dir``, default ``<bundle>/devices/``, as report.json / report.md when ``write``).
+
+    Local problems (not a bundle, an artifact not matching its manifest, validation images
+    missing, an unknown target, a duplicate device) raise before any connection; board problems
+    become failed sections."""
+    bundle = Path(bundle)
+    names = [d.name for d in devices]
+    if not devices:
+        raise InventoryError("no device given; pass --device NAME (see 'edgetransfer devices list')")
+    if len(set(names)) != len(names):
+        raise InventoryError(f"device names repeat in {names}; give each board once")
+    plan = plan_bundle(bundle, data, settings.max_samples)
+    targets = {d.name: resolve_target(d, target, plan.bundle_info) for d in devices}
+    log(f"bundle {bundle}: {len(plan.items)} file(s), {sum(i.size for i in plan.items) / 2**20:.1f} MiB, {plan.num_val} validation images")
+
+    async def all_devices():
+        return await asyncio.gather(*(bench_device(d, plan, *targets[d.name], settings) for d in devices))
+
+    sections = asyncio.run(all_devices())
+    combined = {
+        "kind": "devices",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bundle": str(bundle),
+        "edgetransfer_version": __version__,
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
+        "devices": list(sections),
+    }
+    if write:
+        from ..bench.report import write_devices_report
+
+        write_devices_report(combined, Path(report_dir) if report_dir else bundle / REPORT_DIR)
+    return combined
+
+
+async def _check(device: Device) -> dict[str, Any]:
+    conn = await connect(device)
+    async with conn:
+        info = await probe(conn, device)
+        wd = device.workdir[2:] if device.workdir.startswith("~/") else device.workdir
+        snap, st = await board_state(conn, wd)
+    try:
+        version = check_version(device, info)
+        version_error = None
+    except RemoteVersionError as exc:
+        version, version_error = None, str(exc)
+    warnings = state_warnings(st, None)
+    if device.target:
+        warnings += target_warnings(load_target(device.target), st)
+    return {"device": device.name, "host": device.destination, "runs_in": device.runs_in, "remote": info, "version": version,
+            "version_error": version_error, "state": st.to_dict(), "summary": state_summary(st), "warnings": warnings,
+            "_snapshot": snap}
+
+
+def check_device(device: Device) -> dict[str, Any]:
+    """Connect and describe the board: arch, OS, L4T/JetPack, Python, edgetransfer and runtimes,
+    free disk, power/thermal state. ``_snapshot`` holds the raw :class:`BoardSnapshot`.
+    Raises :class:`HostKeyError` / :class:`RemoteConnectionError` when the board is unreachable."""
+    return asyncio.run(_check(device))

@@ -1,0 +1,129 @@
+"""End to end: the main job on real photos (hymenoptera), and the stage sub-commands on a tiny model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgetransfer.artifacts import read_manifest, sha256_file
+from edgetransfer.bench.benchmark import BenchSettings
+from edgetransfer.pipeline import run
+from edgetransfer.train import TrainConfig
+
+from .conftest import make_image_folder
+
+FAST = BenchSettings(batch_sizes=(1, 8), warmup=2, min_iterations=5, min_seconds=0.0)
+
+
+@pytest.fixture(scope="module")
+def bees_bundle(hymenoptera, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bees")
+    report = run(hymenoptera, out, TrainConfig(epochs=10), target="x86-cpu", settings=FAST)
+    return out, report
+
+
+@pytest.mark.slow
+def test_main_job_on_hymenoptera_meets_the_numbers(bees_bundle):
+    out, report = bees_bundle
+    rows = {(r["name"], r["runtime"]): r for r in report["results"]}
+    # x86-cpu lists onnxruntime, openvino, torch: each ONNX file has an OpenVINO row too (unavailable without the extra)
+    assert set(rows) == {("model.pt", "torch"), ("model.onnx", "onnxruntime"), ("model.int8.qdq.onnx", "onnxruntime"),
+                         ("model.onnx", "openvino"), ("model.int8.qdq.onnx", "openvino")}
+    assert all(r["status"] == "ok" and r["error"] is None for k, r in rows.items() if k[1] != "openvino")
+    assert all(r["status"] in ("ok", "unavailable") for k, r in rows.items() if k[1] == "openvino")
+    fp32 = rows[("model.onnx", "onnxruntime")]["accuracy"]
+    int8 = rows[("model.int8.qdq.onnx", "onnxruntime")]["accuracy"]
+    torch_row = rows[("model.pt", "torch")]["accuracy"]
+    assert fp32["num_samples"] == 153
+    assert fp32["top1"] >= 0.92
+    assert torch_row["top1"] == fp32["top1"]
+    assert int8["top1"] >= fp32["top1"] - 0.01
+    assert int8["agreement_with_fp32"] >= 0.97
+    # 245 training images, the GIF among them
+    bundle = json.loads((out / "bundle.json").read_text())
+    train_files = [f for f, _ in bundle["dataset"]["train_files"]]
+    assert len(train_files) == 245 and any(f.endswith("imageNotFound.gif") for f in train_files)
+    assert bundle["dataset"]["num_skipped"] == 0
+    # parity of the fp32 ONNX export
+    onnx_m = read_manifest(out / "model.onnx")
+    assert onnx_m.details["parity"]["max_abs"] <= 1e-3 and onnx_m.details["parity"]["agreement"] == 1.0
+    assert onnx_m.parent_sha256 == read_manifest(out / "model.pt").sha256
+    q = read_manifest(out / "model.int8.qdq.onnx")
+    assert q.parent_sha256 == onnx_m.sha256
+    assert q.details["node_counts"]["QuantizeLinear"] > 50 and q.details["node_counts"]["DequantizeLinear"] > 100
+    assert q.details["num_calibration_images"] == 128
+    calib = set(q.details["calibration_images"])
+    assert calib <= set(train_files)  # calibration never sees validation images
+
+
+@pytest.mark.slow
+def test_report_is_well_formed(bees_bundle):
+    out, _ = bees_bundle
+    r = json.loads((out / "report.json").read_text())
+    assert r["schema_version"] >= 1 and r["target"] == "x86-cpu"
+    assert r["environment"]["threads"] >= 1 and r["environment"]["cpu"]
+    assert r["dataset"]["class_names"] == ["ants", "bees"] and r["dataset"]["num_images"] == 153
+    for row in r["results"]:
+        if row["status"] == "unavailable":
+            continue
+        for k in ("name", "format", "precision", "runtime", "path", "sha256", "size_mib", "status", "error", "accuracy", "latency"):
+            assert k in row
+        assert row["sha256"] == sha256_file(row["path"])
+        assert {"top1", "agreement_with_fp32", "num_samples"} <= set(row["accuracy"])
+        assert [l["batch_size"] for l in row["latency"]] == [1, 8]
+        for lat in row["latency"]:
+            assert 0 < lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+            assert lat["iterations"] >= 5 and lat["throughput_ips"] > 0
+    md = (out / "report.md").read_text()
+    assert "| model.int8.qdq.onnx | int8 | onnxruntime | ok |" in md
+
+
+def _cli(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "edgetransfer", *map(str, args)], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_stage_commands_compose_on_a_tiny_model(tmp_path):
+    import timm
+
+    data = make_image_folder(tmp_path / "data", classes=("red", "green"), per_class=12, size=64)
+    (data / "red" / "broken.jpg").write_bytes(b"")  # reported, skipped, counted; the run goes on
+    sd = tmp_path / "sd.pt"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict(), sd)
+    out = tmp_path / "bundle"
+    _cli("train", data, "--out", out, "--model", f"file:{sd}", "--arch", "timm:mobilenetv3_small_050", "--epochs", "30",
+         "--lr", "0.01", "--quiet")
+    assert (out / "model.pt").is_file() and read_manifest(out / "model.pt").class_names == ["green", "red"]
+    _cli("export", out, "--quiet")
+    assert read_manifest(out / "model.onnx").details["parity"]["max_abs"] <= 1e-3
+    # the default recipe asks for 128 calibration images: a clear error, nothing written
+    p = _cli("quantize", out, "--quiet", check=False)
+    assert p.returncode == 2 and "asks for 128 images" in p.stdout + p.stderr
+    assert not (out / "model.int8.qdq.onnx").exists()
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text("num_samples: 16\nseed: 1\nmethod: minmax\n")
+    _cli("quantize", out, "--calibration", recipe, "--quiet")
+    assert read_manifest(out / "model.int8.qdq.onnx").details["num_calibration_images"] == 16
+    p = _cli("benchmark", out, "--json", "--bench-batch", "1", "--warmup", "1", "--iterations", "3", "--min-seconds", "0")
+    report = json.loads(p.stdout)
+    assert {r["name"] for r in report["results"]} == {"model.pt", "model.onnx", "model.int8.qdq.onnx"}
+    assert all(r["status"] == "ok" for r in report["results"] if r["runtime"] != "openvino")
+    assert report["dataset"]["num_images"] == 4  # round(0.2 * 12) = 2 per class, seeded split
+    assert report["dataset"]["training"]["num_skipped"] == 1
+    assert report["dataset"]["training"]["skipped"][0]["path"].endswith("broken.jpg")
+    fp32 = next(r for r in report["results"] if r["name"] == "model.onnx")
+    assert fp32["accuracy"]["top1"] >= 0.8  # colour classes are easy even for a random backbone
+
+
+def test_bad_input_fails_fast_with_exit_code_2(tmp_path):
+    p = _cli("run", "--data", tmp_path / "missing", "--out", tmp_path / "o", check=False)
+    assert p.returncode == 2 and "is not a directory" in p.stdout + p.stderr
+    p = _cli("run", "--data", tmp_path, "--out", tmp_path / "o", "--target", "nope", check=False)
+    assert p.returncode == 2 and "known targets" in p.stdout + p.stderr
+    assert not (tmp_path / "o").exists()
