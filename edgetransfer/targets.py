@@ -167,11 +167,12 @@ class Target:
     # GPU targets: ``compute_capability`` fixes the GPU (a Jetson module); a desktop/server target
     # leaves it None and gives ``min_compute_capability`` instead. ``profile_batch``: the
     # optimisation profile of engines. ``timing_cache``: save/reuse TensorRT's tactic timing cache.
-    # ``ort_providers``: ONNX Runtime execution providers in priority order (empty: CPU).
     min_compute_capability: str | None = None
     profile_batch: BatchProfile = field(default_factory=BatchProfile)
     timing_cache: bool = True
-    ort_providers: tuple[str, ...] = ()
+    # ONNX Runtime execution providers in priority order (full ORT names); empty = CPU only.
+    # Providers missing from the installed onnxruntime build are skipped and the report says so.
+    execution_providers: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -183,6 +184,10 @@ class Target:
             raise TargetError(f"target {self.name!r}: opset_max {self.opset_max} is outside 7..30")
         if not (0.0 <= self.max_top1_drop <= 1.0):
             raise TargetError(f"target {self.name!r}: accuracy_budget.max_top1_drop must be a fraction in [0, 1]")
+        bad = [p for p in self.execution_providers if not str(p).endswith("ExecutionProvider")]
+        if bad:
+            raise TargetError(f"target {self.name!r}: execution_providers must be ONNX Runtime provider names such as "
+                              f"CUDAExecutionProvider (got {bad})")
         if self.dla_cores < 0:
             raise TargetError(f"target {self.name!r}: dla_cores must be >= 0 (got {self.dla_cores})")
         if self.workspace_mib is not None and self.workspace_mib < 1:
@@ -281,7 +286,7 @@ def _parse(name: str, raw: dict[str, Any], source: str) -> Target:
     except (TypeError, ValueError) as exc:
         raise TargetError(f"{source}: {exc}") from exc
     raw.setdefault("name", name)
-    for key in ("formats", "ort_providers"):
+    for key in ("formats", "execution_providers"):
         if key in raw:
             raw[key] = tuple(str(x) for x in (raw[key] or ()))
     for key in ("compute_capability", "min_compute_capability", "tensorrt_version", "jetpack", "l4t"):
