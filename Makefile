@@ -9,7 +9,8 @@ PY     := $(VENV)/bin/python
 # torch pins that install from this machine kind's local disk (x86_64, Python 3.11); override
 # with `make TORCH_PINS="torch==X torchvision==Y"` elsewhere.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= train,export,demo,remote,dev
+# remote: SSH benchmark tests; openvino and plot: the benchmark tests measure OpenVINO rows and draw report.png
+EXTRAS ?= train,export,demo,remote,openvino,plot,dev
 
 .PHONY: venv demo test clean
 

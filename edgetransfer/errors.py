@@ -37,6 +37,10 @@ class ArtifactError(EdgeTransferError):
     """An artifact is missing, its manifest is missing, or its sha256 does not match."""
 
 
+class EngineMismatchError(ArtifactError):
+    """A device-bound artifact (TensorRT engine) was built for another TensorRT version or GPU."""
+
+
 class ParityError(EdgeTransferError):
     """A converted model's outputs differ from its reference beyond tolerance."""
 

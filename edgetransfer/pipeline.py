@@ -1,8 +1,10 @@
 """Composition of the stages. Stages talk only through files in the bundle directory:
 
 ``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
-``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``report.json`` / ``report.md``,
-each artifact with its ``<file>.json`` manifest.
+``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``golden/`` (golden images and the
+fp32 model's logits, for ``edgetransfer selftest``), ``report.json`` / ``report.md`` / ``report.png``,
+each artifact with its ``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the
+trtexec commands that build the engines on the device).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_spli
 from .errors import ArtifactError, ConfigError, DataError
 from .progress import log
 from .targets import Target, load_target
+from .types import Runtime
 
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.qdq.onnx"
 PARITY_MAX_IMAGES = 256
+GOLDEN_COUNT = 8
 
 
 def read_bundle(bundle: Path) -> dict[str, Any]:
@@ -111,7 +115,19 @@ def stage_export(bundle: Path, target: Target, cfg=None):
     x, _ = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
     m = onnx_from_torch(bundle / CHECKPOINT, bundle / ONNX_FP32, x, opset_max=target.opset_max, target=target.name, cfg=cfg or ExportConfig())
     register_artifact(bundle, ONNX_FP32)
+    stage_golden(bundle, info)
     return m
+
+
+def stage_golden(bundle: Path, info: dict[str, Any] | None = None, count: int = GOLDEN_COUNT) -> Path:
+    """Write ``bundle/golden/`` (``count`` validation images + the fp32 ONNX model's logits)."""
+    from .bench.golden import write_golden
+
+    bundle = Path(bundle)
+    info = info or read_bundle(bundle)
+    p = write_golden(bundle, bundle / ONNX_FP32, _folder_from_bundle(info, "val_files").samples, count)
+    log(f"golden self-test set: {p.parent} ({count} images with fp32 logits)")
+    return p
 
 
 def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None):
@@ -160,11 +176,15 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         t = time.perf_counter()
         stage_quantize(Path(out), tgt, recipe)
         times["quantize_s"] = time.perf_counter() - t
+    if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
+        from .build.tensorrt import write_build_script
+
+        write_build_script(Path(out), tgt)
     t = time.perf_counter()
-    report = stage_benchmark(Path(out), tgt, None, settings)
+    report = benchmark_bundle(Path(out), tgt, data=None, settings=settings, write=False)
     times["benchmark_s"] = time.perf_counter() - t
     report["stage_seconds"] = times
     from .bench.report import write_report
 
-    write_report({k: v for k, v in report.items() if k != "schema_version"}, Path(out))
+    write_report(report, Path(out))
     return report

@@ -69,6 +69,10 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample], pres
         "ActivationSymmetric": preset.symmetric_activations,
         "WeightSymmetric": preset.symmetric_weights,
         "CalibMovingAverage": False,
+        "QuantizeBias": preset.quantize_bias,
+        "AddQDQPairToWeight": preset.qdq_pair_on_weights,
+        "DedicatedQDQPair": preset.dedicated_qdq_pair,
+        "OpTypesToExcludeOutputQuantization": list(preset.no_output_qdq_ops),
     }
     if recipe.method in ("entropy", "percentile"):
         extra["CalibNumBins"] = recipe.num_bins
@@ -88,7 +92,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample], pres
                 )
                 _copy_metadata(onnx_path, tmp)
     seconds = time.perf_counter() - t0
-    details = {"quant_format": "QDQ", "preset": preset.__dict__, "calibration": recipe.to_dict(),
+    details = {"quant_format": "QDQ", "preset": {**preset.__dict__, "no_output_qdq_ops": list(preset.no_output_qdq_ops)}, "calibration": recipe.to_dict(),
                "calibration_images": [str(s.path) for s in calib], "num_calibration_images": len(calib),
                "nodes_to_exclude": list(nodes_to_exclude), "seconds": seconds, "node_counts": count_ops(out)}
     if parity_x is not None:
