@@ -3,7 +3,8 @@
 ``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
 ``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), the target's mobile formats
 (``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``, ``model*.ort`` +
-``ort.required_operators.config``), ``report.json`` / ``report.md``, each artifact with its
+``ort.required_operators.config``), ``golden/`` (golden images and the fp32 model's logits, for
+``edgetransfer selftest``), ``report.json`` / ``report.md`` / ``report.png``, each artifact with its
 ``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the trtexec commands that build
 the engines on the device).
 """
@@ -28,6 +29,7 @@ CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.qdq.onnx"
 PARITY_MAX_IMAGES = 256
+GOLDEN_COUNT = 8
 
 
 def read_bundle(bundle: Path) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def parity_arrays(info: dict[str, Any], spec: PreprocessSpec):
 
 def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
     """Resolve the split, write bundle.json, train, register the checkpoint."""
-    from .train import train
+    from .train import process_rank, train
 
     out = Path(out)
     train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
@@ -97,9 +99,12 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
         },
         "artifacts": [],
     }
-    atomic_write_json(out / BUNDLE_FILE, info)
+    main = process_rank() == 0  # under torchrun only rank 0 writes files
+    if main:
+        atomic_write_json(out / BUNDLE_FILE, info)
     res = train(train_set, val_set, out, cfg)
-    register_artifact(out, CHECKPOINT)
+    if main:
+        register_artifact(out, CHECKPOINT)
     return res
 
 
@@ -112,7 +117,19 @@ def stage_export(bundle: Path, target: Target, cfg=None):
     x, _ = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
     m = onnx_from_torch(bundle / CHECKPOINT, bundle / ONNX_FP32, x, opset_max=target.opset_max, target=target.name, cfg=cfg or ExportConfig())
     register_artifact(bundle, ONNX_FP32)
+    stage_golden(bundle, info)
     return m
+
+
+def stage_golden(bundle: Path, info: dict[str, Any] | None = None, count: int = GOLDEN_COUNT) -> Path:
+    """Write ``bundle/golden/`` (``count`` validation images + the fp32 ONNX model's logits)."""
+    from .bench.golden import write_golden
+
+    bundle = Path(bundle)
+    info = info or read_bundle(bundle)
+    p = write_golden(bundle, bundle / ONNX_FP32, _folder_from_bundle(info, "val_files").samples, count)
+    log(f"golden self-test set: {p.parent} ({count} images with fp32 logits)")
+    return p
 
 
 def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None):
@@ -228,6 +245,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     t = time.perf_counter()
     stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
     times["train_s"] = time.perf_counter() - t
+    from .train import process_rank
+
+    if process_rank() != 0:  # torchrun: the other ranks only helped to train
+        return {}
     t = time.perf_counter()
     stage_export(Path(out), tgt, export_cfg)
     times["export_s"] = time.perf_counter() - t
@@ -244,10 +265,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
 
         write_build_script(Path(out), tgt)
     t = time.perf_counter()
-    report = stage_benchmark(Path(out), tgt, None, settings)
+    report = benchmark_bundle(Path(out), tgt, data=None, settings=settings, write=False)
     times["benchmark_s"] = time.perf_counter() - t
     report["stage_seconds"] = times
     from .bench.report import write_report
 
-    write_report({k: v for k, v in report.items() if k != "schema_version"}, Path(out))
+    write_report(report, Path(out))
     return report

@@ -190,11 +190,12 @@ class Target:
     # GPU targets: ``compute_capability`` fixes the GPU (a Jetson module); a desktop/server target
     # leaves it None and gives ``min_compute_capability`` instead. ``profile_batch``: the
     # optimisation profile of engines. ``timing_cache``: save/reuse TensorRT's tactic timing cache.
-    # ``ort_providers``: ONNX Runtime execution providers in priority order (empty: CPU).
     min_compute_capability: str | None = None
     profile_batch: BatchProfile = field(default_factory=BatchProfile)
     timing_cache: bool = True
-    ort_providers: tuple[str, ...] = ()
+    # ONNX Runtime execution providers in priority order (full ORT names); empty = CPU only.
+    # Providers missing from the installed onnxruntime build are skipped and the report says so.
+    execution_providers: tuple[str, ...] = ()
     platform: str = "linux"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -213,6 +214,10 @@ class Target:
         bad = [f for f in self.formats if f not in known]
         if bad:
             raise TargetError(f"target {self.name!r}: unknown formats {bad}; known: {sorted(known)}")
+        bad = [p for p in self.execution_providers if not str(p).endswith("ExecutionProvider")]
+        if bad:
+            raise TargetError(f"target {self.name!r}: execution_providers must be ONNX Runtime provider names such as "
+                              f"CUDAExecutionProvider (got {bad})")
         if self.dla_cores < 0:
             raise TargetError(f"target {self.name!r}: dla_cores must be >= 0 (got {self.dla_cores})")
         if self.workspace_mib is not None and self.workspace_mib < 1:
@@ -320,7 +325,7 @@ def _parse(name: str, raw: dict[str, Any], source: str) -> Target:
     except (TypeError, ValueError) as exc:
         raise TargetError(f"{source}: {exc}") from exc
     raw.setdefault("name", name)
-    for key in ("formats", "ort_providers"):
+    for key in ("formats", "execution_providers"):
         if key in raw:
             raw[key] = tuple(str(x) for x in (raw[key] or ()))
     for key in ("compute_capability", "min_compute_capability", "tensorrt_version", "jetpack", "l4t"):

@@ -123,7 +123,8 @@ def test_coreml_row_is_not_runnable_off_macos(tmp_path):
     art.mkdir()
     m = Manifest(format="mlpackage", precision="fp16", file=art.name, class_names=["a", "b"])
     x = np.zeros((2, 3, 8, 8), np.float32)
-    row = measure_artifact(art, m, Runtime.COREML, x, np.zeros(2, np.int64), ["a", "b"], (1,), 0, 1, 0.0, 1, None)
+    row = measure_artifact(art, m, Runtime.COREML, x, np.zeros(2, np.int64), ["a", "b"], batch_sizes=(1,), warmup=0, iters=1,
+                           min_s=0.0, threads=1)
     assert row["status"] == str(Status.NOT_RUNNABLE) == "not_runnable"
     assert row["error"].startswith("not runnable on this host") and row["latency"] == [] and row["accuracy"] is None
 

@@ -14,7 +14,8 @@ import pytest
 
 from .tiny_bundle import make_bundle
 from edgetransfer.artifacts import Manifest, atomic_write_json, write_manifest
-from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle, runner_options
+from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
+from edgetransfer.runtime.ort import OnnxRuntimeRunner
 from edgetransfer.errors import EngineMismatchError, MissingExtraError
 from edgetransfer.runtime import get_runner_class
 from edgetransfer.runtime import tensorrt as trt_mod
@@ -96,12 +97,13 @@ def test_engine_without_device_facts_is_refused(tmp_path):
 
 def test_ort_providers_from_the_target(tmp_path):
     m = Manifest(format="onnx", precision="int8", file="model.int8.qdq.onnx", sha256="ab" * 32)
-    opts = runner_options(load_target("jetson-orin-nano"), tmp_path, m, Runtime.ONNXRUNTIME)
+    cache = tmp_path / ".trt-cache" / "ort" / m.sha256[:16]
+    opts = OnnxRuntimeRunner.options_for(load_target("jetson-orin-nano"), m, cache)
     trt_ep, cuda, cpu = opts["providers"]
     assert trt_ep[0] == "TensorrtExecutionProvider" and trt_ep[1]["trt_int8_enable"] is True
-    assert trt_ep[1]["trt_engine_cache_path"].endswith(".trt-cache/ort/" + "ab" * 8) and "trt_fp16_enable" not in trt_ep[1]
+    assert trt_ep[1]["trt_engine_cache_path"].endswith(".trt-cache/ort/" + "ab" * 8) and trt_ep[1]["trt_fp16_enable"] is False
     assert (cuda, cpu) == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert runner_options(load_target("x86-cpu"), tmp_path, m, Runtime.ONNXRUNTIME) == {}
+    assert OnnxRuntimeRunner.options_for(load_target("x86-cpu"), m, cache) == {"providers": ["CPUExecutionProvider"]}
     b = make_bundle(tmp_path / "b")
     sess = make_session(b / "model.onnx", providers=opts["providers"])  # EPs not installed here are dropped
     assert sess.get_providers()[-1] == "CPUExecutionProvider"
