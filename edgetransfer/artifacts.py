@@ -62,6 +62,31 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_path` for a directory artifact (e.g. a Core ML ``.mlpackage``).
+
+    Yields a not-yet-existing path next to ``final``; whatever is written there replaces
+    ``final`` (an older directory is removed only after the new one is complete). On an
+    exception the partial directory is removed and ``final`` is left as it was.
+    """
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = work / final.name
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise ArtifactError(f"nothing was written to {tmp} for {final}")
+        if final.exists():
+            os.replace(final, work / (final.name + ".old"))  # removed with ``work`` below
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

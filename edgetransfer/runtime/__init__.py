@@ -1,10 +1,17 @@
 """Runners: one class per runtime behind one interface, found through a registry keyed by
 (format, runtime). Importing this package imports no heavy backend."""
 
-from .base import Runner, RunnerUnavailable, available_runtimes, get_runner_class, register_runner, registered
+from .base import (Runner, RunnerUnavailable, available_runtimes, get_runner_class, register_runner, registered,
+                   runtimes_for)
 
 # Register the built-in runners (their modules import their backends lazily).
+from . import coreml as _coreml  # noqa: F401,E402
+from . import executorch as _executorch  # noqa: F401,E402
+from . import litert as _litert  # noqa: F401,E402
 from . import ort as _ort  # noqa: F401,E402
+from . import openvino as _openvino  # noqa: F401,E402
 from . import pytorch as _pytorch  # noqa: F401,E402
+from . import tensorrt as _tensorrt  # noqa: F401,E402
 
-__all__ = ["Runner", "RunnerUnavailable", "available_runtimes", "get_runner_class", "register_runner", "registered"]
+__all__ = ["Runner", "RunnerUnavailable", "available_runtimes", "get_runner_class", "register_runner", "registered",
+           "runtimes_for"]

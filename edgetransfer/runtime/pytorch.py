@@ -1,4 +1,9 @@
-"""PyTorch eager runner for edgetransfer checkpoints (.pt)."""
+"""PyTorch eager runner for edgetransfer checkpoints (.pt).
+
+``options["device"]``: ``cpu`` (default) or ``cuda[:N]``. On CUDA, :meth:`TorchRunner.sync`
+calls ``torch.cuda.synchronize`` so the latency loop reads the clock after the kernels finished
+(CUDA launches are asynchronous).
+"""
 
 from __future__ import annotations
 
@@ -18,22 +23,35 @@ class TorchRunner(Runner):
         torch = require("torch", "train", "the PyTorch runner")
         from ..train import load_checkpoint
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
         self._torch = torch
+        self._prev_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)  # process-wide in torch: restored by deactivate()
+        self.device = self.options.get("device", "cpu")
         self.model, _ = load_checkpoint(self.path)
-        self.model.eval()
+        self.model.eval().to(self.device)
         self.active = True
 
     @property
     def execution_provider(self) -> str:
-        return f"torch-eager-cpu ({self._torch.get_num_threads()} threads)" if self.active else "torch-eager-cpu"
+        return f"torch-eager-{getattr(self, 'device', 'cpu')}"
+
+    @property
+    def threads_used(self) -> int | None:
+        return self._torch.get_num_threads() if self.active else (self.threads or None)
+
+    def sync(self) -> None:
+        if self.active and str(self.device).startswith("cuda"):
+            self._torch.cuda.synchronize()
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feeds[self.input_specs[0]["name"]]
         with self._torch.inference_mode():
-            return {"logits": self.model(self._torch.from_numpy(x)).numpy()}
+            out = self.model(self._torch.from_numpy(x).to(self.device))
+            return {"logits": out.float().cpu().numpy()}
 
     def deactivate(self) -> None:
         self.model = None
+        if getattr(self, "_prev_threads", None):
+            self._torch.set_num_threads(self._prev_threads)
         super().deactivate()

@@ -1,0 +1,231 @@
+"""What every mobile converter shares: inputs, the parity check, the manifest, the registry.
+
+A converter turns a source artifact of the bundle (the PyTorch checkpoint, or an ONNX file for ORT
+mobile) into one file per precision, each written atomically with the same manifest as every other
+artifact (preprocessing, class names in index order, input/output specs, lineage, tool versions)
+plus ``details.parity``: the candidate's logits against the fp32 model's on real validation images.
+
+Mobile artifacts have a static batch of 1: a phone classifies one camera frame at a time, and LiteRT
+(XNNPACK) and ExecuTorch plan their memory for static shapes. Parity therefore runs image by image.
+
+Converters are found through a registry keyed by format (:func:`register_builder`), the way the
+pipeline dispatches on a target's ``formats`` field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from ..artifacts import Manifest, read_manifest, tool_versions, write_manifest
+from ..data import PreprocessSpec, Sample, load_arrays
+from ..errors import ConfigError, require
+from ..export.parity import TOLERANCES, ParityStats, check_parity, compare_logits
+from ..progress import log, task
+from ..quantize.calibration import CalibrationRecipe
+from ..types import Format, Precision
+
+_BUILDERS: dict[Format, type["Converter"]] = {}
+
+
+def register_builder(fmt: Format | str):
+    """Class decorator: ``@register_builder(Format.TFLITE)`` makes the converter the one the
+    pipeline uses for targets whose ``formats`` list ``fmt``."""
+
+    def deco(cls: type[Converter]) -> type[Converter]:
+        cls.format = Format(fmt)
+        _BUILDERS[Format(fmt)] = cls
+        return cls
+
+    return deco
+
+
+def get_builder(fmt: Format | str) -> type["Converter"]:
+    """The converter class for ``fmt``. Raises :class:`ConfigError` listing the known formats."""
+    try:
+        key = Format(fmt)
+    except ValueError:
+        key = None
+    if key not in _BUILDERS:
+        raise ConfigError(f"no converter for format {fmt!r}; known formats: onnx (export), "
+                          + ", ".join(sorted(str(f) for f in _BUILDERS)))
+    return _BUILDERS[key]
+
+
+def registered_builders() -> list[Format]:
+    return sorted(_BUILDERS, key=str)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a converter may need besides its source artifact.
+
+    ``parity_x``: float32 (N, 3, S, S) preprocessed validation images (held out from calibration);
+    ``parity_y``: int64 (N,) their labels, to record top-1 of the candidate and of the fp32 model.
+    ``calibration``: training-split images chosen by :func:`~edgetransfer.quantize.calibration.select_calibration_set`
+    with ``recipe`` (needed for INT8 only). ``target``: the target name written into the manifest.
+    """
+
+    parity_x: np.ndarray
+    parity_y: np.ndarray | None = None
+    calibration: Sequence[Sample] = ()
+    recipe: CalibrationRecipe | None = None
+    target: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        x = self.parity_x
+        if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.float32 or len(x) == 0:
+            raise ConfigError(f"parity images must be a non-empty float32 (N, 3, S, S) array (got {x.dtype} {x.shape})")
+        if self.parity_y is not None and len(self.parity_y) != len(x):
+            raise ConfigError(f"{len(self.parity_y)} parity labels for {len(x)} parity images")
+
+
+class Converter(ABC):
+    """Base of ``<Format>From<Source>`` converters.
+
+    Subclasses set ``extra`` (the pip extra holding their backend), ``backend_modules`` (imported
+    lazily, checked before any work), ``precisions`` (what the format can hold), ``file_names``
+    (output file per precision) and implement :meth:`convert` and :meth:`candidate_logits`.
+    """
+
+    format: ClassVar[Format]
+    source_format: ClassVar[Format] = Format.CHECKPOINT
+    extra: ClassVar[str] = ""
+    backend_modules: ClassVar[tuple[str, ...]] = ()
+    precisions: ClassVar[tuple[Precision, ...]] = (Precision.FP32, Precision.INT8)
+    file_names: ClassVar[dict[Precision, str]] = {}
+    producer: ClassVar[str] = ""
+
+    def __init__(self, source: str | Path, inputs: BuildInputs):
+        self.source = Path(source)
+        self.inputs = inputs
+        self.parent = read_manifest(self.source)  # sha256 must match before anything is built
+        if self.parent.format != str(self.source_format):
+            raise ConfigError(f"{type(self).__name__} converts {self.source_format} artifacts; {self.source.name} is {self.parent.format}")
+        self.spec = PreprocessSpec.from_dict(self.parent.preprocessing)
+        self.class_names = list(self.parent.class_names)
+        self._reference: np.ndarray | None = None
+
+    # -- availability ----------------------------------------------------------------------
+    @classmethod
+    def require_backend(cls) -> None:
+        """Raise :class:`~edgetransfer.errors.MissingExtraError` naming the extra if a backend is missing."""
+        for mod in cls.backend_modules:
+            require(mod, cls.extra, f"{cls.format} conversion")
+
+    @classmethod
+    def is_available(cls) -> bool:
+        import importlib.util
+
+        return all(importlib.util.find_spec(m.split(".")[0]) is not None for m in cls.backend_modules)
+
+    @classmethod
+    def file_name(cls, precision: Precision | str, source: Path | None = None) -> str:
+        return cls.file_names[Precision(precision)]
+
+    # -- to implement ----------------------------------------------------------------------
+    @abstractmethod
+    def convert(self, precision: Precision, out: Path) -> dict[str, Any]:
+        """Write the artifact for ``precision`` at ``out`` (a temporary path); return manifest details."""
+
+    @abstractmethod
+    def candidate_logits(self, path: Path, x: np.ndarray) -> np.ndarray | None:
+        """Logits float32 (N, C) of the artifact at ``path`` on ``x``; None if it cannot run here."""
+
+    def reference_logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits float32 (N, C) of the fp32 model the artifact is held against."""
+        from ..export.onnx import torch_logits
+        from ..train import load_checkpoint
+
+        model, _ = load_checkpoint(self.source)
+        return torch_logits(model, x)
+
+    def io_specs(self, precision: Precision) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        s = self.spec.input_size
+        return ([{"name": "input", "shape": [1, 3, s, s], "dtype": "float32"}],
+                [{"name": "logits", "shape": [1, len(self.class_names)], "dtype": "float32"}])
+
+    # -- shared ----------------------------------------------------------------------------
+    @property
+    def reference(self) -> np.ndarray:
+        if self._reference is None:
+            self._reference = self.reference_logits(self.inputs.parity_x)
+        return self._reference
+
+    def calibration_arrays(self) -> np.ndarray:
+        """The calibration images preprocessed: float32 (K, 3, S, S). Raises ConfigError when none."""
+        if not self.inputs.calibration or self.inputs.recipe is None:
+            raise ConfigError(f"INT8 {self.format} needs calibration images and a recipe: pass the training split's "
+                              "calibration set (edgetransfer build does it from the bundle)")
+        x, _ = load_arrays(list(self.inputs.calibration), self.spec)
+        return x
+
+    def calibration_details(self) -> dict[str, Any]:
+        r = self.inputs.recipe
+        return {"calibration": r.to_dict() if r else None, "num_calibration_images": len(self.inputs.calibration),
+                "calibration_images": [str(s.path) for s in self.inputs.calibration]}
+
+    def parity(self, path: Path, precision: Precision) -> dict[str, Any]:
+        """Compare the artifact at ``path`` with the fp32 reference; raise ParityError out of tolerance.
+
+        Returns the manifest's parity details (figures, tolerance, top-1 of both when labels are known).
+        """
+        x, y = self.inputs.parity_x, self.inputs.parity_y
+        cand = self.candidate_logits(path, x)
+        if cand is None:
+            return {}
+        stats: ParityStats = compare_logits(self.reference, cand)
+        tol = TOLERANCES[str(precision)]
+        check_parity(stats, output="logits", what=f"{self.format} {precision} conversion of {self.source.name}",
+                     max_abs=tol["max_abs"], min_agreement=tol["min_agreement"])
+        out: dict[str, Any] = {"parity": stats.to_dict(), "tolerance": dict(tol)}
+        if y is not None:
+            out["val_top1_fp32"] = float((self.reference.argmax(1) == y).mean())
+            out["val_top1"] = float((cand.argmax(1) == y).mean())
+        log(f"{self.format} {precision} vs the fp32 model on {stats.num_samples} validation images: "
+            f"max |diff| {stats.max_abs:.3g}, top-1 agreement {stats.agreement:.4f}"
+            + (f", top-1 {out['val_top1']:.4f} (fp32 {out['val_top1_fp32']:.4f})" if y is not None else ""))
+        return out
+
+    def build(self, precision: Precision | str, out: str | Path) -> Manifest:
+        """Convert, parity-check and write ``out`` + ``out.json``. ``out`` appears only when every
+        check passed. Raises ConfigError (unsupported precision), MissingExtraError, ParityError."""
+        from ..artifacts import atomic_dir, atomic_path
+
+        precision = Precision(precision)
+        if precision not in self.precisions:
+            raise ConfigError(f"{self.format} holds {', '.join(map(str, self.precisions))}, not {precision}")
+        self.require_backend()
+        out = Path(out)
+        t0 = time.perf_counter()
+        atomic: Callable = atomic_dir if out.suffix == ".mlpackage" else atomic_path
+        with atomic(out) as tmp:
+            # converters (litert-torch) print progress on stdout, which belongs to the CLI's --json output
+            with task(f"Building {out.name}", None), contextlib.redirect_stdout(sys.stderr):
+                details = self.convert(precision, tmp)
+            details["convert_seconds"] = time.perf_counter() - t0
+            details.update(self.parity(tmp, precision))
+            details.setdefault("parity_vs", self.parity_reference_name)
+        inputs, outputs = self.io_specs(precision)
+        return write_manifest(out, Manifest(
+            format=str(self.format), precision=str(precision), file=out.name, parent_sha256=self.parent.sha256,
+            parent_file=self.parent.file, target=self.inputs.target, preprocessing=self.parent.preprocessing,
+            class_names=self.class_names, inputs=inputs, outputs=outputs, producer=self.producer,
+            tool_versions=tool_versions(*self.version_modules), details=details,
+        ))
+
+    parity_reference_name: ClassVar[str] = "pytorch fp32 checkpoint"
+    version_modules: ClassVar[tuple[str, ...]] = ("torch",)
+
+
+def static_batch_logits(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Run a batch-1 model ``fn`` over ``x`` (N, 3, S, S) image by image -> (N, C) float32."""
+    return np.concatenate([np.asarray(fn(np.ascontiguousarray(x[i : i + 1])), np.float32).reshape(1, -1) for i in range(len(x))])

@@ -1,0 +1,106 @@
+"""``TfliteFromTorch``: an edgetransfer checkpoint -> LiteRT ``.tflite`` (fp32, full-integer INT8).
+
+fp32: ``litert_torch.convert(model, (x,))`` (torch.export -> StableHLO -> TFLite flatbuffer), batch
+1, input NCHW float32 named like every other artifact's in the manifest, output logits.
+
+INT8: ``ai-edge-quantizer``'s static recipe ``static_wi8_ai8`` (int8 weights per channel, int8
+activations, min/max algorithm) on that float model: a full-integer model whose input and output
+tensors are int8 as well (the LiteRT runner quantizes/dequantizes with their own scale and zero
+point). Calibration: the images of the project's calibration recipe (training split,
+class-stratified, seeded), one at a time, and the absolute min/max over all of them — the same
+statistic as the ONNX INT8 recipe (ORT ``CalibMovingAverage: False``), not ai-edge-quantizer's default
+0.95 moving average.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, require
+from ..progress import task
+from ..types import Format, Precision
+from .base import Converter, register_builder, static_batch_logits
+
+
+@register_builder(Format.TFLITE)
+class TfliteFromTorch(Converter):
+    extra = "litert"
+    backend_modules = ("litert_torch", "ai_edge_litert.interpreter", "ai_edge_quantizer")
+    precisions = (Precision.FP32, Precision.INT8)
+    file_names = {Precision.FP32: "model.tflite", Precision.INT8: "model.int8.tflite"}
+    producer = "edgetransfer.build.tflite"
+    version_modules = ("torch", "litert_torch", "ai_edge_litert", "ai_edge_quantizer")
+
+    _float_bytes: bytes | None = None
+
+    def float_model(self) -> bytes:
+        """The fp32 flatbuffer (converted once per converter, reused by the INT8 build)."""
+        if self._float_bytes is None:
+            torch = require("torch", "train")
+            litert_torch = require("litert_torch", self.extra, "LiteRT conversion")
+            from ..train import load_checkpoint
+
+            model, _ = load_checkpoint(self.source)
+            s = self.spec.input_size
+            with torch.no_grad():
+                edge = litert_torch.convert(model.eval(), (torch.zeros(1, 3, s, s),))
+            with tempfile.TemporaryDirectory(prefix="edgetransfer-tflite-") as td:
+                p = Path(td) / "model.tflite"
+                edge.export(str(p))
+                self._float_bytes = p.read_bytes()
+        return self._float_bytes
+
+    def convert(self, precision: Precision, out: Path) -> dict[str, Any]:
+        buf = self.float_model()
+        details: dict[str, Any] = {"converter": "litert_torch.convert", "batch": 1, "layout": "NCHW"}
+        if precision == Precision.FP32:
+            out.write_bytes(buf)
+            return details
+        if self.inputs.recipe is not None and self.inputs.recipe.method != "minmax":
+            raise ConfigError(f"calibration method {self.inputs.recipe.method!r} is not implemented for LiteRT INT8 "
+                              "(ai-edge-quantizer's static recipe calibrates min/max); use a recipe with method: minmax")
+        x = self.calibration_arrays()
+        details.update(self._quantize(buf, x, out))
+        details.update(self.calibration_details())
+        return details
+
+    def _quantize(self, buf: bytes, x: np.ndarray, out: Path) -> dict[str, Any]:
+        require("ai_edge_quantizer", self.extra, "LiteRT INT8 quantization")
+        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_quantizer import calibrator, quantizer, recipe, recipe_manager
+        from ai_edge_quantizer.utils import qsv_utils
+
+        sigs = Interpreter(model_content=buf).get_signature_list()
+        if len(sigs) != 1:
+            raise ConfigError(f"expected one signature in the converted LiteRT model, found {sorted(sigs)}")
+        sig, io = next(iter(sigs.items()))
+        (input_name,) = io["inputs"]
+        rcp = recipe.static_wi8_ai8()
+        rm = recipe_manager.RecipeManager()
+        rm.load_quantization_recipe(rcp)
+        cal = calibrator.Calibrator(buf, num_threads=max(1, int(self.inputs.options.get("threads", 2))),
+                                    qsv_update_func=qsv_utils.min_max_update)
+        with task(f"Calibrating LiteRT INT8 ({len(x)} images)", None):
+            cal.calibrate({sig: [{input_name: x[i : i + 1]} for i in range(len(x))]}, rm)
+        q = quantizer.Quantizer(buf, rcp)
+        res = q.quantize(cal.get_model_qsvs(), enable_progress_report=False)
+        out.write_bytes(bytes(res.quantized_model))
+        it = Interpreter(model_path=str(out))
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        if i["dtype"] == np.float32 or o["dtype"] == np.float32:
+            raise ConfigError("ai-edge-quantizer left float32 model inputs/outputs: the INT8 LiteRT model is not full-integer")
+        return {"quantizer": "ai-edge-quantizer static_wi8_ai8", "algorithm": "min_max_uniform_quant",
+                "weights": "int8 per-channel symmetric", "activations": "int8 per-tensor",
+                "calibration_statistic": "absolute min/max (min_max_update)", "full_integer": True,
+                "io_quantization": {"input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]), "zero_point": int(i["quantization"][1])},
+                                    "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]), "zero_point": int(o["quantization"][1])}}}
+
+    def candidate_logits(self, path: Path, x: np.ndarray) -> np.ndarray:
+        from ..runtime.litert import LiteRtRunner
+
+        with LiteRtRunner(path, threads=int(self.inputs.options.get("threads", 0))) as r:
+            return static_batch_logits(r, x)

@@ -1,0 +1,209 @@
+"""Mobile builds on real photos (hymenoptera): conversion, parity against the fp32 model, runner
+round trips and the benchmark rows, per format. A format whose backend is not installed is skipped
+with the extra to install; ORT mobile needs only onnxruntime and always runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgetransfer.artifacts import read_manifest
+from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
+from edgetransfer.build import get_builder
+from edgetransfer.build.ort_mobile import OPERATOR_CONFIG, operator_config_ops
+from edgetransfer.data import PreprocessSpec
+from edgetransfer.export.onnx import onnx_logits, torch_logits
+from edgetransfer.pipeline import parity_arrays, read_bundle, stage_build, stage_export, stage_quantize, stage_train
+from edgetransfer.runtime import get_runner_class
+from edgetransfer.targets import load_target
+from edgetransfer.train import TrainConfig, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+FAST = BenchSettings(warmup=2, min_iterations=5, min_seconds=0.0)
+
+
+def requires(fmt: str):
+    """Skip (before the module's training fixture runs) when the format's backend is missing."""
+    cls = get_builder(fmt)
+    return pytest.mark.skipif(not cls.is_available(), reason=f"{fmt} backend ({', '.join(cls.backend_modules)}) not installed: "
+                                                           f"pip install 'edgetransfer[{cls.extra}]'")
+
+
+@pytest.fixture(scope="module")
+def bees(hymenoptera, tmp_path_factory):
+    """EfficientNet-Lite0 (offline ImageNet weights) fine-tuned on hymenoptera, fp32 + INT8 ONNX."""
+    out = tmp_path_factory.mktemp("mobile-bees")
+    t = load_target("android-arm64")
+    stage_train(hymenoptera, out, TrainConfig(epochs=10), target=t)
+    stage_export(out, t)
+    stage_quantize(out, t)
+    return out
+
+
+@pytest.fixture(scope="module")
+def val(bees):
+    ck = read_manifest(bees / "model.pt")
+    return parity_arrays(read_bundle(bees), PreprocessSpec.from_dict(ck.preprocessing))
+
+
+@pytest.fixture(scope="module")
+def reference(bees, val):
+    model, _ = load_checkpoint(bees / "model.pt")
+    return torch_logits(model, val[0])
+
+
+def _built(bees, target: str, fmt: str):
+    made = stage_build(bees, load_target(target), formats=[fmt])
+    return {m.precision: m for m in made}
+
+
+def _common_manifest_checks(bees, m, parent: str):
+    assert read_manifest(bees / m.file).sha256 == m.sha256  # sha256 verified on read
+    assert m.parent_file == parent and m.parent_sha256 == read_manifest(bees / parent).sha256
+    ck = read_manifest(bees / "model.pt")
+    assert m.class_names == ck.class_names == ["ants", "bees"]
+    assert m.preprocessing == ck.preprocessing
+    assert m.details["parity"]["num_samples"] == 153
+    assert any(a["file"] == m.file for a in read_bundle(bees)["artifacts"])
+
+
+def _held(m, fp32: bool):
+    p = m.details["parity"]
+    if fp32:
+        assert p["agreement"] >= 0.99 and p["max_abs"] <= 1e-3, p
+    else:
+        assert p["agreement"] >= 0.97, p
+        assert m.details["val_top1"] >= m.details["val_top1_fp32"] - 0.02
+
+
+def test_ort_mobile(bees, val):
+    built = _built(bees, "android-arm64", "ort")
+    assert set(built) == {"fp32", "int8"}
+    fp32, int8 = built["fp32"], built["int8"]
+    assert fp32.file == "model.ort" and int8.file == "model.int8.qdq.ort"
+    _common_manifest_checks(bees, fp32, "model.onnx")
+    _common_manifest_checks(bees, int8, "model.int8.qdq.onnx")
+    _held(fp32, True)
+    _held(int8, False)
+    assert fp32.details["target_platform"] == "arm"
+    # the .ort file computes what its own ONNX source computes
+    assert fp32.details["parity_vs_source_onnx"]["max_abs"] <= 1e-4
+    assert int8.details["parity_vs_source_onnx"]["agreement"] >= 0.99
+    ops = operator_config_ops(bees / OPERATOR_CONFIG)
+    flat = {op for v in ops.values() for op in v}
+    assert {"Conv", "Gemm"} <= flat or {"Conv", "MatMul"} <= flat or "FusedConv" in flat, ops
+    assert "QuantizeLinear" in flat or "QLinearConv" in flat, ops  # the INT8 model's integer ops are in the config
+    # runner round trip through the registry
+    x = val[0][:16]
+    with get_runner_class("ort", "onnxruntime")(bees / "model.ort", fp32) as r:
+        got = r(x)
+    assert np.abs(got - onnx_logits(bees / "model.onnx", x)).max() <= 1e-4
+
+
+@requires("tflite")
+def test_litert(bees, val, reference):
+    built = _built(bees, "android-arm64", "tflite")
+    assert set(built) == {"fp32", "int8"}
+    fp32, int8 = built["fp32"], built["int8"]
+    for m in (fp32, int8):
+        _common_manifest_checks(bees, m, "model.pt")
+        assert m.inputs[0]["shape"] == [1, 3, 224, 224]
+    _held(fp32, True)
+    _held(int8, False)
+    assert int8.details["full_integer"] and int8.details["io_quantization"]["input"]["dtype"] == "int8"
+    assert int8.details["num_calibration_images"] == 128
+    train = {f for f, _ in read_bundle(bees)["dataset"]["train_files"]}
+    assert set(int8.details["calibration_images"]) <= train  # calibration never sees validation images
+    assert int8.size_bytes < 0.4 * fp32.size_bytes
+    cls = get_runner_class("tflite", "litert")
+    x = val[0][:8]
+    with cls(bees / int8.file, int8, threads=1) as r:
+        assert r.io_quantization["input"]["dtype"] == "int8" and r.io_quantization["output"]["dtype"] == "int8"
+        q = np.concatenate([r(x[i : i + 1]) for i in range(len(x))])
+    assert q.dtype == np.float32 and (q.argmax(1) == reference[:8].argmax(1)).mean() >= 7 / 8
+    with cls(bees / fp32.file, fp32, threads=1) as r:
+        f = np.concatenate([r(x[i : i + 1]) for i in range(len(x))])
+    assert np.abs(f - reference[:8]).max() <= 1e-3
+
+
+@requires("pte")
+def test_executorch(bees, val, reference):
+    built = _built(bees, "android-arm64", "pte")
+    fp32, int8 = built["fp32"], built["int8"]
+    for m in (fp32, int8):
+        _common_manifest_checks(bees, m, "model.pt")
+        assert m.details["delegated_nodes"]["delegate_calls"] >= 1
+    _held(fp32, True)
+    _held(int8, False)
+    assert int8.details["activation_observer"] == "MinMaxObserver"  # the default recipe's method: minmax
+    assert int8.size_bytes < 0.4 * fp32.size_bytes
+    x = val[0][:1]
+    strided = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # same values, NHWC strides
+    assert not strided.flags["C_CONTIGUOUS"]
+    with get_runner_class("pte", "executorch")(bees / fp32.file, fp32, threads=1) as r:
+        a, b = r(x), r(strided)
+    assert np.abs(a - b).max() == 0.0  # the runner hands the runtime a dense copy
+    assert np.abs(a - reference[:1]).max() <= 1e-3
+
+
+@requires("mlpackage")
+def test_coreml(bees, val):
+    import coremltools as ct
+
+    built = _built(bees, "ios-arm64", "mlpackage")
+    assert set(built) == {"fp16", "int8"}  # no fp32 Core ML model though ios-arm64 lists fp32
+    fp16, w8 = built["fp16"], built["int8"]
+    for m in (fp16, w8):
+        assert (bees / m.file).is_dir() and read_manifest(bees / m.file).sha256 == m.sha256
+        assert m.details["parity"] is None and m.details["parity_status"].startswith("not measured")
+        fold = m.details["preprocessing_fold_parity"]
+        assert fold["agreement"] == 1.0 and fold["max_abs"] <= 1e-3 and fold["num_samples"] == 153
+        spec = ct.models.MLModel(str(bees / m.file), skip_model_load=True).get_spec()
+        (inp,) = spec.description.input
+        assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
+        assert ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(inp.type.imageType.colorSpace) == "RGB"
+        assert (inp.type.imageType.width, inp.type.imageType.height) == (224, 224)
+        assert spec.description.predictedFeatureName == "classLabel"
+        assert spec.description.predictedProbabilitiesName == "classLabel_probs"
+        fn = spec.mlProgram.functions["main"]
+        ops = list(fn.block_specializations[fn.opset].operations)
+        types = [o.type for o in ops]
+        assert types.index("mul") < types.index("add") < types.index("conv")  # the folded scale/bias come first
+        classify = [o for o in ops if o.type == "classify"]
+        assert len(classify) == 1 and all(f'"{c}"' in str(classify[0].inputs["classes"]) for c in ("ants", "bees"))
+        img = m.details["image_input"]
+        assert img["scale"] == pytest.approx(1 / 127.5) and img["bias"] == [-1.0, -1.0, -1.0]  # Lite0: mean = std = 0.5
+        assert types.count("softmax") == 1  # probabilities, not logits
+    assert w8.details["weight_only"] and w8.size_bytes < 0.6 * fp16.size_bytes
+    report = benchmark_bundle(bees, load_target("ios-arm64"), settings=FAST, write=False)
+    rows = [r for r in report["results"] if r["format"] == "mlpackage"]
+    import sys
+
+    if sys.platform != "darwin":
+        assert len(rows) == 2 and all(r["status"] == "not_runnable" and r["latency"] == [] for r in rows)
+        assert all("not runnable on this host" in r["error"] for r in rows)
+
+
+def test_android_benchmark_rows_are_host_measurements(bees):
+    """Every android artifact of the bundle is a row; the runnable ones are measured at batch 1."""
+    if not (bees / "model.ort").exists():  # run alone: build the one format that needs no extra
+        stage_build(bees, load_target("android-arm64"), formats=["ort"])
+    # 48 of the 153 images: every artifact's parity on all 153 is already in its manifest (CI time)
+    report = benchmark_bundle(bees, load_target("android-arm64"), settings=BenchSettings(warmup=2, min_iterations=5, min_seconds=0.0, max_samples=48),
+                              write=True)
+    assert report["host_is_target"] is False
+    assert any(n.startswith("host measurement") for n in report["notes"])
+    rows = {(r["name"], r["runtime"]): r for r in report["results"]}
+    assert ("model.ort", "onnxruntime") in rows and ("model.int8.qdq.ort", "onnxruntime") in rows
+    for (name, rt), r in rows.items():
+        if r["format"] not in ("tflite", "pte", "ort"):
+            continue
+        assert r["status"] == "ok", (name, r["error"])
+        assert [lat["batch_size"] for lat in r["latency"]] == [1]
+        assert r["accuracy"]["num_samples"] == 48 and r["accuracy"]["agreement_with_fp32"] >= 0.97
+    md = (bees / "report.md").read_text()
+    assert "a host measurement, not the target device" in md
+    assert json.loads((bees / "report.json").read_text())["host_is_target"] is False

@@ -1,0 +1,143 @@
+"""Mobile targets, registries and the pieces of the mobile builds that need no backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgetransfer.artifacts import Manifest, atomic_dir
+from edgetransfer.bench.benchmark import measure_artifact
+from edgetransfer.build import get_builder, registered_builders
+from edgetransfer.build.coreml import folded_preprocessing
+from edgetransfer.build.ort_mobile import operator_config_ops, ort_target_platform
+from edgetransfer.errors import ConfigError, MissingExtraError, TargetError
+from edgetransfer.runtime import get_runner_class, registered
+from edgetransfer.runtime.litert import dequantize_tensor, quantize_tensor
+from edgetransfer.targets import _parse, load_target
+from edgetransfer.types import Format, Runtime, Status
+
+
+@pytest.mark.parametrize("name,formats,runtimes", [
+    ("android-arm64", ("tflite", "pte", "ort"), ("litert", "executorch", "onnxruntime")),
+    ("ios-arm64", ("mlpackage", "pte"), ("coreml", "executorch")),
+    ("rpi5-arm64", ("onnx", "tflite"), ("onnxruntime", "litert")),
+])
+def test_mobile_targets_load_with_their_formats(name, formats, runtimes):
+    t = load_target(name)
+    assert t.formats == formats
+    assert tuple(map(str, t.runtimes)) == runtimes
+    assert t.arch == "aarch64"
+    # every format of the target has a converter (onnx: export/quantize) and a runner for a runtime it lists
+    for f in t.formats:
+        if f != "onnx":
+            assert get_builder(f).format == Format(f)
+        assert any((Format(f), r) in registered() for r in t.runtimes), f
+
+
+def test_host_is_target_reads_arch_and_platform():
+    android, rpi = load_target("android-arm64"), load_target("rpi5-arm64")
+    assert not android.host_is_target("x86_64", "linux")
+    assert not android.host_is_target("aarch64", "linux")  # an arm64 Linux box is not a phone
+    assert android.host_is_target("arm64", "android")
+    assert rpi.host_is_target("aarch64", "linux") and not rpi.host_is_target("x86_64", "linux")
+    assert load_target("x86-cpu").host_is_target("AMD64", "linux")
+
+
+def test_target_rejects_unknown_format_and_platform():
+    base = {"description": "d", "arch": "aarch64", "runtimes": ["litert"], "precisions": ["fp32"]}
+    with pytest.raises(TargetError, match="unknown formats \\['tfl'\\]"):
+        _parse("t", {**base, "formats": ["tfl"]}, "t.yaml")
+    with pytest.raises(TargetError, match="platform must be one of"):
+        _parse("t", {**base, "platform": "symbian"}, "t.yaml")
+
+
+def test_builder_and_runner_registries():
+    assert set(registered_builders()) == {Format.TFLITE, Format.PTE, Format.MLPACKAGE, Format.ORT}
+    with pytest.raises(ConfigError, match="known formats"):
+        get_builder("engine")
+    assert get_runner_class("tflite", "litert").__name__ == "LiteRtRunner"
+    assert get_runner_class("pte", "executorch").__name__ == "ExecuTorchRunner"
+    assert get_runner_class("ort", "onnxruntime").__name__ == "OrtFormatRunner"
+    assert get_runner_class("mlpackage", "coreml").__name__ == "CoreMlRunner"
+
+
+def test_importing_runtime_and_build_loads_no_backend():
+    code = ("import sys, edgetransfer.runtime, edgetransfer.build, edgetransfer.pipeline;"
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'executorch', 'litert_torch', 'ai_edge_litert', "
+            "'ai_edge_quantizer', 'coremltools', 'tensorflow', 'jax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_int8_io_quantization_round_trip():
+    x = np.linspace(-3.0, 3.0, 601, dtype=np.float32)
+    scale, zp = 0.0235, -9
+    q = quantize_tensor(x, scale, zp, np.dtype(np.int8))
+    assert q.dtype == np.int8 and q.min() == -128 and q.max() == 119  # round(-127.7) - 9 clips at -128; round(127.7) - 9 = 119
+    back = dequantize_tensor(q, scale, zp)
+    inside = (x >= (-128 - zp) * scale) & (x <= (127 - zp) * scale)
+    assert np.abs(back[inside] - x[inside]).max() <= scale / 2 + 1e-6
+
+
+@pytest.mark.parametrize("mean,std", [((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_coreml_folded_preprocessing_equals_the_normalisation(mean, std):
+    pix = np.random.default_rng(0).integers(0, 256, size=(3, 5, 5)).astype(np.float64)
+    expected = (pix / 255.0 - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+    scale, bias, mul, add = folded_preprocessing(mean, std)
+    got = pix * scale + np.reshape(bias, (3, 1, 1))
+    if mul is not None:
+        got = got * mul.reshape(3, 1, 1) + add.reshape(3, 1, 1)
+    else:
+        assert len(set(std)) == 1  # a single Core ML scale holds the whole normalisation only for equal stds
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_ort_platform_and_operator_config_parsing(tmp_path):
+    assert ort_target_platform("aarch64") == "arm" and ort_target_platform("x86_64") == "amd64"
+    cfg = tmp_path / "c.config"
+    cfg.write_text("# Generated\nai.onnx;18;Conv,Gemm,Relu\ncom.microsoft;1;QLinearConv{\"inputs\": {\"0\": [\"uint8_t\"]}}\n")
+    assert operator_config_ops(cfg) == {"ai.onnx;18": ["Conv", "Gemm", "Relu"], "com.microsoft;1": ["QLinearConv"]}
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    final = tmp_path / "m.mlpackage"
+    with atomic_dir(final) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_text("1")
+    assert (final / "a").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            tmp.mkdir()
+            (tmp / "a").write_text("2")
+            raise RuntimeError("interrupted")
+    assert (final / "a").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.mlpackage"]  # no temporary left behind
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML runs on macOS")
+def test_coreml_row_is_not_runnable_off_macos(tmp_path):
+    art = tmp_path / "model.fp16.mlpackage"
+    art.mkdir()
+    m = Manifest(format="mlpackage", precision="fp16", file=art.name, class_names=["a", "b"])
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    row = measure_artifact(art, m, Runtime.COREML, x, np.zeros(2, np.int64), ["a", "b"], batch_sizes=(1,), warmup=0, iters=1,
+                           min_s=0.0, threads=1)
+    assert row["status"] == str(Status.NOT_RUNNABLE) == "not_runnable"
+    assert row["error"].startswith("not runnable on this host") and row["latency"] == [] and row["accuracy"] is None
+
+
+def test_run_fails_before_training_when_a_mobile_backend_is_missing(tmp_path, monkeypatch, tiny_folder):
+    from edgetransfer import pipeline
+    from edgetransfer.build.tflite import TfliteFromTorch
+    from edgetransfer.train import TrainConfig
+
+    def missing(cls):
+        raise MissingExtraError("litert_torch", "litert", "tflite conversion")
+
+    monkeypatch.setattr(TfliteFromTorch, "require_backend", classmethod(missing))
+    with pytest.raises(MissingExtraError, match=r"edgetransfer\[litert\]"):
+        pipeline.run(tiny_folder, tmp_path / "out", TrainConfig(epochs=1), target="android-arm64")
+    assert not (tmp_path / "out").exists()  # nothing trained
