@@ -11,9 +11,9 @@ output.
 
 Cost: every unit is wired into ONE gated copy of the float model (:func:`gated_model`), so the
 ranking is one session plus one forward pass per unit. Measured on EfficientNet-Lite0 (110 units,
-8 calibration images; benchmarks/quant_quality.py): 32-201 s on a shared 2-core host whose load
-average ran between 3 and 8 (a first version with one session per unit and 16 images took 565 s
-there). Only the budget loop of :mod:`edgetransfer.quantize.int8` runs it, and only when the fully
+8 calibration images; benchmarks/quant_quality.py): 18-24 s on the shared 2-core host at a load
+average of 2-4, up to 201 s at a load average of 8 (a first version with one session per unit and
+16 images took 565 s there). Only the budget loop of :mod:`edgetransfer.quantize.int8` runs it, and only when the fully
 quantized model breaks the budget.
 """
 
