@@ -134,6 +134,8 @@ def run(
     resume: bool = ResumeOpt, cache_dir: Optional[Path] = CacheDirOpt, device: Optional[str] = DeviceOpt, amp: str = AmpOpt,
     input_size: Optional[int] = InputSizeOpt,
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration recipe name or YAML path"),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="INT8 top-1 budget vs fp32 (fraction); default: the target's"),
+    max_steps: int = typer.Option(8, "--max-steps", min=0, help="INT8 budget steps (nodes kept in float)"),
     bench_batch: Optional[List[int]] = BatchSizesOpt,
     warmup: Optional[int] = typer.Option(None, "--warmup"),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="minimum timed iterations"),
@@ -148,7 +150,8 @@ def run(
     set_quiet(quiet or as_json)
     cfg = _train_cfg(no_cache, **_recipe(locals()))
     report = run_pipeline(data, out, cfg, target=target, val=val, recipe=calibration,
-                          settings=_settings(bench_batch, warmup, iterations, min_seconds, threads), val_fraction=val_fraction)
+                          settings=_settings(bench_batch, warmup, iterations, min_seconds, threads), val_fraction=val_fraction,
+                          max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
     if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
         return
     _finish(report, as_json)
@@ -201,33 +204,57 @@ def export(
     target: Optional[str] = TargetOpt,
     opset: Optional[int] = typer.Option(None, "--opset", help="default: min(18, target's opset_max)"),
     no_dynamo: bool = typer.Option(False, "--no-dynamo", help="use the TorchScript exporter only"),
+    simplify: bool = typer.Option(False, "--simplify", help="simplify with onnxslim (parity-checked against the unsimplified graph)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """PyTorch checkpoint -> fp32 ONNX (dynamic batch, checked, parity vs PyTorch)."""
+    """PyTorch checkpoint -> fp32 ONNX (eval mode, dynamic batch, shape-inferred, checked, parity vs PyTorch)."""
     from .export.onnx import ExportConfig
     from .pipeline import stage_export
 
     set_quiet(quiet)
-    m = stage_export(bundle, _target_for(bundle, target), ExportConfig(opset=opset, dynamo=not no_dynamo))
+    m = stage_export(bundle, _target_for(bundle, target), ExportConfig(opset=opset, dynamo=not no_dynamo, simplify=simplify))
     p = m.details["parity"]
-    console.print(f"{bundle / m.file}: opset {m.details['opset']}, {m.details['exporter']}, parity max |diff| {p['max_abs']:.2e}, agreement {p['agreement']:.4f}")
+    console.print(f"{bundle / m.file}: opset {m.details['opset']}, {m.details['exporter']}"
+                  + (f", onnxslim {m.details['simplified']['nodes_before']} -> {m.details['simplified']['nodes_after']} nodes" if simplify else "")
+                  + f", parity max |diff| {p['max_abs']:.2e}, mean {p['mean_abs']:.2e}, agreement {p['agreement']:.4f}")
 
 
 @app.command()
 def quantize(
     bundle: Path = typer.Argument(...),
     target: Optional[str] = TargetOpt,
+    precision: str = typer.Option("int8", "--precision", help="int8 (static QDQ) | fp16 (for GPU targets)"),
+    preset: Optional[str] = typer.Option(None, "--preset", help="quantization preset: target (default: the target's own) | tensorrt (signed symmetric INT8, zero point 0) | ort-cpu"),
+    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="weight scales per output channel (default: the preset's)"),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="calibration recipe name or YAML path"),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="largest top-1 drop vs fp32 ONNX, a fraction (0.005 = 0.5 pt); default: the target's budget"),
+    max_steps: int = typer.Option(8, "--max-steps", min=0, help="budget steps that keep the most sensitive nodes in float (0: measure only)"),
+    exclude_node: Optional[List[str]] = typer.Option(None, "--exclude-node", help="node name kept in float (repeat)"),
+    mode: str = typer.Option("static", "--mode", help="static (calibrated QDQ); dynamic is refused for convolutional models"),
+    allow_unsupported_precision: bool = typer.Option(False, "--allow-unsupported-precision", help="write a precision the target does not list (recorded)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """fp32 ONNX -> INT8 QDQ ONNX, calibrated on training images (recipe from calibration/)."""
+    """fp32 ONNX -> INT8 QDQ ONNX held to an accuracy budget (or fp16 ONNX with --precision fp16).
+
+    Exit code 3 when the INT8 model stays over the budget (written with status budget_exceeded)."""
     from .pipeline import stage_quantize
 
     set_quiet(quiet)
-    m = stage_quantize(bundle, _target_for(bundle, target), calibration)
+    tgt = _target_for(bundle, target)
+    m = stage_quantize(bundle, tgt, calibration, precision=precision, preset=preset, per_channel=per_channel,
+                       max_accuracy_drop=max_accuracy_drop, max_steps=max_steps, nodes_to_exclude=exclude_node or (),
+                       mode=mode, allow_unsupported_precision=allow_unsupported_precision)
     p = m.details.get("parity", {})
-    console.print(f"{bundle / m.file}: agreement with fp32 {p.get('agreement', float('nan')):.4f}, "
-                  f"top-1 {m.details.get('val_top1_int8', float('nan')):.4f} (fp32 {m.details.get('val_top1_fp32', float('nan')):.4f})")
+    if precision == "fp16":
+        console.print(f"{bundle / m.file}: max |diff| {p['max_abs']:.2e}, mean {p['mean_abs']:.2e}, agreement {p['agreement']:.4f}")
+        if m.details.get("target_note"):
+            console.print(f"[yellow]note:[/] {m.details['target_note']}")
+        return
+    d = m.details
+    console.print(f"{bundle / m.file}: preset {d['preset']['name']}, {d['calibration']['method']}, "
+                  f"{'per-channel' if d['preset']['per_channel'] else 'per-tensor'}; agreement with fp32 {p.get('agreement', float('nan')):.4f}, "
+                  f"top-1 {d.get('val_top1_int8', float('nan')):.4f} (fp32 {d.get('val_top1_fp32', float('nan')):.4f}, "
+                  f"budget {d['budget']['max_top1_drop']:.4f}); {d['num_excluded_nodes']} node(s) kept in float")
 
 
 @app.command()

@@ -1,12 +1,13 @@
 """Composition of the stages. Stages talk only through files in the bundle directory:
 
 ``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
-``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), the target's mobile formats
-(``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``, ``model*.ort`` +
-``ort.required_operators.config``), ``golden/`` (golden images and the fp32 model's logits, for
-``edgetransfer selftest``), ``report.json`` / ``report.md`` / ``report.png``, each artifact with its
-``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the trtexec commands that build
-the engines on the device).
+``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``model.fp16.onnx`` (fp16, on request), the
+target's mobile formats (``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``,
+``model*.ort`` + ``ort.required_operators.config``), ``golden/`` (golden images and the fp32 model's
+logits, for ``edgetransfer selftest``), ``report.json`` / ``report.md`` / ``report.png``, each artifact
+with its ``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the trtexec commands that
+build the engines on the device); ``cache/calibration/`` holds the calibration tensor ranges (keyed,
+see :mod:`edgetransfer.quantize.calibration`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from . import __version__
 from .artifacts import atomic_write_json, read_manifest
 from .bench.benchmark import BUNDLE_FILE, BenchSettings, benchmark_bundle
 from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_splits
-from .errors import ArtifactError, ConfigError, DataError
+from .errors import ArtifactError, BudgetExceededError, ConfigError, DataError, TargetError
 from .progress import log
 from .targets import Target, load_target
 from .types import Runtime
@@ -28,6 +29,8 @@ from .types import Runtime
 CHECKPOINT = "model.pt"
 ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.qdq.onnx"
+ONNX_FP16 = "model.fp16.onnx"
+CALIBRATION_CACHE = "cache/calibration"
 PARITY_MAX_IMAGES = 256
 GOLDEN_COUNT = 8
 
@@ -132,20 +135,83 @@ def stage_golden(bundle: Path, info: dict[str, Any] | None = None, count: int = 
     return p
 
 
-def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None):
-    from .quantize.calibration import load_recipe, select_calibration_set
-    from .quantize.int8 import qdq_int8_from_onnx
+def quantization_preset(target: Target, preset: str | None = None, per_channel: bool | None = None):
+    """The target's quantization preset, or the named one (``tensorrt``, ``ort-cpu``; "target" or
+    None = the target's own) keeping the target's calibration recipe; ``per_channel`` overrides."""
+    import dataclasses
 
-    target.require_precision("int8")
+    from .targets import QuantizationPreset
+
+    q = target.quantization
+    if preset not in (None, "target", q.name):
+        q = QuantizationPreset.named(preset, calibration=q.calibration)
+    if per_channel is not None and per_channel != q.per_channel:
+        q = dataclasses.replace(q, per_channel=per_channel)
+    return q
+
+
+def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None, *, precision: str = "int8",
+                   preset: str | None = None, per_channel: bool | None = None, max_accuracy_drop: float | None = None,
+                   max_steps: int = 8, nodes_to_exclude=(), mode: str = "static", allow_unsupported_precision: bool = False):
+    """fp32 ONNX -> INT8 QDQ (``precision="int8"``) or fp16 (``"fp16"``) in the bundle; returns the manifest.
+
+    INT8: calibrated on the training split (recipe ``recipe_name`` or the preset's), held to
+    ``max_accuracy_drop`` (None = the target's ``accuracy_budget.max_top1_drop``) on the
+    validation split with at most ``max_steps`` exclusion steps. Raises
+    :class:`BudgetExceededError` (exit code 3) after writing and registering an artifact that
+    stays over budget (its manifest says ``budget_exceeded``). ``mode="dynamic"`` is refused.
+    A precision the target does not list is a :class:`TargetError` before any work, unless
+    ``allow_unsupported_precision`` (recorded in the manifest).
+    """
+    from .quantize.calibration import load_recipe, select_calibration_set
+
+    if precision not in ("int8", "fp16"):
+        raise ConfigError(f"--precision must be int8 or fp16 (got {precision!r})")
+    if mode not in ("static", "dynamic"):
+        raise ConfigError(f"--mode must be static or dynamic (got {mode!r})")
+    if not target.supports(precision):
+        if not allow_unsupported_precision:
+            from .quantize.fp16 import CPU_NOTE
+
+            why = f" {CPU_NOTE}" if precision == "fp16" else ""
+            raise TargetError(f"target {target.name!r} does not list {precision} among its precisions "
+                              f"({', '.join(map(str, target.precisions))}).{why} Choose a target that lists it "
+                              "(edgetransfer targets list), or pass --allow-unsupported-precision to write it anyway")
+        log(f"[yellow]{precision} is not among {target.name}'s precisions; written anyway (--allow-unsupported-precision)")
     bundle = Path(bundle)
     info = read_bundle(bundle)
-    recipe = load_recipe(recipe_name or target.quantization.calibration)
     fp32 = read_manifest(bundle / ONNX_FP32)
+    spec = PreprocessSpec.from_dict(fp32.preprocessing)
+    if precision == "fp16":
+        from .quantize.fp16 import fp16_from_onnx
+
+        x, _ = parity_arrays(info, spec)
+        m = fp16_from_onnx(bundle / ONNX_FP32, bundle / ONNX_FP16, x, target=target.name,
+                           target_supports_fp16=target.supports("fp16"))
+        register_artifact(bundle, ONNX_FP16)
+        return m
+    from .quantize.int8 import AccuracyBudget, qdq_int8_from_onnx, refuse_dynamic
+
+    if mode == "dynamic":
+        refuse_dynamic(bundle / ONNX_FP32)
+    q = quantization_preset(target, preset, per_channel)
+    budget = AccuracyBudget(max_top1_drop=target.max_top1_drop if max_accuracy_drop is None else max_accuracy_drop,
+                            max_steps=max_steps)
+    recipe = load_recipe(recipe_name or q.calibration)
     train = _folder_from_bundle(info, "train_files")
-    calib = select_calibration_set(train, recipe)
-    x, y = parity_arrays(info, PreprocessSpec.from_dict(fp32.preprocessing))
-    m = qdq_int8_from_onnx(bundle / ONNX_FP32, bundle / ONNX_INT8, calib, target.quantization, recipe, parity_x=x, parity_y=y, target=target.name)
+    calib = select_calibration_set(train, recipe)  # fails fast when the split is too small
+    x, y = parity_arrays(info, spec)
+    m = qdq_int8_from_onnx(bundle / ONNX_FP32, bundle / ONNX_INT8, calib, q, recipe, parity_x=x, parity_y=y,
+                           target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
+                           cache_dir=bundle / CALIBRATION_CACHE, opset_max=target.opset_max)
     register_artifact(bundle, ONNX_INT8)
+    if m.details.get("status") == "budget_exceeded":
+        b = m.details["budget"]
+        raise BudgetExceededError(
+            f"{ONNX_INT8}: top-1 drop {b['top1_drop']:.4f} vs fp32 ONNX exceeds the budget {b['max_top1_drop']:.4f} after "
+            f"{len(b['steps']) - 1} exclusion step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
+            "written with status budget_exceeded. Raise --max-steps, relax --max-accuracy-drop, try another calibration "
+            "recipe (--calibration), or ship the fp32 model")
     return m
 
 
@@ -231,15 +297,21 @@ def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, sett
 
 
 def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, export_cfg=None,
-        recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2) -> dict[str, Any]:
-    """The main job: train -> export -> quantize -> benchmark. Validates settings before work."""
+        recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2,
+        max_accuracy_drop: float | None = None, max_steps: int = 8) -> dict[str, Any]:
+    """The main job: train -> export -> quantize -> benchmark. Validates settings before work.
+
+    An INT8 model over the accuracy budget is still benchmarked (its row says so) and then
+    :class:`BudgetExceededError` is raised (exit code 3)."""
     tgt = load_target(target)
     if not Path(data).is_dir():
         raise DataError(f"--data {data} is not a directory; pass an ImageFolder (DIR/<class>/<images>)")
     if "int8" in map(str, tgt.precisions):
         from .quantize.calibration import load_recipe
+        from .quantize.int8 import AccuracyBudget
 
         load_recipe(recipe or tgt.quantization.calibration)  # fail fast on a bad recipe
+        AccuracyBudget(tgt.max_top1_drop if max_accuracy_drop is None else max_accuracy_drop, max_steps)
     check_build_backends(tgt)  # a missing mobile backend fails now, not after training
     times = {}
     t = time.perf_counter()
@@ -252,9 +324,13 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     t = time.perf_counter()
     stage_export(Path(out), tgt, export_cfg)
     times["export_s"] = time.perf_counter() - t
+    over_budget = None
     if tgt.supports("int8"):
         t = time.perf_counter()
-        stage_quantize(Path(out), tgt, recipe)
+        try:
+            stage_quantize(Path(out), tgt, recipe, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+        except BudgetExceededError as exc:
+            over_budget = exc
         times["quantize_s"] = time.perf_counter() - t
     if build_formats(tgt):
         t = time.perf_counter()
@@ -271,4 +347,6 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     from .bench.report import write_report
 
     write_report(report, Path(out))
+    if over_budget is not None:
+        raise over_budget
     return report

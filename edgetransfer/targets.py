@@ -67,15 +67,37 @@ def targets_dir() -> Path:
     return Path(str(resources.files("edgetransfer._targets")))
 
 
+# Named quantization presets: ``quantization: {preset: NAME}`` in a target YAML (other keys
+# override single fields) or ``edgetransfer quantize --preset NAME``.
+QUANT_PRESETS: dict[str, dict[str, Any]] = {
+    # ONNX Runtime on x86/ARM CPUs: U8S8 QDQ fuses into QLinearConv/ConvInteger kernels (ORT's
+    # quantize_static guidance for x86 CPUs with VNNI); weights signed symmetric, per channel.
+    "ort-cpu": {"activation_type": "uint8", "weight_type": "int8", "per_channel": True,
+                "symmetric_activations": False, "symmetric_weights": True},
+    # TensorRT explicit quantization: signed symmetric INT8 only (zero point 0), per-tensor
+    # activations, per-channel weights (NVIDIA TensorRT Developer Guide, "Explicit Quantization").
+    # Same layout as the Jetson / x86-nvidia-gpu target profiles: Q/DQ pairs not shared between
+    # nodes (ORT's DedicatedQDQPair, "In TRT, QDQ pair can't be shared between nodes"), float
+    # biases (TRT's parser dequantizes INT8 only), float weights behind Q->DQ (accepted by every
+    # TensorRT with explicit quantization), no Q/DQ on the outputs of weighted ops ("Q/DQ
+    # Layer-Placement" guidance).
+    "tensorrt": {"activation_type": "int8", "weight_type": "int8", "per_channel": True,
+                 "symmetric_activations": True, "symmetric_weights": True, "dedicated_qdq_pair": True,
+                 "quantize_bias": False, "qdq_pair_on_weights": True, "no_output_qdq_ops": ("Conv", "Gemm", "MatMul")},
+}
+
+
 @dataclass(frozen=True)
 class QuantizationPreset:
     """How INT8 QDQ models are made for a target.
 
+    ``name``: the preset's name (a key of :data:`QUANT_PRESETS`, else the target's name).
     ``activation_type``/``weight_type``: ``uint8`` or ``int8``. ``symmetric_activations`` forces a
-    zero point of 0 (TensorRT consumes only symmetric signed INT8). ``calibration`` names a recipe
-    in ``calibration/<name>.yaml``.
+    zero point of 0 (TensorRT consumes only symmetric signed INT8). ``per_channel``: one weight
+    scale per output channel. ``calibration`` names a recipe in ``calibration/<name>.yaml``.
     """
 
+    name: str = "custom"
     format: str = "qdq"
     activation_type: str = "uint8"
     weight_type: str = "int8"
@@ -109,6 +131,22 @@ class QuantizationPreset:
                 "quantization.symmetric_activations needs activation_type: int8 "
                 "(a symmetric uint8 range would waste half the codes)"
             )
+
+    @classmethod
+    def named(cls, preset: str, **overrides: Any) -> "QuantizationPreset":
+        """The preset ``preset`` of :data:`QUANT_PRESETS` with single fields overridden.
+        Raises :class:`TargetError` for an unknown name (listing the known ones)."""
+        if preset not in QUANT_PRESETS:
+            raise TargetError(f"unknown quantization preset {preset!r}; known presets: {', '.join(QUANT_PRESETS)}")
+        return cls(**{"name": preset, **QUANT_PRESETS[preset], **overrides})
+
+    @property
+    def zero_point_free(self) -> bool:
+        """True when every zero point is 0 (signed symmetric activations and weights)."""
+        return self.activation_type == "int8" and self.symmetric_activations and self.weight_type == "int8" and self.symmetric_weights
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -308,13 +346,15 @@ def _parse(name: str, raw: dict[str, Any], source: str) -> Target:
         raise TargetError(
             f"{source}: {exc}; runtimes are {[r.value for r in Runtime]}, precisions are {[p.value for p in Precision]}"
         ) from exc
-    quant_raw = raw.pop("quantization", None) or {}
+    quant_raw = dict(raw.pop("quantization", None) or {})
     bench_raw = raw.pop("benchmark", None) or {}
     budget = raw.pop("accuracy_budget", None) or {}
     try:
         if "no_output_qdq_ops" in quant_raw:
             quant_raw["no_output_qdq_ops"] = tuple(str(x) for x in quant_raw["no_output_qdq_ops"] or ())
-        quant = QuantizationPreset(**quant_raw)
+        preset = quant_raw.pop("preset", None)
+        quant_raw.setdefault("name", preset or raw.get("name", name))
+        quant = QuantizationPreset.named(preset, **quant_raw) if preset else QuantizationPreset(**quant_raw)
         if "batch_sizes" in bench_raw:
             bench_raw["batch_sizes"] = tuple(int(b) for b in bench_raw["batch_sizes"])
         bench = BenchmarkSettings(**bench_raw)

@@ -22,6 +22,21 @@ def hymenoptera() -> Path:
     return HYMENOPTERA
 
 
+@pytest.fixture(scope="session")
+def bees_bundle(hymenoptera, tmp_path_factory):
+    """The main job on hymenoptera (EfficientNet-Lite0, 10 head epochs, fast benchmark settings):
+    ``(bundle dir, report)``. Session-scoped: the end-to-end and the real-data quantization tests
+    share it; tests must not modify the bundle's files."""
+    from edgetransfer.bench.benchmark import BenchSettings
+    from edgetransfer.pipeline import run
+    from edgetransfer.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("bees")
+    fast = BenchSettings(batch_sizes=(1, 8), warmup=2, min_iterations=5, min_seconds=0.0)
+    report = run(hymenoptera, out, TrainConfig(epochs=10), target="x86-cpu", settings=fast)
+    return out, report
+
+
 def make_image_folder(root: Path, classes=("a", "b"), per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
     """Write root/<class>/<i>.png with class-dependent colour so a model can separate them."""
     rng = np.random.default_rng(seed)

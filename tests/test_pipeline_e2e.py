@@ -9,20 +9,10 @@ import pytest
 import torch
 
 from edgetransfer.artifacts import read_manifest, sha256_file
-from edgetransfer.bench.benchmark import BenchSettings
-from edgetransfer.pipeline import run
-from edgetransfer.train import TrainConfig
 
 from .conftest import make_image_folder
 
-FAST = BenchSettings(batch_sizes=(1, 8), warmup=2, min_iterations=5, min_seconds=0.0)
-
-
-@pytest.fixture(scope="module")
-def bees_bundle(hymenoptera, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bees")
-    report = run(hymenoptera, out, TrainConfig(epochs=10), target="x86-cpu", settings=FAST)
-    return out, report
+# bees_bundle (the main job on hymenoptera) lives in conftest.py: test_quantize_real.py shares it.
 
 
 @pytest.mark.slow

@@ -226,7 +226,14 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     if ref_pred is None:
         notes.append("the fp32 reference could not be measured, so agreement_with_fp32 is missing for every row")
     if Precision.FP16 not in target.precisions:
-        notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it")
+        fp16 = [p.name for p, m in arts if m.precision == Precision.FP16]
+        notes.append(f"fp16 is not among {target.name}'s precisions: it brings no speed on this kind of device, so no fp16 artifact is recommended for it"
+                     + (f" ({', '.join(fp16)} exists for GPU targets; do not deploy it here)" if fp16 else ""))
+    for p, m in arts:
+        if m.details.get("status") == Status.BUDGET_EXCEEDED:
+            b = m.details.get("budget", {})
+            notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
+                         f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
     for r in results:
         if r.get("fallback"):
             notes.append(f"{r['name']} [{r['runtime']}]: {r['fallback']}")
@@ -353,6 +360,8 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                     row["latency_e2e"] = measure_end_to_end(runner, spec, class_names, payloads, warmup=warmup,
                                                             min_iterations=iters, min_seconds=min_s).to_dict()
         row["memory"] = mem.stats.to_dict()
+        if manifest.details.get("status") == Status.BUDGET_EXCEEDED:  # measured, but never reported as fine
+            row.update(status=str(Status.BUDGET_EXCEEDED), error="over the target's accuracy budget (see its manifest)")
     except Exception as exc:  # a failing artifact is a row with its error, never a crash
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
         row.pop("_pred", None)

@@ -1,15 +1,21 @@
 """``OnnxFromTorch``: an edgetransfer checkpoint -> one self-contained fp32 ONNX file.
 
-The model is exported in eval mode from a batch of 2 (a batch-1 trace can specialise the batch
-axis), with a dynamic batch axis, input ``input`` and output ``logits``, then checked with
-``onnx.checker`` (full check), verified to run at batch sizes 1, 3 and 8, and parity-checked
-against PyTorch on real validation images. Class names and preprocessing are written into the
-ONNX ``metadata_props`` as JSON so a runtime holding only the .onnx knows how to feed it.
+The model is exported in eval mode (whatever mode it is handed over in) from a batch of 2 (a
+batch-1 trace can specialise the batch axis), dynamo exporter first and the TorchScript exporter as
+a recorded fallback, at the opset the target allows, with a dynamic batch axis, input ``input`` and
+output ``logits``. The graph is refused if it carries training behaviour, shape-inferred (strict;
+the inferred value_info stays in the file), saved as ONE file, checked with ``onnx.checker``
+(full check), verified to run at batch sizes 1, 3 and 8, optionally simplified with onnxslim
+(itself parity-checked against the unsimplified graph), and parity-checked against PyTorch on
+real validation images (max and mean |logit diff|, top-1 agreement; tolerances in
+:mod:`edgetransfer.export.parity`). Class names and preprocessing are written into the ONNX
+``metadata_props`` as JSON so a runtime holding only the .onnx knows how to feed it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
-from ..errors import ConfigError, EdgeTransferError, require
+from ..errors import ConfigError, DataError, EdgeTransferError, require
 from ..progress import log, task
 from ..types import Format, Precision
-from .parity import TOLERANCES, check_parity, compare_logits
+from .parity import check_parity, compare_logits, tolerance
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -30,20 +36,55 @@ DEFAULT_OPSET = 18
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """``opset``: None = min(18, target's opset_max). ``dynamo``: try torch.export first, fall
-    back to the TorchScript exporter (recorded in the manifest). ``max_abs``: fp32 parity tolerance."""
+    """How a checkpoint becomes an ONNX file.
+
+    ``opset``: None = min(18, the target's ``opset_max``) (18 is the dynamo exporter's native
+    opset); an explicit opset above the target's ceiling is a :class:`ConfigError`.
+    ``dynamo``: try ``torch.onnx.export(dynamo=True)`` first and fall back to the TorchScript
+    exporter (the fallback and the first error are recorded in the manifest).
+    ``trace_batch``: batch size of the example input (>= 2: a batch-1 trace can freeze the axis).
+    ``simplify``: run onnxslim on the exported graph; the simplified graph must match the
+    unsimplified one within the fp32 tolerances, else :class:`ParityError`.
+    ``max_abs`` / ``mean_abs`` / ``min_agreement``: fp32 parity tolerances vs PyTorch (logit units,
+    fraction); None = :data:`~edgetransfer.export.parity.TOLERANCES` ``["fp32"]``.
+    """
 
     opset: int | None = None
     dynamo: bool = True
     trace_batch: int = 2
-    max_abs: float = TOLERANCES["fp32"]["max_abs"]
-    min_agreement: float = TOLERANCES["fp32"]["min_agreement"]
+    simplify: bool = False
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    min_agreement: float | None = None
 
     def __post_init__(self) -> None:
         if self.trace_batch < 2:
             raise ConfigError("trace_batch must be >= 2: a batch-1 trace can freeze the batch size")
         if self.opset is not None and not 13 <= self.opset <= 23:
             raise ConfigError(f"opset {self.opset} is outside the supported range 13..23")
+        for name in ("max_abs", "mean_abs"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{name} must be a positive number of logit units (got {v})")
+        if self.min_agreement is not None and not 0.0 <= self.min_agreement <= 1.0:
+            raise ConfigError(f"min_agreement must be a fraction in [0, 1] (got {self.min_agreement})")
+
+    @property
+    def tolerance(self) -> dict[str, float]:
+        return tolerance("fp32", max_abs=self.max_abs, mean_abs=self.mean_abs, min_agreement=self.min_agreement)
+
+
+def choose_opset(requested: int | None, opset_max: int) -> int:
+    """The opset to export at: ``requested`` (must be <= ``opset_max``) or min(18, ``opset_max``).
+    Raises :class:`ConfigError` when ``requested`` exceeds the target's ceiling."""
+    if requested is not None and requested > opset_max:
+        raise ConfigError(f"opset {requested} exceeds the target's ceiling {opset_max}; pass --opset {opset_max} or lower")
+    return requested or min(DEFAULT_OPSET, opset_max)
+
+
+def graph_opset(model) -> int:
+    """The default-domain (``ai.onnx``) opset a ModelProto imports."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _export(model, x, path: Path, opset: int, dynamo: bool) -> str:
@@ -54,15 +95,55 @@ def _export(model, x, path: Path, opset: int, dynamo: bool) -> str:
             batch = torch.export.Dim("batch", min=1, max=4096)
             torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_shapes=({0: batch},), opset_version=opset, external_data=False, verbose=False)
-            return "torch.onnx.export(dynamo=True)"
-        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True)
-        return "torch.onnx.export(dynamo=False, TorchScript)"
+            exporter = "torch.onnx.export(dynamo=True)"
+        else:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+                              do_constant_folding=True)
+            exporter = "torch.onnx.export(dynamo=False, TorchScript)"
+    onnx = require("onnx", "export")
+    got = graph_opset(onnx.load(str(path), load_external_data=False))
+    if got != opset:  # an exporter that silently used another opset would break the target's ceiling
+        raise EdgeTransferError(f"{exporter} wrote opset {got}, not the requested {opset}")
+    return exporter
 
 
-def _finalise(path: Path, class_names: list[str], preprocessing: dict[str, Any], extra_meta: dict[str, str]) -> None:
-    """Name the batch axis, embed metadata, save as one file, run the full checker."""
+# Ops whose presence means the graph carries training behaviour (sampling, batch statistics).
+_RANDOM_OPS = {"Bernoulli", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial"}
+
+
+def assert_inference_graph(model) -> None:
+    """Raise :class:`EdgeTransferError` if an ONNX ModelProto has training behaviour: a random op,
+    a ``Dropout`` in training mode (``training_mode`` input not a constant false), or a
+    ``BatchNormalization`` with ``training_mode=1`` or its running-statistics outputs."""
+    onnx = require("onnx", "export")
+    from onnx import numpy_helper
+
+    consts = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            consts[n.output[0]] = n.attribute[0].t
+    bad = []
+    for n in model.graph.node:
+        if n.op_type in _RANDOM_OPS:
+            bad.append(f"{n.op_type} {n.name!r}")
+        elif n.op_type == "Dropout" and len(n.input) >= 3 and n.input[2]:
+            t = consts.get(n.input[2])
+            if t is None or bool(numpy_helper.to_array(t)):
+                bad.append(f"Dropout {n.name!r} in training mode")
+        elif n.op_type == "BatchNormalization":
+            train = any(a.name == "training_mode" and onnx.helper.get_attribute_value(a) for a in n.attribute)
+            if train or len([o for o in n.output if o]) > 1:
+                bad.append(f"BatchNormalization {n.name!r} in training mode")
+    if bad:
+        raise EdgeTransferError(f"the exported graph has training behaviour ({'; '.join(bad[:5])}); the model must be "
+                                "exported in eval mode — call model.eval() or report the model")
+
+
+def _finalise(path: Path, class_names: list[str], preprocessing: dict[str, Any], extra_meta: dict[str, str]) -> dict[str, Any]:
+    """Name the batch axis, embed metadata, refuse training behaviour, run strict shape inference
+    (its value_info is kept in the file), save as ONE file and run the full checker.
+    Returns ``{"value_info": N, "nodes": N}``."""
     onnx = require("onnx", "export")
     m = onnx.load(str(path))
     for vi in list(m.graph.input) + list(m.graph.output):
@@ -75,8 +156,30 @@ def _finalise(path: Path, class_names: list[str], preprocessing: dict[str, Any],
     m.metadata_props.extend(keep)
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
+    assert_inference_graph(m)
+    try:
+        m = onnx.shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise EdgeTransferError(f"ONNX shape inference failed on the exported graph: {exc}; try another opset or --no-dynamo") from exc
+    out_dims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+    if len(out_dims) != 2 or out_dims[1] != len(class_names):
+        raise EdgeTransferError(f"shape inference gives output {OUTPUT_NAME!r} the shape {out_dims}, expected [batch, {len(class_names)}]")
+    for f in Path(path).parent.glob(Path(path).name + ".data"):
+        f.unlink()  # the dynamo exporter may have written external data; the final file holds everything
     onnx.save_model(m, str(path), save_as_external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
+    return {"value_info": len(m.graph.value_info), "nodes": len(m.graph.node)}
+
+
+def _simplify(src: Path, dst: Path) -> None:
+    onnx = require("onnx", "export")
+    onnxslim = require("onnxslim", "export", "ONNX simplification")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = onnxslim.slim(onnx.load(str(src)))
+    if m is None:
+        raise EdgeTransferError("onnxslim could not simplify the graph; export without --simplify")
+    onnx.save_model(m, str(dst), save_as_external_data=False)
 
 
 def verify_dynamic_batch(path: Path, num_classes: int, input_size: int, batches=(1, 3, 8)) -> None:
@@ -104,32 +207,33 @@ def torch_logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
         return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
 
 
-def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_max: int = 21, target: str | None = None,
-                    cfg: ExportConfig = ExportConfig()) -> Manifest:
-    """Export ``checkpoint`` to ``out`` (.onnx) and write its manifest.
+def export_module(model, path: Path, *, input_size: int, class_names: list[str], preprocessing: dict[str, Any],
+                  parity_x: np.ndarray, opset: int, cfg: ExportConfig = ExportConfig()) -> dict[str, Any]:
+    """``OnnxFromTorch`` on an ``nn.Module``: write the checked fp32 ONNX file ``path``.
 
-    ``parity_x``: float32 (N, 3, S, S) preprocessed validation images for the parity check.
-    Raises :class:`ParityError` when max |logit diff| > ``cfg.max_abs`` or agreement is too low;
-    ``out`` is only created (atomically) when every check passed.
+    ``model`` takes float32 (B, 3, S, S) with S = ``input_size`` and returns logits (B, C), C =
+    ``len(class_names)``. It is exported in eval mode whatever mode it is handed over in (its mode
+    is restored afterwards), from a batch of ``cfg.trace_batch`` seeded random images.
+    ``parity_x``: float32 (N, 3, S, S), N >= 1, preprocessed real validation images.
+
+    Returns the manifest details (exporter, fallback errors, opset, parity figures, node counts).
+    Raises :class:`ParityError` beyond tolerance, :class:`EdgeTransferError` when every exporter
+    fails or the graph fails a check; ``path`` may then hold a partial file (callers write
+    through :func:`~edgetransfer.artifacts.atomic_path`).
     """
-    from ..train import load_checkpoint
-
     torch = require("torch", "train")
-    parent = read_manifest(checkpoint)
-    model, ckpt = load_checkpoint(checkpoint)
+    if len(parity_x) == 0:
+        raise DataError("the parity check needs at least one validation image; the validation split is empty")
+    tol = cfg.tolerance
+    was_training = model.training
     model.eval()  # always: a model handed over in train mode must not export training behaviour
-    opset = cfg.opset or min(DEFAULT_OPSET, opset_max)
-    if opset > opset_max:
-        raise ConfigError(f"opset {opset} exceeds the target's ceiling {opset_max}; pass --opset {opset_max} or lower")
-    size = int(ckpt["preprocessing"]["input_size"])
-    class_names = list(ckpt["class_names"])
-    x = torch.randn(cfg.trace_batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    exporter, errors = None, []
-    with atomic_path(out, suffix=".onnx") as tmp:
+    try:
+        x = torch.randn(cfg.trace_batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        exporter, errors = None, []
         for dynamo in ([True, False] if cfg.dynamo else [False]):
             try:
                 with task(f"Exporting ONNX (opset {opset}, {'dynamo' if dynamo else 'TorchScript'})", None):
-                    exporter = _export(model, x, tmp, opset, dynamo)
+                    exporter = _export(model, x, path, opset, dynamo)
                 break
             except Exception as exc:  # the dynamo exporter fails on some models: fall back, recorded
                 errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:500]}")
@@ -137,25 +241,73 @@ def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_
                     + ("falling back to the TorchScript exporter" if dynamo else "no exporter left"))
         if exporter is None:
             raise EdgeTransferError("ONNX export failed with every exporter:\n" + "\n".join(errors))
-        _finalise(tmp, class_names, ckpt["preprocessing"], {"exporter": exporter})
-        verify_dynamic_batch(tmp, len(class_names), size)
+        meta = {"exporter": exporter}
+        graph = _finalise(path, class_names, preprocessing, meta)
+        verify_dynamic_batch(path, len(class_names), input_size)
         with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
             ref = torch_logits(model, parity_x)
-            cand = onnx_logits(tmp, parity_x)
-        stats = compare_logits(ref, cand)
-        check_parity(stats, output=OUTPUT_NAME, what=f"ONNX export of {checkpoint.name}", max_abs=cfg.max_abs,
-                     min_agreement=cfg.min_agreement)
+        details: dict[str, Any] = {"exporter": exporter, "exporter_errors": errors, "opset": opset,
+                                   "shape_inference": "onnx strict (value_info kept)", "graph": graph}
+        if cfg.simplify:
+            slim = path.with_name(path.stem + ".slim.onnx")
+            try:
+                with task("Simplifying with onnxslim", None):
+                    _simplify(path, slim)
+                slim_graph = _finalise(slim, class_names, preprocessing, {**meta, "simplifier": "onnxslim"})
+                verify_dynamic_batch(slim, len(class_names), input_size)
+                s_stats = compare_logits(onnx_logits(path, parity_x), onnx_logits(slim, parity_x))
+                check_parity(s_stats, output=OUTPUT_NAME, what="onnxslim simplification", max_abs=tol["max_abs"],
+                             mean_abs=tol["mean_abs"], min_agreement=tol["min_agreement"],
+                             hint="onnxslim changed the model's outputs: export without --simplify, or report the model to onnxslim")
+                os.replace(slim, path)
+            finally:
+                slim.unlink(missing_ok=True)
+            details["simplified"] = {"tool": "onnxslim", "version": getattr(require("onnxslim", "export"), "__version__", "?"),
+                                     "nodes_before": graph["nodes"], "nodes_after": slim_graph["nodes"],
+                                     "parity_vs_unsimplified": s_stats.to_dict()}
+            details["graph"] = slim_graph
+        with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
+            stats = compare_logits(ref, onnx_logits(path, parity_x))
+        check_parity(stats, output=OUTPUT_NAME, what="ONNX export", max_abs=tol["max_abs"], mean_abs=tol["mean_abs"],
+                     min_agreement=tol["min_agreement"])
+    finally:
+        model.train(was_training)
     log(f"ONNX parity vs PyTorch on {stats.num_samples} images: max |diff| {stats.max_abs:.2e}, "
         f"mean {stats.mean_abs:.2e}, top-1 agreement {stats.agreement:.4f}")
+    details.update({"parity_vs": "pytorch", "parity": stats.to_dict(), "tolerance": tol,
+                    "dynamic_batch_verified": [1, 3, 8], "trace_batch": cfg.trace_batch})
+    return details
+
+
+def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_max: int = 21, target: str | None = None,
+                    cfg: ExportConfig = ExportConfig()) -> Manifest:
+    """Export ``checkpoint`` to ``out`` (.onnx) with :func:`export_module` and write its manifest.
+
+    ``parity_x``: float32 (N, 3, S, S) preprocessed validation images for the parity check.
+    ``opset_max``: the target's opset ceiling (see :func:`choose_opset`).
+    Raises :class:`ParityError` beyond tolerance, :class:`ConfigError` for an opset above the
+    ceiling; ``out`` is only created (atomically) when every check passed.
+    """
+    from ..train import load_checkpoint
+
+    parent = read_manifest(checkpoint)
+    opset = choose_opset(cfg.opset, opset_max)
+    model, ckpt = load_checkpoint(checkpoint)
+    size = int(ckpt["preprocessing"]["input_size"])
+    class_names = list(ckpt["class_names"])
+    with atomic_path(out, suffix=".onnx") as tmp:
+        details = export_module(model, tmp, input_size=size, class_names=class_names, preprocessing=ckpt["preprocessing"],
+                                parity_x=parity_x, opset=opset, cfg=cfg)
     onnx = require("onnx", "export")
+    details["opset_choice"] = (f"--opset {cfg.opset}" if cfg.opset else
+                               f"min({DEFAULT_OPSET}, target opset_max {opset_max})")
+    details["onnx_ir_version"] = onnx.load(str(out), load_external_data=False).ir_version
     return write_manifest(out, Manifest(
         format=str(Format.ONNX), precision=str(Precision.FP32), file=out.name, parent_sha256=parent.sha256,
         parent_file=parent.file, target=target, preprocessing=ckpt["preprocessing"], class_names=class_names,
         inputs=[{"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"}],
         outputs=[{"name": OUTPUT_NAME, "shape": ["batch", len(class_names)], "dtype": "float32"}],
-        producer="edgetransfer.export.onnx", tool_versions=tool_versions("torch", "onnx", "onnxruntime", "onnxscript"),
-        details={"exporter": exporter, "exporter_errors": errors, "opset": opset, "onnx_ir_version": onnx.load(str(out), load_external_data=False).ir_version,
-                 "parity_vs": "pytorch", "parity": stats.to_dict(),
-                 "tolerance": {"max_abs": cfg.max_abs, "min_agreement": cfg.min_agreement},
-                 "dynamic_batch_verified": [1, 3, 8]},
+        producer="edgetransfer.export.onnx",
+        tool_versions=tool_versions("torch", "onnx", "onnxruntime", "onnxscript", *(["onnxslim"] if cfg.simplify else [])),
+        details=details,
     ))

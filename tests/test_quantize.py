@@ -1,0 +1,296 @@
+"""INT8 QDQ (presets, calibration cache, accuracy budget, refusals) and FP16 on tiny hand-built
+ONNX models (tests/onnx_models.py) and tiny ImageFolders: no torch, a few seconds each."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime.quantization", reason="the export extra (onnxruntime) is not installed")
+pytest.importorskip("onnxconverter_common", reason="the export extra (onnxconverter-common) is not installed")
+
+from .conftest import make_image_folder  # noqa: E402
+from .onnx_models import SPEC, mlp_model, sensitive_model, write_bundle, write_onnx  # noqa: E402
+
+from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
+from edgetransfer.errors import ConfigError, TargetError  # noqa: E402
+from edgetransfer.quantize.calibration import CalibrationRecipe, cached_ranges, compute_ranges  # noqa: E402
+from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations  # noqa: E402
+from edgetransfer.quantize.int8 import (  # noqa: E402
+    AccuracyBudget, count_ops, op_types_to_quantize, preprocess, qdq_int8_from_onnx,
+)
+from edgetransfer.targets import QuantizationPreset, load_target  # noqa: E402
+
+RECIPE = CalibrationRecipe(num_samples=16, batch_size=8)
+# TensorRT preset on the sensitive model: 3 weights as float -> Q -> DQ, 5 activations (input, m,
+# h, p, f) with one Q/DQ pair each; no pair on the logits (the Gemm's output), no int32 biases
+COUNTS_TRT = {"Conv": 2, "DequantizeLinear": 8, "Flatten": 1, "Gemm": 1, "GlobalAveragePool": 1, "QuantizeLinear": 8}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """16 training (calibration) and 16 validation images, two colour classes, 8x8 after preprocessing."""
+    root = tmp_path_factory.mktemp("q")
+    tr = make_image_folder(root / "train", per_class=8, seed=1)
+    va = make_image_folder(root / "val", per_class=8, seed=2)
+    cx, _ = load_arrays(scan_image_folder(tr).samples, SPEC)
+    vx, vy = load_arrays(scan_image_folder(va).samples, SPEC)
+    return {"root": root, "train": tr, "val": va, "cx": cx, "vx": vx, "vy": vy}
+
+
+@pytest.fixture(scope="module")
+def sensitive(data):
+    p = data["root"] / "sensitive" / "model.onnx"
+    write_onnx(sensitive_model(), p)
+    return p
+
+
+def test_qdq_node_counts_and_zero_points_target_preset(data, sensitive, tmp_path):
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], load_target("x86-cpu").quantization, RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"])
+    # conv1 (Mul folded into it by quant_pre_process), conv2, pool, flatten, fc: 6 activation
+    # tensors quantized (input, m, h, p, f, logits), 3 int8 weights + 3 int32 biases behind DQ.
+    assert count_ops(tmp_path / "q.onnx") == {"Conv": 2, "DequantizeLinear": 12, "Flatten": 1, "Gemm": 1,
+                                              "GlobalAveragePool": 1, "QuantizeLinear": 6}
+    s = inspect_qdq(tmp_path / "q.onnx")
+    assert s.zero_point_types == {"uint8": 6 + 6, "int8": 3, "int32": 3}  # u8 activations (Q+DQ), s8 weights, s32 biases
+    assert s.nonzero_zero_points  # asymmetric uint8 activations have nonzero zero points
+    assert tensorrt_violations(s, opset_max=21)  # and this file is not for TensorRT
+    d = m.details
+    assert d["status"] == "ok" and d["preset"]["name"] == "x86-cpu" and d["opset"] == 17
+    assert "cpu_features" in d["cpu"] and "VNNI" in d["cpu_note"]
+    # the outlier destroys INT8 accuracy when nothing is excluded: 0.5 = every image in class "a"
+    assert d["val_top1_fp32"] == 1.0 and d["val_top1_int8"] == 0.5 and d["parity"]["agreement"] == 0.5
+    # optimisations on (fused kernels) and off (reference Q/DQ) agree
+    assert d["optimizations_on_off"]["prediction_agreement"] == 1.0
+
+
+def test_tensorrt_preset_is_signed_symmetric_with_zero_points_0(data, sensitive, tmp_path):
+    preset = QuantizationPreset.named("tensorrt")
+    assert preset.zero_point_free
+    qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], preset, RECIPE, parity_x=data["vx"], parity_y=data["vy"])
+    s = inspect_qdq(tmp_path / "q.onnx")
+    assert set(s.zero_point_types) == {"int8"} and not s.nonzero_zero_points
+    assert tensorrt_violations(s, opset_max=20) == []
+    # dedicated Q/DQ pairs, float weights behind Q->DQ, float biases (no int32 DQ), no Q/DQ on
+    # the outputs of Conv/Gemm
+    assert count_ops(tmp_path / "q.onnx") == COUNTS_TRT
+
+
+def test_target_yaml_can_name_a_preset(tmp_path):
+    (tmp_path / "gpu.yaml").write_text(
+        "name: gpu\ndescription: d\narch: x86_64\nruntimes: [onnxruntime]\nprecisions: [fp32, fp16, int8]\n"
+        "quantization: {preset: tensorrt, per_channel: false}\n")
+    q = load_target(tmp_path / "gpu.yaml").quantization
+    assert (q.name, q.activation_type, q.symmetric_activations, q.per_channel) == ("tensorrt", "int8", True, False)
+    with pytest.raises(TargetError, match="known presets: ort-cpu, tensorrt"):
+        QuantizationPreset.named("tflite")
+
+
+def test_budget_loop_excludes_the_outlier_and_meets_the_budget(data, sensitive, tmp_path):
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4))
+    d = m.details
+    b = d["budget"]
+    assert d["status"] == "ok" and b["held"] and b["top1_drop"] == 0.0
+    assert b["steps"][0]["top1_drop"] == 0.5 and b["steps"][0]["num_excluded_nodes"] == 0
+    # the most sensitive unit is the Mul output (the outlier tensor, folded into conv1 by
+    # pre-processing): its consumer conv2 and its producer conv1 stay in float, nothing else
+    assert d["sensitivity"]["top_units"][0]["tensor"] == "m"
+    assert sorted(d["nodes_to_exclude"]) == ["conv1", "conv2"] and len(b["steps"]) == 2
+    assert d["val_top1_int8"] == 1.0
+    ops = count_ops(tmp_path / "q.onnx")
+    assert ops["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
+
+
+def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
+    """conv2 alone in float sits between quantized neighbours: ORT's WeightBiasQuantization would
+    give it INT8 weights again at load time, so its consumer (pool) is kept in float too."""
+    from edgetransfer.quantize.int8 import requantized_by_ort
+
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], nodes_to_exclude=["conv2"])
+    assert m.details["nodes_to_exclude"] == ["conv2", "pool"]
+    assert m.details["exclusions_added_for_ort"] == {"conv2": ["pool"]}
+    assert requantized_by_ort(tmp_path / "q.onnx", ["conv2", "pool"]) == {}
+
+
+def test_budget_exceeded_is_reported_and_never_an_fp32_model_with_an_int8_name(data, sensitive, tmp_path):
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=0))
+    assert m.details["status"] == "budget_exceeded" and not m.details["budget"]["held"]
+    assert m.details["budget"]["top1_drop"] == 0.5
+
+
+def test_cli_quantize_exits_3_over_budget_and_0_within(data, tmp_path, capsys):
+    from edgetransfer.cli import main
+    from edgetransfer.pipeline import read_bundle
+
+    bundle = write_bundle(sensitive_model(), tmp_path / "b", data["train"], data["val"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("num_samples: 16\nbatch_size: 8\n")
+    argv = ["edgetransfer", "quantize", str(bundle), "--calibration", str(recipe), "--max-accuracy-drop", "0.0", "-q"]
+    with pytest.raises(SystemExit) as e:
+        main_with(main, argv + ["--max-steps", "0"])
+    assert e.value.code == 3
+    man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
+    assert man["details"]["status"] == "budget_exceeded"
+    assert "model.int8.qdq.onnx" in [a["file"] for a in read_bundle(bundle)["artifacts"]]  # registered, flagged
+    assert "exceeds the budget" in capsys.readouterr().err
+    main_with(main, argv)  # default --max-steps 8: the loop meets the budget, exit 0
+    man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
+    assert man["details"]["status"] == "ok" and man["details"]["num_excluded_nodes"] == 2
+    # the second run reused the calibration ranges of the first (same model, images, method, preset)
+    assert man["details"]["calibration_cache"]["reused"] is True
+
+
+def main_with(main, argv):
+    import sys
+
+    old = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    finally:
+        sys.argv = old
+
+
+def test_stale_calibration_cache_is_never_reused(data, tmp_path):
+    cache = tmp_path / "cache"
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    write_onnx(sensitive_model(1e4), a)
+    write_onnx(sensitive_model(1e3), b)  # another model, same graph and tensor names
+    preset = QuantizationPreset()
+
+    def ranges(path, x=data["cx"], recipe=RECIPE, preset=preset):
+        from edgetransfer.artifacts import read_manifest
+
+        pre = tmp_path / f"pre-{path.stem}.onnx"
+        preprocess(path, pre)
+        return cached_ranges(pre, read_manifest(path).sha256, x, "input", recipe, preset, cache, op_types_to_quantize())
+
+    first = ranges(a)
+    assert not first.reused
+    assert ranges(a).reused  # same key: reused
+    other = ranges(b)
+    assert not other.reused and other.key != first.key  # new model: recomputed, not the stale ranges
+    m_a = json.loads(first.path.read_text())["data"]
+    m_b = json.loads(other.path.read_text())["data"]
+    assert m_a != m_b  # and the ranges really differ (the outlier is 10x smaller)
+    assert not ranges(a, x=data["cx"][:8]).reused  # another calibration set
+    assert not ranges(a, recipe=CalibrationRecipe(num_samples=16, method="percentile", percentile=99.0)).reused
+    assert not ranges(a, preset=QuantizationPreset.named("tensorrt")).reused  # symmetric int8 activations
+    assert ranges(a, preset=QuantizationPreset(per_channel=False)).reused  # weight-only settings share ranges
+    # an entry whose recorded key material does not match is recomputed
+    meta = first.path.with_name(first.path.name.replace(".ranges.json", ".key.json"))
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "model_sha256": "0" * 64}))
+    assert not ranges(a).reused
+
+
+def test_calibration_methods_differ_and_the_equivalent_ones_are_refused(data, sensitive, tmp_path):
+    """minmax / entropy (512 bins) / percentile give different ranges; ORT's entropy defaults
+    (128 bins, 128 quantized bins) give exactly the minmax ranges and percentile 100 the minmax
+    ranges up to one histogram bin, which is why recipes may not ask for them."""
+    pre = tmp_path / "pre.onnx"
+    preprocess(sensitive, pre)
+    preset = QuantizationPreset()
+    x = (np.random.default_rng(0).standard_normal((64, 3, 8, 8)) ** 3).astype(np.float32)  # heavy tails
+
+    def ranges(**kw):
+        # a plain namespace: CalibrationRecipe itself refuses the equivalent settings
+        # one batch of all 64 images: one histogram, as quantize_static builds it
+        recipe = SimpleNamespace(**{**CalibrationRecipe(num_samples=64, batch_size=64).to_dict(), **kw})
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+        compute_ranges(pre, x, "input", recipe, preset, out, op_types_to_quantize())
+        def value(v):  # ORT stores 0-d / 1-element arrays or plain floats depending on the calibrator
+            v = v["data"] if isinstance(v, dict) else v
+            return float(np.asarray(v).reshape(-1)[0])
+
+        return {k: (value(v["lowest"]), value(v["highest"])) for k, v in json.loads(out.read_text())["data"].items()}
+
+    minmax = ranges(method="minmax")
+    assert ranges(method="entropy", num_bins=128, num_quantized_bins=128) == minmax
+    # percentile 100 clips nothing: minmax up to one histogram bin (2 max|x| / num_bins)
+    p100 = ranges(method="percentile", percentile=100.0, num_bins=2048)
+    for k, (lo, hi) in minmax.items():
+        width = 2 * max(abs(lo), abs(hi)) / 2048
+        assert abs(p100[k][0] - lo) <= width * 1.001 and abs(p100[k][1] - hi) <= width * 1.001
+    entropy = ranges(method="entropy", num_bins=512, num_quantized_bins=128)
+    pct = ranges(method="percentile", percentile=99.0, num_bins=2048)
+    # both clip the heavy-tailed input (and everything computed from it), differently
+    assert entropy["input"][1] < minmax["input"][1] and pct["input"][1] < minmax["input"][1]
+    assert entropy["input"] != pct["input"]
+    with pytest.raises(ConfigError, match="minmax"):
+        CalibrationRecipe(method="entropy", num_bins=128, num_quantized_bins=128)
+    with pytest.raises(ConfigError, match="minmax"):
+        CalibrationRecipe(method="percentile", percentile=100.0)
+
+
+def test_fewer_calibration_images_than_asked(data):
+    from edgetransfer.errors import DataError
+    from edgetransfer.quantize.calibration import select_calibration_set
+
+    train = scan_image_folder(data["train"])
+    with pytest.raises(DataError, match="only 16"):
+        select_calibration_set(train, CalibrationRecipe(num_samples=32))
+    assert len(select_calibration_set(train, CalibrationRecipe(num_samples=32, allow_fewer=True))) == 16
+
+
+def test_dynamic_quantization_refused_for_conv_models(data, tmp_path):
+    from edgetransfer.pipeline import stage_quantize
+
+    bundle = write_bundle(sensitive_model(), tmp_path / "b", data["train"], data["val"])
+    with pytest.raises(ConfigError, match="convolutional model: dynamic quantization is not offered.*slower than fp32"):
+        stage_quantize(bundle, load_target("x86-cpu"), mode="dynamic")
+    bundle2 = write_bundle(mlp_model(), tmp_path / "b2", data["train"], data["val"])
+    with pytest.raises(ConfigError, match="static QDQ"):
+        stage_quantize(bundle2, load_target("x86-cpu"), mode="dynamic")
+
+
+def test_fp16_parity_and_overflow_kept_in_fp32(data, tmp_path):
+    from onnx.reference import ReferenceEvaluator
+
+    from edgetransfer.quantize.fp16 import fp16_from_onnx
+
+    src = tmp_path / "o.onnx"
+    write_onnx(sensitive_model(300.0, const=300.0), src)  # channel 3 reaches 9e4 > 65504
+    m = fp16_from_onnx(src, tmp_path / "o16.onnx", data["vx"])
+    d = m.details
+    assert d["overflow_nodes_kept_fp32"] == ["conv2", "outlier_mul"]  # producer and consumer of the 9e4 tensor
+    assert d["parity"]["agreement"] == 1.0 and d["parity"]["max_abs"] <= 5e-2 and not d["parity"]["has_nonfinite"]
+    import onnx
+
+    m16 = onnx.load(str(tmp_path / "o16.onnx"))
+    assert m16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
+    assert m16.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # true fp16 arithmetic (ONNX reference evaluator, numpy float16): finite with the blocking,
+    # NaN without it (0 * inf in conv2)
+    ref = ReferenceEvaluator(str(src)).run(None, {"input": data["vx"]})[0]
+    got = ReferenceEvaluator(m16).run(None, {"input": data["vx"]})[0]
+    assert np.isfinite(got).all() and np.abs(got - ref).max() < 5e-2
+    from onnxconverter_common import float16
+
+    naive = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with np.errstate(all="ignore"):
+        assert np.isnan(ReferenceEvaluator(naive).run(None, {"input": data["vx"]})[0]).all()
+
+
+def test_fp16_refused_on_a_cpu_target_unless_overridden(data, tmp_path):
+    from edgetransfer.pipeline import stage_quantize
+
+    bundle = write_bundle(sensitive_model(), tmp_path / "b", data["train"], data["val"])
+    with pytest.raises(TargetError, match="no speed on CPU"):
+        stage_quantize(bundle, load_target("x86-cpu"), precision="fp16")
+    assert not (bundle / "model.fp16.onnx").exists()
+    m = stage_quantize(bundle, load_target("x86-cpu"), precision="fp16", allow_unsupported_precision=True)
+    assert m.precision == "fp16" and m.details["target_supports_fp16"] is False and "GPU" in m.details["target_note"]
+
+
+def test_budget_settings_validated():
+    with pytest.raises(ConfigError, match="fraction"):
+        AccuracyBudget(max_top1_drop=5.0)
+    with pytest.raises(ConfigError, match="max-steps"):
+        AccuracyBudget(max_steps=-1)
