@@ -26,7 +26,6 @@ CLASSES = ("red", "green", "blue")
 
 def test_every_stage_feeds_identical_tensors(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from edgetransfer.quantize.int8 import _Reader
     from edgetransfer.train import evaluate_model
 
     onnx_path = write_colour_onnx(tmp_path / "b", CLASSES, input_size=24, resize_size=28, interpolation="bicubic")
@@ -47,12 +46,10 @@ def test_every_stage_feeds_identical_tensors(tmp_path, monkeypatch):
     reference = np.concatenate(seen)
     assert reference.shape == (n, 3, 24, 24) and reference.dtype == np.float32
 
-    # 2. INT8 calibration reader
-    reader = _Reader(folder.samples, spec, "input", 5)
-    calib = []
-    while (b := reader.get_next()) is not None:
-        calib.append(b["input"])
-    calib = np.concatenate(calib)
+    # 2. INT8 calibration: qdq_int8_from_onnx preprocesses its calibration samples with load_arrays
+    from edgetransfer.data import load_arrays
+
+    calib, _ = load_arrays(folder.samples, spec, batch_size=5)
 
     # 3. benchmark: accuracy pass and end-to-end (JPEG bytes) through a recording ORT runner
     fed = []
