@@ -42,7 +42,7 @@ from ..export.parity import TOLERANCES, compare_logits
 from ..progress import log, task
 from ..targets import QuantizationPreset
 from ..types import Format, Precision, Status
-from .calibration import CalibrationRecipe, _ArrayReader, cached_ranges
+from .calibration import CalibrationRecipe, cached_ranges
 
 # ONNX Runtime with graph optimisations on runs QDQ models with fused integer kernels (QLinearConv:
 # int32 accumulation, one requantization rounding); off, it runs the reference semantics (float
@@ -79,19 +79,6 @@ class AccuracyBudget:
             raise ConfigError(f"--max-steps must be >= 0 (got {self.max_steps})")
         if self.sensitivity_images < 1:
             raise ConfigError(f"sensitivity_images must be >= 1 (got {self.sensitivity_images})")
-
-
-def calibration_arrays(samples: Sequence[Sample], spec: PreprocessSpec) -> np.ndarray:
-    """float32 (N, 3, S, S): the calibration images exactly as calibration feeds them to the model
-    (THE preprocessing of :mod:`edgetransfer.data`)."""
-    return load_arrays(list(samples), spec)[0]
-
-
-class _Reader(_ArrayReader):
-    """``CalibrationDataReader`` over samples, preprocessed by :func:`calibration_arrays`."""
-
-    def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec, input_name: str, batch_size: int):
-        super().__init__(calibration_arrays(samples, spec), input_name, batch_size)
 
 
 def _calibrate_method(q, recipe: CalibrationRecipe):
@@ -260,7 +247,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         calib_x = calib
     else:
         calib_files = [str(s.path) for s in calib]
-        calib_x = calibration_arrays(calib, spec)
+        calib_x, _ = load_arrays(list(calib), spec)
     if not len(calib_x):
         raise DataError("the calibration set is empty; calibration needs images of the training split")
     t0 = time.perf_counter()
