@@ -19,6 +19,7 @@ from ..artifacts import Manifest, manifest_path, read_manifest
 from ..data import ImageFolder, PreprocessSpec, Sample, load_arrays, scan_image_folder
 from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
+from ..runtime.base import deactivate_quietly
 from ..runtime import get_runner_class, runtimes_for
 from ..targets import Target
 from ..types import Format, Precision, Runtime, Status
@@ -368,9 +369,5 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
         if mem.stats is not None:
             row["memory"] = mem.stats.to_dict()
     finally:
-        if runner is not None:
-            try:
-                runner.deactivate()
-            except Exception:
-                pass
+        deactivate_quietly(runner)
     return row

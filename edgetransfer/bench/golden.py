@@ -29,6 +29,7 @@ from ..artifacts import Manifest, atomic_path, atomic_write_json, read_manifest,
 from ..data import PreprocessSpec, Sample, load_arrays, preprocess_file
 from ..errors import ArtifactError, MissingExtraError
 from ..export.parity import TOLERANCES, compare_logits
+from ..runtime.base import deactivate_quietly
 from ..runtime import get_runner_class
 from ..targets import Target
 from ..types import Runtime, Status
@@ -179,11 +180,7 @@ def _check_row(path: Path, manifest: Manifest, runtime: Runtime, target: Target 
     except Exception as exc:
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
     finally:
-        if runner is not None:
-            try:
-                runner.deactivate()
-            except Exception:
-                pass
+        deactivate_quietly(runner)
     return row
 
 

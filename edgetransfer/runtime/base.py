@@ -39,6 +39,16 @@ def register_runner(fmt: Format | str, runtime: Runtime | str):
     return deco
 
 
+def deactivate_quietly(runner: "Runner | None") -> None:
+    """Release ``runner`` after a measurement; a failure to release must not hide the row's result."""
+    if runner is None:
+        return
+    try:
+        runner.deactivate()
+    except Exception:
+        pass
+
+
 def registered() -> list[tuple[Format, Runtime]]:
     return sorted(_REGISTRY, key=lambda k: (k[0].value, k[1].value))
 
