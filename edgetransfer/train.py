@@ -48,13 +48,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .artifacts import Manifest, atomic_path, atomic_write_json, atomic_write_text, tool_versions, write_manifest
+from .artifacts import atomic_path, atomic_write_json, atomic_write_text
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: F401  (load_checkpoint: re-exported for old callers)
 from .augment import augment_file
 from .data import ImageFolder, PreprocessSpec, Sample, preprocess_file
-from .errors import ConfigError, DataError, EdgeTransferError, TrainingError, require
+from .errors import ConfigError, DataError, TrainingError, require
 from .models import DEFAULT_MODEL, ModelInfo, backbone_blocks, build_model, head_logits, state_digest
 from .progress import log, task
-from .types import Format, Precision
 
 LAST_CHECKPOINT = "last.pt"
 METRICS_CSV = "metrics.csv"
@@ -1049,44 +1049,3 @@ def evaluate_model(model, folder: ImageFolder, spec: PreprocessSpec, batch_size:
         for x, y in _batches(folder.samples, spec, batch_size):
             correct += int((model(torch.from_numpy(x).to(device)).argmax(1).cpu().numpy() == y).sum())
     return correct / max(1, len(folder))
-
-
-def save_checkpoint(path: Path, model, info: ModelInfo, class_names: list[str], cfg: TrainConfig,
-                    metrics: dict[str, Any], dataset: dict[str, Any]) -> Manifest:
-    """Write ``path`` (torch.save, loadable with weights_only=True) atomically plus its manifest."""
-    torch = _torch()
-    ckpt = {
-        "format": "edgetransfer-checkpoint",
-        "version": 1,
-        "model": info.to_dict(),
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-        "class_names": list(class_names),
-        "preprocessing": info.preprocessing.to_dict(),
-        "config": asdict(cfg),
-        "metrics": metrics,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-    s = info.preprocessing.input_size
-    return write_manifest(path, Manifest(
-        format=str(Format.CHECKPOINT), precision=str(Precision.FP32), file=path.name,
-        preprocessing=info.preprocessing.to_dict(), class_names=list(class_names),
-        inputs=[{"name": "input", "shape": ["batch", 3, s, s], "dtype": "float32"}],
-        outputs=[{"name": "logits", "shape": ["batch", len(class_names)], "dtype": "float32"}],
-        producer="edgetransfer.train", tool_versions=tool_versions("torch", "torchvision", "timm"),
-        details={"model": info.to_dict(), "config": asdict(cfg), "metrics": metrics, "dataset": dataset},
-    ))
-
-
-def load_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Load an edgetransfer checkpoint (sha256-verified against its manifest, weights_only=True).
-    Returns ``(model in eval mode, checkpoint dict)``."""
-    from .artifacts import read_manifest
-    from .models import is_checkpoint, load_checkpoint_model
-
-    torch = _torch()
-    read_manifest(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not is_checkpoint(ckpt):
-        raise EdgeTransferError(f"{path} is not an edgetransfer checkpoint; produce one with 'edgetransfer train'")
-    return load_checkpoint_model(ckpt), ckpt

@@ -19,7 +19,8 @@ from .conftest import make_image_folder  # noqa: E402
 from edgetransfer import train as T  # noqa: E402
 from edgetransfer.data import resolve_splits, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, DataError, TrainingError  # noqa: E402
-from edgetransfer.train import TrainConfig, amp_dtype, epoch_indices, load_checkpoint, make_loss, train  # noqa: E402
+from edgetransfer.checkpoint import load_checkpoint  # noqa: E402
+from edgetransfer.train import TrainConfig, amp_dtype, epoch_indices, make_loss, train  # noqa: E402
 
 TINY = TrainConfig(model="timm:resnet10t", pretrained=False, input_size=32, epochs=2, batch_size=4, lr=1e-2, seed=3)
 
