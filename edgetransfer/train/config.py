@@ -12,67 +12,64 @@ from ..models import DEFAULT_MODEL, ModelInfo
 # config fields that may differ between an interrupted run and its --resume (they do not change the result)
 RESUME_IGNORED = ("resume", "device", "cache_dir", "strict")
 
+# option groups of the command line (``metadata["panel"]``)
+_MODEL, _OPT, _FT, _DATA, _RUN = "Model", "Optimisation", "Freezing and fine-tuning", "Data", "Run"
+
+
+def _opt(default: Any, help: str, panel: str):
+    """A field with its help text and option group (read by the command line)."""
+    return field(default=default, metadata={"help": help, "panel": panel})
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings; every field has a default, ``None`` means "the default".
 
-    Head phase: ``epochs`` epochs at ``lr`` (AdamW, the head's learning rate), ``freeze``
-    ('backbone' | 'none'), ``trainable_blocks`` (last N backbone stages also train),
-    ``freeze_bn`` (BatchNorm stays in eval mode with fixed affine parameters even in trainable
-    stages; for small datasets). Fine-tune phase: ``finetune_epochs`` epochs, ``unfreeze``
-    ('last:K' | 'all'), head lr ``finetune_lr`` (default ``lr / 10``), backbone lr = head lr x
-    ``backbone_lr_factor`` x ``layer_decay`` ** (stages away from the head). Both phases:
-    ``warmup_epochs`` of linear warm-up, then cosine to 0; ``weight_decay`` on weights only (not
-    biases or norm parameters); ``clip_grad_norm`` (L2, None = off); ``label_smoothing``;
-    ``class_weights`` (loss weights n / (C * n_c), scikit-learn's 'balanced') or
-    ``balanced_sampler`` (draws with probability 1 / n_c, with replacement); ``early_stopping``
-    (stop a phase after N epochs without a better validation result). Data: ``augment``
-    (random resized crop + flip in loops that run the whole network), ``views`` (cached feature
-    views per image: view 0 plain, the others augmented), ``strict`` (undecodable images are an
-    error instead of being skipped). Runs: ``seed``, ``resume`` (continue OUT/last.pt),
-    ``cache_dir`` (on-disk feature cache; None = memory only), ``device`` (None: cuda when
-    available), ``amp`` ('auto' | 'off' | 'bf16' | 'fp16'; auto = bf16 on CUDA where supported,
-    else fp16, and off on CPU), ``channels_last`` (CUDA only).
+    Each field's ``metadata["help"]`` says what it does (the command line shows it as the
+    option's help, so there is one description per setting) and ``metadata["panel"]`` groups it.
+    Head phase: ``epochs`` at ``lr`` with ``freeze`` / ``trainable_blocks``; fine-tune phase:
+    ``finetune_epochs`` with ``unfreeze``, ``finetune_lr``, ``backbone_lr_factor``,
+    ``layer_decay``; both: warm-up then cosine, AdamW, weight decay on weights only (not biases
+    or norm parameters).
 
     Raises :class:`ConfigError` on a bad value or combination.
     """
 
-    model: str = DEFAULT_MODEL
-    arch: str | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    seed: int = 0
-    head: str = "linear"
-    hidden: int = 512
-    dropout: float = 0.2
-    feature_cache: bool = True
-    device: str | None = None
-    freeze: str = "backbone"
-    trainable_blocks: int = 0
-    freeze_bn: bool = False
-    finetune_epochs: int = 0
-    unfreeze: str = "last:1"
-    finetune_lr: float | None = None
-    backbone_lr_factor: float = 0.1
-    layer_decay: float | None = None
-    warmup_epochs: float = 0.0
-    clip_grad_norm: float | None = None
-    class_weights: bool = False
-    balanced_sampler: bool = False
-    augment: bool = False
-    views: int = 1
-    early_stopping: int | None = None
-    strict: bool = False
-    resume: bool = False
-    cache_dir: str | None = None
-    amp: str = "auto"
-    channels_last: bool = True
-    input_size: int | None = None
-    pretrained: bool = True  # False: timm:/torchvision: architectures with random weights (tests, from-scratch runs)
+    model: str = _opt(DEFAULT_MODEL, "efficientnet-lite0 (offline ImageNet weights) | timm:NAME | torchvision:NAME[:WEIGHTS] | file:PATH", _MODEL)
+    arch: str | None = _opt(None, "architecture of a plain state dict given with file:PATH (timm:NAME or torchvision:NAME)", _MODEL)
+    epochs: int = _opt(10, "epochs of the first phase (the head, or what --freeze / --trainable-blocks leave trainable)", _OPT)
+    batch_size: int = _opt(32, "training batch size (split over the processes under torchrun)", _OPT)
+    lr: float = _opt(1e-3, "AdamW learning rate of the head in the first phase", _OPT)
+    weight_decay: float = _opt(1e-4, "AdamW weight decay on weights (ndim >= 2; not on biases or norm parameters)", _OPT)
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy loss, in [0, 1)", _OPT)
+    seed: int = _opt(0, "seed of the split, the model's new head, the sampling order and the augmentation", _RUN)
+    head: str = _opt("linear", "new head: linear | mlp (Linear-ReLU-Dropout-Linear)", _MODEL)
+    hidden: int = _opt(512, "hidden width of the mlp head", _MODEL)
+    dropout: float = _opt(0.2, "dropout of the mlp head, in [0, 1)", _MODEL)
+    feature_cache: bool = _opt(True, "with only the head training, compute the backbone features once (no: run the whole network every step)", _DATA)
+    device: str | None = _opt(None, "training device: cpu | cuda | cuda:N (default: cuda when available)", _RUN)
+    freeze: str = _opt("backbone", "backbone (train the new head) | none (train everything)", _FT)
+    trainable_blocks: int = _opt(0, "with --freeze backbone: the last N backbone stages train too", _FT)
+    freeze_bn: bool = _opt(False, "keep every BatchNorm frozen (eval mode, fixed affine parameters), even in trainable stages (small datasets)", _FT)
+    finetune_epochs: int = _opt(0, "second phase: unfreeze (--unfreeze) and fine-tune for N epochs from the best first-phase model", _FT)
+    unfreeze: str = _opt("last:1", "stages the fine-tune phase trains: last:K | all", _FT)
+    finetune_lr: float | None = _opt(None, "head lr of the fine-tune phase (default --lr / 10)", _FT)
+    backbone_lr_factor: float = _opt(0.1, "backbone lr = head lr x this, in (0, 10]", _FT)
+    layer_decay: float | None = _opt(None, "backbone lr x this per stage away from the head, in (0, 1] (e.g. 0.7; default: off)", _FT)
+    warmup_epochs: float = _opt(0.0, "linear lr warm-up at the start of each phase (epochs, may be fractional), then cosine to 0", _OPT)
+    clip_grad_norm: float | None = _opt(None, "clip the gradients' L2 norm to this (default: off)", _OPT)
+    class_weights: bool = _opt(False, "class-weighted loss, n / (C x n_c) (imbalanced data)", _DATA)
+    balanced_sampler: bool = _opt(False, "class-balanced sampling, probability 1 / n_c with replacement (imbalanced data)", _DATA)
+    augment: bool = _opt(False, "random resized crop + flip when the whole network runs", _DATA)
+    views: int = _opt(1, "cached feature views per image (view 0 plain, the others augmented)", _DATA)
+    early_stopping: int | None = _opt(None, "end a phase after N epochs without a better validation result (default: off)", _OPT)
+    strict: bool = _opt(False, "an undecodable image is an error instead of being listed and skipped", _DATA)
+    resume: bool = _opt(False, "continue the interrupted run in --out (OUT/last.pt) with the same settings", _RUN)
+    cache_dir: str | None = _opt(None, "on-disk feature cache directory, keyed by weights + files + preprocessing (default: memory only)", _DATA)
+    amp: str = _opt("auto", "autocast: auto | off | bf16 | fp16 (auto: bf16 on CUDA where supported, else fp16; off on CPU)", _RUN)
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA", _RUN)
+    input_size: int | None = _opt(None, "crop size in px, in [16, 1024] (default: the model's)", _MODEL)
+    pretrained: bool = _opt(True, "pretrained weights for timm:/torchvision: models (no: random weights, for tests and from-scratch runs)", _MODEL)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
