@@ -137,3 +137,20 @@ def test_commands_are_grouped_in_help():
     for panel in ("Stages", "Checks", "Targets", "Devices"):
         assert f"─ {panel} " in text, panel
     assert text.index("─ Stages ") < text.index(" run ") < text.index("─ Checks ") < text.index(" selftest ")
+
+
+def test_a_train_config_runs_the_whole_job(recorded, tmp_path, monkeypatch):
+    """README: `edgetransfer run --config runs/x/config.yaml --out runs/y` repeats a train recipe."""
+    import edgetransfer.pipeline as pipeline
+
+    calls, data = recorded
+    r = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "x"), "--epochs", "3", "--clip-grad-norm", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    runs = []
+    monkeypatch.setattr(pipeline, "run", lambda data, out, cfg, **kw: runs.append((data, out, cfg, kw)) or {})
+    r = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "x" / "config.yaml"), "--out", str(tmp_path / "y"), "--iterations", "7"])
+    assert r.exit_code == 0, r.output
+    d, out, cfg, kw = runs[-1]
+    assert (str(d), out, cfg) == (str(data), tmp_path / "y", calls[-1][0]) and cfg.clip_grad_norm == 1.0
+    assert kw["settings"].min_iterations == 7 and kw["export_cfg"].dynamo is True
+    assert yaml.safe_load((tmp_path / "y" / "config.yaml").read_text())["iterations"] == 7
