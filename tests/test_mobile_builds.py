@@ -18,7 +18,8 @@ from edgetransfer.export.onnx import onnx_logits, torch_logits
 from edgetransfer.pipeline import parity_arrays, read_bundle, stage_build, stage_export, stage_quantize, stage_train
 from edgetransfer.runtime import get_runner_class
 from edgetransfer.targets import load_target
-from edgetransfer.train import TrainConfig, load_checkpoint
+from edgetransfer.checkpoint import load_checkpoint
+from edgetransfer.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,8 @@ def tiny_bundle(tmp_path_factory, tiny_data) -> Path:
     from edgetransfer.export.onnx import ExportConfig
     from edgetransfer.models import build_model
     from edgetransfer.pipeline import run
-    from edgetransfer.train import TrainConfig, save_checkpoint
+    from edgetransfer.checkpoint import save_checkpoint
+    from edgetransfer.train import TrainConfig
 
     root = tmp_path_factory.mktemp("bundle")
     # a random-init backbone saved as an edgetransfer checkpoint: 'file:' loads it without a download
