@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
-from edgetransfer.build import get_builder
+from edgetransfer.builders import get_builder
 from edgetransfer.pipeline import read_bundle, stage_build
 from edgetransfer.progress import set_quiet
 from edgetransfer.targets import load_target

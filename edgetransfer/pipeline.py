@@ -218,7 +218,7 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
 def build_formats(target: Target) -> list[str]:
     """The formats of ``target`` that :func:`stage_build` makes through the converter registry
     (``onnx`` is export/quantize's; TensorRT ``engine`` files are built on the device)."""
-    from .build import registered_builders
+    from .builders import registered_builders
 
     mobile = {str(f) for f in registered_builders()}
     return [f for f in target.formats if f in mobile]
@@ -227,7 +227,7 @@ def build_formats(target: Target) -> list[str]:
 def check_build_backends(target: Target) -> None:
     """Fail before any long work when a converter the target needs is not installed
     (:class:`~edgetransfer.errors.MissingExtraError` naming the pip extra)."""
-    from .build import get_builder
+    from .builders import get_builder
 
     for fmt in build_formats(target):
         get_builder(fmt).require_backend()
@@ -237,14 +237,14 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
                 threads: int | None = None) -> list[Any]:
     """Build the target's non-ONNX formats into the bundle and register them; returns their manifests.
 
-    Dispatch is by format through the converter registry (:func:`edgetransfer.build.get_builder`).
+    Dispatch is by format through the converter registry (:func:`edgetransfer.builders.get_builder`).
     A converter from the checkpoint makes every precision of the target it can hold (e.g. Core ML:
     fp16 and int8 weights); ``OrtFromOnnx`` converts each ONNX file of the bundle whose precision the
     target lists, then the bundle's reduced-operator config is (re)written. INT8 builds calibrate on
     the training images the target's calibration recipe selects, exactly as ONNX INT8 does.
     """
-    from .build import BuildInputs, get_builder
-    from .build.ort_mobile import ort_target_platform, write_operator_config
+    from .builders import BuildInputs, get_builder
+    from .builders.ort_mobile import ort_target_platform, write_operator_config
     from .quantize.calibration import load_recipe, select_calibration_set
     from .types import Format, Precision
 
@@ -337,7 +337,7 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         stage_build(Path(out), tgt, recipe)
         times["build_s"] = time.perf_counter() - t
     if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
-        from .build.tensorrt import write_build_script
+        from .builders.tensorrt import write_build_script
 
         write_build_script(Path(out), tgt)
     t = time.perf_counter()

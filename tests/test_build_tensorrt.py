@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from .tiny_bundle import bundles_with_presets, make_bundle, tiny_onnx
 from edgetransfer.artifacts import read_manifest, write_manifest
-from edgetransfer.build.tensorrt import (BUILD_SCRIPT, engine_is_current, plan_engine_build, write_build_script)
+from edgetransfer.builders.tensorrt import (BUILD_SCRIPT, engine_is_current, plan_engine_build, write_build_script)
 from edgetransfer.cli import app
 from edgetransfer.errors import ArtifactError, ConfigError, EdgeTransferError, EngineMismatchError, TargetError
 from edgetransfer.runtime.tensorrt import DeviceFacts, check_engine_compatible

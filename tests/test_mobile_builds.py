@@ -11,8 +11,8 @@ import pytest
 
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
-from edgetransfer.build import get_builder
-from edgetransfer.build.ort_mobile import OPERATOR_CONFIG, operator_config_ops
+from edgetransfer.builders import get_builder
+from edgetransfer.builders.ort_mobile import OPERATOR_CONFIG, operator_config_ops
 from edgetransfer.data import PreprocessSpec
 from edgetransfer.export.onnx import onnx_logits, torch_logits
 from edgetransfer.pipeline import parity_arrays, read_bundle, stage_build, stage_export, stage_quantize, stage_train

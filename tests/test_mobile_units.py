@@ -10,9 +10,9 @@ import pytest
 
 from edgetransfer.artifacts import Manifest, atomic_dir
 from edgetransfer.bench.benchmark import measure_artifact
-from edgetransfer.build import get_builder, registered_builders
-from edgetransfer.build.coreml import folded_preprocessing
-from edgetransfer.build.ort_mobile import operator_config_ops, ort_target_platform
+from edgetransfer.builders import get_builder, registered_builders
+from edgetransfer.builders.coreml import folded_preprocessing
+from edgetransfer.builders.ort_mobile import operator_config_ops, ort_target_platform
 from edgetransfer.errors import ConfigError, MissingExtraError, TargetError
 from edgetransfer.runtime import get_runner_class, registered
 from edgetransfer.runtime.litert import dequantize_tensor, quantize_tensor
@@ -65,7 +65,7 @@ def test_builder_and_runner_registries():
 
 
 def test_importing_runtime_and_build_loads_no_backend():
-    code = ("import sys, edgetransfer.runtime, edgetransfer.build, edgetransfer.pipeline;"
+    code = ("import sys, edgetransfer.runtime, edgetransfer.builders, edgetransfer.pipeline;"
             "print(sorted(m for m in ('torch', 'onnxruntime', 'executorch', 'litert_torch', 'ai_edge_litert', "
             "'ai_edge_quantizer', 'coremltools', 'tensorflow', 'jax') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -131,7 +131,7 @@ def test_coreml_row_is_not_runnable_off_macos(tmp_path):
 
 def test_run_fails_before_training_when_a_mobile_backend_is_missing(tmp_path, monkeypatch, tiny_folder):
     from edgetransfer import pipeline
-    from edgetransfer.build.tflite import TfliteFromTorch
+    from edgetransfer.builders.tflite import TfliteFromTorch
     from edgetransfer.train import TrainConfig
 
     def missing(cls):

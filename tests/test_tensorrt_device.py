@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not HAVE, reason="needs TensorRT's Python bindin
 
 @pytest.fixture(scope="module")
 def target():
-    from edgetransfer.build.tensorrt import check_device_for_target, tensorrt_targets
+    from edgetransfer.builders.tensorrt import check_device_for_target, tensorrt_targets
 
     dev = device_facts()
     for name in tensorrt_targets():
@@ -43,7 +43,7 @@ def _ort(path, x):
 
 
 def test_fp16_engine_runs_and_matches_onnx(tmp_path, target):
-    from edgetransfer.build.tensorrt import build_engine
+    from edgetransfer.builders.tensorrt import build_engine
 
     b = make_bundle(tmp_path, opset=min(17, target.opset_max), target=target.name)
     m, reused = build_engine(b, target, "fp16")
@@ -66,7 +66,7 @@ def test_fp16_engine_runs_and_matches_onnx(tmp_path, target):
 
 
 def test_int8_engine_from_the_tensorrt_qdq(tmp_path, target):
-    from edgetransfer.build.tensorrt import build_engine
+    from edgetransfer.builders.tensorrt import build_engine
 
     if not target.supports("int8"):
         pytest.skip(f"{target.name} has no INT8")
@@ -82,7 +82,7 @@ def test_int8_engine_from_the_tensorrt_qdq(tmp_path, target):
 
 
 def test_tampered_manifest_is_refused(tmp_path, target):
-    from edgetransfer.build.tensorrt import build_engine
+    from edgetransfer.builders.tensorrt import build_engine
 
     b = make_bundle(tmp_path, opset=min(17, target.opset_max), target=target.name)
     m, _ = build_engine(b, target, "fp16")
@@ -96,7 +96,7 @@ def test_tampered_manifest_is_refused(tmp_path, target):
 
 def test_benchmark_measures_the_engine(tmp_path, target):
     from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
-    from edgetransfer.build.tensorrt import build_engine
+    from edgetransfer.builders.tensorrt import build_engine
 
     b = make_bundle(tmp_path, opset=min(17, target.opset_max), target=target.name)
     build_engine(b, target, "fp16")

@@ -40,7 +40,7 @@ def fake_engine(d: Path, version="10.3.0.30", cc="8.7", name="model.jetson-orin-
 
 def test_registered_and_lazy():
     assert get_runner_class(Format.ENGINE, Runtime.TENSORRT) is TensorRTRunner
-    code = ("import sys, edgetransfer.runtime, edgetransfer.bench.benchmark, edgetransfer.build.tensorrt; "
+    code = ("import sys, edgetransfer.runtime, edgetransfer.bench.benchmark, edgetransfer.builders.tensorrt; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorrt', 'polygraphy', 'torch', 'onnx')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True, env={"PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "[]"

@@ -281,7 +281,7 @@ def host_is_target(target: Target) -> bool:
 def not_built_rows(bundle: Path, target: Target) -> list[dict[str, Any]]:
     """Rows for the engines a TensorRT target expects that the bundle does not hold: status
     ``not_runnable``, error ``not built on this host ...`` — never a number."""
-    from ..build.tensorrt import BUILD_SCRIPT, planned_engines
+    from ..builders.tensorrt import BUILD_SCRIPT, planned_engines
     from ..runtime.tensorrt import NOT_BUILT_HERE
 
     rows = []

@@ -192,7 +192,7 @@ def build(
     only runs with the TensorRT version and GPU that built it; BUNDLE/build_engine.sh is always
     written too). Mobile targets: .tflite / .pte / .mlpackage / .ort from the bundle's checkpoint and
     ONNX files, each parity-checked against the fp32 model (calibration with --calibration for INT8)."""
-    from ..build.tensorrt import build_engine, int8_onnx_problems, plan_engine_build, write_build_script
+    from ..builders.tensorrt import build_engine, int8_onnx_problems, plan_engine_build, write_build_script
     from ..errors import TargetError
 
     set_quiet(quiet)

@@ -32,14 +32,14 @@ from ..progress import log, task
 from ..quantize.calibration import CalibrationRecipe
 from ..types import Format, Precision
 
-_BUILDERS: dict[Format, type["Converter"]] = {}
+_BUILDERS: dict[Format, type["Builder"]] = {}
 
 
 def register_builder(fmt: Format | str):
     """Class decorator: ``@register_builder(Format.TFLITE)`` makes the converter the one the
     pipeline uses for targets whose ``formats`` list ``fmt``."""
 
-    def deco(cls: type[Converter]) -> type[Converter]:
+    def deco(cls: type[Builder]) -> type[Builder]:
         cls.format = Format(fmt)
         _BUILDERS[Format(fmt)] = cls
         return cls
@@ -47,7 +47,7 @@ def register_builder(fmt: Format | str):
     return deco
 
 
-def get_builder(fmt: Format | str) -> type["Converter"]:
+def get_builder(fmt: Format | str) -> type["Builder"]:
     """The converter class for ``fmt``. Raises :class:`ConfigError` listing the known formats."""
     try:
         key = Format(fmt)
@@ -88,7 +88,7 @@ class BuildInputs:
             raise ConfigError(f"{len(self.parity_y)} parity labels for {len(x)} parity images")
 
 
-class Converter(ABC):
+class Builder(ABC):
     """Base of ``<Format>From<Source>`` converters.
 
     Subclasses set ``extra`` (the pip extra holding their backend), ``backend_modules`` (imported
@@ -224,6 +224,27 @@ class Converter(ABC):
 
     parity_reference_name: ClassVar[str] = "pytorch fp32 checkpoint"
     version_modules: ClassVar[tuple[str, ...]] = ("torch",)
+
+    # -- the bundle step -------------------------------------------------------------------
+    @classmethod
+    def build_into_bundle(cls, bundle: Any, target: Any, inputs: BuildInputs) -> list[Manifest]:
+        """This format's whole step of ``edgetransfer build`` for ``target``: every precision the
+        target lists and the format holds, built from the bundle's checkpoint, each registered in
+        bundle.json. ``bundle``: an :class:`edgetransfer.bundle.Bundle`. Returns the manifests.
+
+        Builders whose source is not the checkpoint (ORT mobile: one file per ONNX artifact, plus
+        the reduced-operator config) override this."""
+        conv = cls(bundle.checkpoint, inputs)
+        wanted = [p for p in cls.precisions if target.supports(p)]
+        skipped = [str(p) for p in target.precisions if p not in cls.precisions]
+        if skipped:
+            log(f"{cls.format}: {', '.join(skipped)} not made ({cls.format} holds {', '.join(map(str, cls.precisions))})")
+        made = []
+        for p in wanted:
+            m = conv.build(p, bundle.dir / cls.file_name(p))
+            bundle.register(m.file)
+            made.append(m)
+        return made
 
 
 def static_batch_logits(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from ..artifacts import atomic_write_text
 from ..errors import ConfigError, require
 from ..export.parity import compare_logits
 from ..types import Format, Precision
-from .base import BuildInputs, Converter, register_builder
+from .base import BuildInputs, Builder, register_builder
 
 OPERATOR_CONFIG = "ort.required_operators.config"
 
@@ -40,12 +40,12 @@ def ort_target_platform(arch: str) -> str:
 
 
 @register_builder(Format.ORT)
-class OrtFromOnnx(Converter):
+class OrtFromOnnx(Builder):
     source_format = Format.ONNX
     extra = "export"
     backend_modules = ("onnxruntime",)
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8)
-    producer = "edgetransfer.build.ort_mobile"
+    producer = "edgetransfer.builders.ort_mobile"
     version_modules = ("onnx", "onnxruntime")
     parity_reference_name = "fp32 onnx"
 

@@ -24,16 +24,16 @@ import numpy as np
 from ..errors import require
 from ..progress import log, task
 from ..types import Format, Precision
-from .base import Converter, register_builder, static_batch_logits
+from .base import Builder, register_builder, static_batch_logits
 
 
 @register_builder(Format.PTE)
-class PteFromTorch(Converter):
+class PteFromTorch(Builder):
     extra = "executorch"
     backend_modules = ("executorch.exir", "executorch.runtime", "torchao")
     precisions = (Precision.FP32, Precision.INT8)
     file_names = {Precision.FP32: "model.pte", Precision.INT8: "model.int8.pte"}
-    producer = "edgetransfer.build.executorch"
+    producer = "edgetransfer.builders.executorch"
     version_modules = ("torch", "executorch", "torchao")
 
     def _quantization_config(self):

@@ -37,7 +37,7 @@ from ..errors import ConfigError, require
 from ..export.parity import TOLERANCES, check_parity, compare_logits
 from ..progress import log
 from ..types import Format, Precision
-from .base import Converter, register_builder
+from .base import Builder, register_builder
 
 INPUT_NAME = "image"
 DEFAULT_DEPLOYMENT_TARGET = "iOS17"  # ML programs with per-channel int8 weights (constexpr ops): iOS 16+
@@ -80,12 +80,12 @@ def _wrapper(model, mul, add):
 
 
 @register_builder(Format.MLPACKAGE)
-class MlpackageFromTorch(Converter):
+class MlpackageFromTorch(Builder):
     extra = "coreml"
     backend_modules = ("coremltools",)
     precisions = (Precision.FP16, Precision.INT8)
     file_names = {Precision.FP16: "model.fp16.mlpackage", Precision.INT8: "model.int8w.mlpackage"}
-    producer = "edgetransfer.build.coreml"
+    producer = "edgetransfer.builders.coreml"
     version_modules = ("torch", "coremltools")
     parity_reference_name = "pytorch fp32 checkpoint"
 

@@ -23,16 +23,16 @@ import numpy as np
 from ..errors import ConfigError, require
 from ..progress import task
 from ..types import Format, Precision
-from .base import Converter, register_builder, static_batch_logits
+from .base import Builder, register_builder, static_batch_logits
 
 
 @register_builder(Format.TFLITE)
-class TfliteFromTorch(Converter):
+class TfliteFromTorch(Builder):
     extra = "litert"
     backend_modules = ("litert_torch", "ai_edge_litert.interpreter", "ai_edge_quantizer")
     precisions = (Precision.FP32, Precision.INT8)
     file_names = {Precision.FP32: "model.tflite", Precision.INT8: "model.int8.tflite"}
-    producer = "edgetransfer.build.tflite"
+    producer = "edgetransfer.builders.tflite"
     version_modules = ("torch", "litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 
     _float_bytes: bytes | None = None
