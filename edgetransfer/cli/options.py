@@ -231,7 +231,9 @@ def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None
     Every option of the command, not only the groups', can be set in the file.
 
     ``save_to``: the name of the command's bundle-directory parameter; the resolved options are
-    written there as ``config.yaml`` (rank 0 only under torchrun), reusable with ``--config``.
+    written there as ``config.yaml`` (rank 0 only under torchrun), reusable with ``--config``,
+    once the command has ended — also on an error or an interruption, provided the stage had
+    created the directory (input rejected before any work leaves nothing behind).
     Keys of the file that are no option of this command are an error naming the known ones.
     """
     def deco(fn: Callable) -> Callable:
@@ -260,9 +262,11 @@ def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None
             resolved = {k: _plain(v) for k, v in kw.items() if k not in not_saved}
             for g in groups:
                 kw[g.dest] = g.build({o.param: kw.pop(o.param) for o in g.options})
-            if save_to is not None:
-                _save_resolved(Path(kw[save_to]), ctx.info_name or fn.__name__, resolved)
-            return fn(**kw)
+            try:
+                return fn(**kw)
+            finally:  # also after a failure or Ctrl-C mid-training; not when nothing was written (bad input)
+                if save_to is not None and Path(kw[save_to]).is_dir():
+                    _save_resolved(Path(kw[save_to]), ctx.info_name or fn.__name__, resolved)
 
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}

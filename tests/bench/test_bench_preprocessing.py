@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ..tiny_models import colour_folder, write_colour_onnx
+from ..fixtures.images import colour_folder
+
+from ..fixtures.colour import write_colour_onnx
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.bench.e2e import ImageClassifier

@@ -55,7 +55,12 @@ def recorded(monkeypatch, tmp_path):
     import edgetransfer.pipeline as pipeline
 
     calls = []
-    monkeypatch.setattr(pipeline, "stage_train", lambda data, out, cfg, **kw: calls.append((cfg, kw)) or _Res())
+    def stage_train(data, out, cfg, **kw):
+        out.mkdir(parents=True, exist_ok=True)  # as the real stage does once the input is checked
+        calls.append((cfg, kw))
+        return _Res()
+
+    monkeypatch.setattr(pipeline, "stage_train", stage_train)
     data = tmp_path / "data"
     data.mkdir()
     return calls, data
@@ -107,6 +112,7 @@ def test_config_file_errors_name_what_to_fix(recorded, tmp_path):
     assert r.exit_code == 2 and "Invalid value for '--epochs'" in r.output
     r = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "none.yaml")])
     assert isinstance(r.exception, ConfigError) and "no such file" in str(r.exception)
+    assert not (tmp_path / "o").exists()  # rejected input leaves nothing behind
 
 
 def test_listings_go_to_stdout_and_help_keeps_brackets():
@@ -125,8 +131,7 @@ def flat(text: str) -> str:
 
 
 def test_usage_error_is_a_message_with_exit_2(tmp_path):
-    from ..tiny_models import run_cli
-
+    from ..fixtures.cli import run_cli
     res = run_cli(["train", "--out", str(tmp_path)])
     assert res.returncode == 2 and "Traceback" not in res.stderr and "Missing" in res.stderr, res.stderr[-2000:]
 
@@ -147,7 +152,7 @@ def test_a_train_config_runs_the_whole_job(recorded, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["train", str(data), "--out", str(tmp_path / "x"), "--epochs", "3", "--clip-grad-norm", "1", "-q"])
     assert r.exit_code == 0, r.output
     runs = []
-    monkeypatch.setattr(pipeline, "run", lambda data, out, cfg, **kw: runs.append((data, out, cfg, kw)) or {})
+    monkeypatch.setattr(pipeline, "run", lambda data, out, cfg, **kw: out.mkdir() or runs.append((data, out, cfg, kw)) or {})
     r = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "x" / "config.yaml"), "--out", str(tmp_path / "y"), "--iterations", "7"])
     assert r.exit_code == 0, r.output
     d, out, cfg, kw = runs[-1]

@@ -13,7 +13,7 @@ import typer
 
 from edgetransfer.cli import app
 
-from ..conftest import REPO
+from ..fixtures import REPO
 
 README = (REPO / "README.md").read_text()
 ROOT = typer.main.get_command(app)

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from .conftest import make_image_folder  # noqa: E402
+from ..fixtures.images import make_image_folder  # noqa: E402
 from edgetransfer.data import resolve_splits, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, DataError, TrainingError  # noqa: E402
 from edgetransfer.checkpoint import load_checkpoint  # noqa: E402
@@ -267,7 +267,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=6, size=40)
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), tmp_path / "w.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(Path(__file__).parent / "ddp_worker.py"), str(root), str(tmp_path / "out"), str(tmp_path / "w.pt")]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

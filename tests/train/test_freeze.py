@@ -7,7 +7,7 @@ from edgetransfer.errors import ModelSourceError
 from edgetransfer.models import build_model, find_head
 from edgetransfer.train import epoch_indices, freeze_backbone, image_batches, set_train_mode, train_modes, train_one_epoch
 
-from .conftest import make_image_folder
+from ..fixtures.images import make_image_folder
 
 
 @pytest.mark.parametrize("spec,head_path", [
