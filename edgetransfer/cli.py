@@ -23,20 +23,14 @@ app.add_typer(targets_app, name="targets")
 devices_app = typer.Typer(no_args_is_help=True, help="Your own boards, reached over SSH: list, add, remove, check, trust.")
 app.add_typer(devices_app, name="devices")
 
-DEFAULT_TARGET = "x86-cpu"
+from .bundle import DEFAULT_TARGET  # noqa: E402
 
 
 def _target_for(bundle: Path, target: Optional[str]):
-    from .targets import load_target
+    """The one target rule (:meth:`edgetransfer.bundle.Bundle.resolve_target`)."""
+    from .bundle import Bundle
 
-    if target:
-        return load_target(target)
-    bj = Path(bundle) / "bundle.json"
-    if bj.is_file():
-        name = json.loads(bj.read_text()).get("target")
-        if name:
-            return load_target(name)
-    return load_target(DEFAULT_TARGET)
+    return Bundle(Path(bundle)).resolve_target(target)
 
 
 def _settings(batch_sizes, warmup, iterations, min_seconds, threads, max_samples=None, e2e=True, allow_missing_classes=False):

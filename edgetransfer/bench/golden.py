@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..bundle import GOLDEN_DIR, GOLDEN_FILE
 from ..artifacts import Manifest, atomic_path, atomic_write_json, read_manifest, sha256_file
 from ..data import PreprocessSpec, Sample, load_arrays, preprocess_file
 from ..errors import ArtifactError, MissingExtraError
@@ -34,8 +35,6 @@ from ..runtime import get_runner_class
 from ..targets import Target
 from ..types import Runtime, Status
 
-GOLDEN_DIR = "golden"
-GOLDEN_FILE = "golden.json"
 GOLDEN_VERSION = 1
 DEFAULT_COUNT = 8
 MAX_CANDIDATES = 256

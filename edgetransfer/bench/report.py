@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json, atomic_write_text
+from ..bundle import REPORT_JSON, REPORT_MD, REPORT_PNG
 from ..errors import ArtifactError
 from .plot import PLOT_EXTRA, matplotlib_available, pareto_front, plot_points, write_plot
 
@@ -229,20 +230,20 @@ def write_report(report: dict[str, Any], out_dir: Path, *, plot: bool = True) ->
     report.clear()
     report.update({"schema_version": SCHEMA_VERSION, **rest})
     annotate_pareto(report)
-    notes = [n for n in report.get("notes", []) if not n.startswith("report.png")]
+    notes = [n for n in report.get("notes", []) if not n.startswith(REPORT_PNG)]
     png = None
     if plot:
         if not matplotlib_available():
             notes.append(f"report.png skipped: matplotlib is not installed (pip install 'edgetransfer[{PLOT_EXTRA}]')")
         else:
-            png = write_plot(report, out_dir / "report.png")
+            png = write_plot(report, out_dir / REPORT_PNG)
             if png is None:
                 notes.append("report.png skipped: no artifact has both an accuracy and a latency")
-    if png is None and (out_dir / "report.png").exists():
-        (out_dir / "report.png").unlink()  # a plot of an earlier run would contradict this report
+    if png is None and (out_dir / REPORT_PNG).exists():
+        (out_dir / REPORT_PNG).unlink()  # a plot of an earlier run would contradict this report
     report["notes"] = notes
     report["plot"] = png.name if png else None
-    jp, mp = out_dir / "report.json", out_dir / "report.md"
+    jp, mp = out_dir / REPORT_JSON, out_dir / REPORT_MD
     atomic_write_json(jp, report)
     atomic_write_text(mp, to_markdown(report))
     return jp, mp
@@ -351,7 +352,7 @@ def write_devices_report(combined: dict[str, Any], out_dir: Path) -> tuple[Path,
     """``out_dir/report.json`` (sections per device) and ``out_dir/report.md``, atomically."""
     out_dir = Path(out_dir)
     combined = {"schema_version": SCHEMA_VERSION, **combined}
-    jp, mp = out_dir / "report.json", out_dir / "report.md"
+    jp, mp = out_dir / REPORT_JSON, out_dir / REPORT_MD
     atomic_write_json(jp, combined)
     atomic_write_text(mp, devices_to_markdown(combined))
     return jp, mp

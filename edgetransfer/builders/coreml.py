@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import FORMAT_FILES
 from ..errors import ConfigError, require
 from ..export.parity import TOLERANCES, check_parity, compare_logits
 from ..progress import log
@@ -84,7 +85,7 @@ class MlpackageFromTorch(Builder):
     extra = "coreml"
     backend_modules = ("coremltools",)
     precisions = (Precision.FP16, Precision.INT8)
-    file_names = {Precision.FP16: "model.fp16.mlpackage", Precision.INT8: "model.int8w.mlpackage"}
+    file_names = {Precision(k): v for k, v in FORMAT_FILES["mlpackage"].items()}
     producer = "edgetransfer.builders.coreml"
     version_modules = ("torch", "coremltools")
     parity_reference_name = "pytorch fp32 checkpoint"

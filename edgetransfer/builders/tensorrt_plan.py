@@ -9,22 +9,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import Manifest, read_manifest
+from ..artifacts import Manifest
+from ..bundle import BUILD_SCRIPT, ONNX_FP16, ONNX_FP32, ONNX_INT8, TRT_CACHE, Bundle  # noqa: F401
+from ..bundle import engine_file as _engine_file
 from ..errors import ArtifactError, ConfigError, TargetError, require
 from ..targets import Target, list_targets, load_target
 from ..types import Precision, Runtime
 
-ONNX_FP32 = "model.onnx"
-ONNX_FP16 = "model.fp16.onnx"
-ONNX_INT8 = "model.int8.qdq.onnx"
-BUILD_SCRIPT = "build_engine.sh"
-CACHE_DIR = ".trt-cache"
+CACHE_DIR = TRT_CACHE
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "best")
 
 
 def engine_file(target: Target, label: str) -> str:
     """``model.<target>.<label>.engine`` (label: fp32 / fp16 / int8 / best)."""
-    return f"model.{target.name}.{label}.engine"
+    return _engine_file(target.name, label)
 
 
 def _version_floor(spec: str) -> str:
@@ -108,10 +106,7 @@ class EngineBuildPlan:
 
 
 def _bundle_file(bundle: Path, name: str, how: str) -> tuple[Path, Manifest]:
-    p = Path(bundle) / name
-    if not p.is_file():
-        raise ArtifactError(f"{bundle} has no {name}; {how}")
-    return p, read_manifest(p)  # sha256 must match before anything is built from it
+    return Bundle(bundle).require(name, how)  # sha256 must match before anything is built from it
 
 
 def tensorrt_targets() -> list[str]:
