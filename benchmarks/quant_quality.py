@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgetransfer.artifacts import read_manifest  # noqa: E402
-from edgetransfer.bench.benchmark import cpu_info  # noqa: E402
+from edgetransfer.host import cpu_info  # noqa: E402
 from edgetransfer.bench.latency import measure_latency  # noqa: E402
 from edgetransfer.data import PreprocessSpec, load_arrays  # noqa: E402
 from edgetransfer.errors import EdgeTransferError  # noqa: E402

@@ -288,7 +288,7 @@ def benchmark(
 
 
 def _benchmark_devices(bundle, names, inventory, target, data, settings, report_dir, as_json):
-    from .bench.report import print_devices_table
+    from .remote.report import print_devices_table
     from .errors import RemoteError
     from .remote.bench import REPORT_DIR, benchmark_on_devices
     from .remote.inventory import Inventory

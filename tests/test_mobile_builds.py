@@ -14,7 +14,8 @@ from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.builders import get_builder
 from edgetransfer.builders.ort_mobile import OPERATOR_CONFIG, operator_config_ops
 from edgetransfer.data import PreprocessSpec
-from edgetransfer.export.onnx import onnx_logits, torch_logits
+from edgetransfer.runtime.ort import onnx_logits
+from edgetransfer.runtime.pytorch import torch_logits
 from edgetransfer.bundle import Bundle
 from edgetransfer.pipeline import stage_build, stage_export, stage_quantize, stage_train
 from edgetransfer.runtime import get_runner_class

@@ -18,7 +18,7 @@ from .onnx_models import SPEC, mlp_model, sensitive_model, write_bundle, write_o
 from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, TargetError  # noqa: E402
 from edgetransfer.quantize.calibration import CalibrationRecipe, cached_ranges, compute_ranges  # noqa: E402
-from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations  # noqa: E402
+from edgetransfer.onnx_inspect import inspect_qdq, tensorrt_violations  # noqa: E402
 from edgetransfer.quantize.int8 import (  # noqa: E402
     AccuracyBudget, count_ops, op_types_to_quantize, preprocess, qdq_int8_from_onnx,
 )

@@ -14,7 +14,7 @@ from edgetransfer.bundle import Bundle
 from edgetransfer.pipeline import quantization_preset
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set
 from edgetransfer.quantize.int8 import qdq_int8_from_onnx
-from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations
+from edgetransfer.onnx_inspect import inspect_qdq, tensorrt_violations
 from edgetransfer.targets import load_target
 
 

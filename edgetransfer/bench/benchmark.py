@@ -16,6 +16,7 @@ import numpy as np
 
 from ..artifacts import Manifest, read_manifest
 from ..bundle import BUILD_SCRIPT, Bundle, subsample
+from ..host import cpu_info, host_is_target, load_average  # noqa: F401 (cpu_info: re-exported)
 from ..data import ImageFolder, PreprocessSpec, load_arrays
 from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
@@ -44,20 +45,6 @@ class BenchSettings:
     allow_missing_classes: bool = False  # a validation folder lacking a trained class is an error unless True
 
 
-def cpu_info() -> dict[str, Any]:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    keep = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c", "fma", "asimd", "asimddp", "i8mm", "sve"]
-    return {"cpu": name, "cpu_features": [f for f in keep if f in flags], "arch": platform.machine()}
-
-
 def environment(threads: int) -> dict[str, Any]:
     """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
     count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
@@ -69,14 +56,6 @@ def environment(threads: int) -> dict[str, Any]:
             pass
     return {**cpu_info(), "threads": threads or os.cpu_count(), "threads_requested": threads, "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
-
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15-minute load averages (Unix), None elsewhere."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
 
 
 def discover_artifacts(bundle: Path) -> list[tuple[Path, Manifest]]:
@@ -204,24 +183,6 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     if write:
         write_report(report, bundle)
     return report
-
-
-def host_is_target(target: Target) -> bool:
-    """Whether this machine can stand for ``target``: same CPU architecture, and a CUDA GPU of a
-    fitting compute capability when the target is a GPU target."""
-    if not target.host_is_target():  # CPU architecture and operating system (an Android phone is not an arm64 Linux box)
-        return False
-    if target.compute_capability or target.min_compute_capability:
-        from ..runtime.tensorrt import cuda_device
-        from ..targets import parse_compute_capability
-
-        dev = cuda_device()
-        if dev is None:
-            return False
-        if target.compute_capability:
-            return dev[1] == target.compute_capability
-        return parse_compute_capability(dev[1]) >= parse_compute_capability(target.min_compute_capability)
-    return True
 
 
 def not_built_rows(bundle: Path, target: Target) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from ..artifacts import atomic_write_text
 from ..bundle import OPERATOR_CONFIG, ort_file
 from ..errors import ArtifactError, ConfigError, require
 from ..progress import log
-from ..export.parity import compare_logits
+from ..parity import compare_logits
 from ..types import Format, Precision
 from .base import BuildInputs, Builder, register_builder
 
@@ -61,7 +61,7 @@ class OrtFromOnnx(Builder):
         return ort_file(Path(source).name)
 
     def reference_logits(self, x: np.ndarray) -> np.ndarray:
-        from ..export.onnx import onnx_logits
+        from ..runtime.ort import onnx_logits
 
         fp32 = self.source if self.source_precision == Precision.FP32 else self.source.parent / (self.parent.parent_file or "")
         if not fp32.is_file():
@@ -96,14 +96,14 @@ class OrtFromOnnx(Builder):
         details: dict[str, Any] = {"converter": "onnxruntime.tools.convert_onnx_models_to_ort", "optimization_style": "Fixed",
                                    "optimization_level": "all", "target_platform": platform, "source_precision": str(self.source_precision)}
         # the .ort file against the very ONNX file it came from, besides the fp32 parity
-        from ..export.onnx import onnx_logits
+        from ..runtime.ort import onnx_logits
 
         x = self.inputs.parity_x
         details["parity_vs_source_onnx"] = compare_logits(onnx_logits(self.source, x), onnx_logits(out, x)).to_dict()
         return details
 
     def candidate_logits(self, path: Path, x: np.ndarray) -> np.ndarray:
-        from ..export.onnx import onnx_logits
+        from ..runtime.ort import onnx_logits
 
         return onnx_logits(path, x)
 

@@ -317,7 +317,7 @@ def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | N
         "devices": list(sections),
     }
     if write:
-        from ..bench.report import write_devices_report
+        from .report import write_devices_report
 
         write_devices_report(combined, Path(report_dir) if report_dir else bundle / REPORT_DIR)
     return combined
