@@ -24,7 +24,8 @@ from pathlib import Path
 
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.builders import get_builder
-from edgetransfer.pipeline import read_bundle, stage_build
+from edgetransfer.bundle import Bundle
+from edgetransfer.pipeline import stage_build
 from edgetransfer.progress import set_quiet
 from edgetransfer.targets import load_target
 
@@ -45,7 +46,7 @@ def _versions() -> dict[str, str]:
 
 def build_missing(bundle: Path, threads: int) -> list[str]:
     """Build the mobile formats not yet in ``bundle`` whose backend is installed; return what was skipped."""
-    have = {a["format"] for a in read_bundle(bundle)["artifacts"]}
+    have = {a["format"] for a in Bundle.open(bundle).registered()}
     skipped = []
     for fmt in MOBILE_FORMATS:
         cls = get_builder(fmt)

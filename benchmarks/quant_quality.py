@@ -31,16 +31,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgetransfer.artifacts import read_manifest  # noqa: E402
-from edgetransfer.bench.benchmark import cpu_info  # noqa: E402
+from edgetransfer.host import cpu_info  # noqa: E402
 from edgetransfer.bench.latency import measure_latency  # noqa: E402
 from edgetransfer.data import PreprocessSpec, load_arrays  # noqa: E402
 from edgetransfer.errors import EdgeTransferError  # noqa: E402
-from edgetransfer.pipeline import ONNX_FP32, _folder_from_bundle, quantization_preset, read_bundle  # noqa: E402
+from edgetransfer.bundle import Bundle  # noqa: E402
+from edgetransfer.pipeline import quantization_preset  # noqa: E402
 from edgetransfer.progress import set_quiet  # noqa: E402
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set  # noqa: E402
 from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx  # noqa: E402
 from edgetransfer.runtime.ort import make_session  # noqa: E402
-from edgetransfer.targets import load_target  # noqa: E402
 
 RECIPES = {"minmax": "default", "entropy": "entropy", "percentile": "percentile"}
 
@@ -116,15 +116,15 @@ def main() -> None:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     bundle = args.bundle
-    info = read_bundle(bundle)
-    target = load_target(info.get("target") or "x86-cpu")
+    b = Bundle.open(bundle)
+    target = b.resolve_target()
     budget = target.max_top1_drop if args.budget is None else args.budget
-    fp32_path = bundle / ONNX_FP32
+    fp32_path = b.onnx_fp32
     fp32 = read_manifest(fp32_path)
     spec = PreprocessSpec.from_dict(fp32.preprocessing)
-    val = _folder_from_bundle(info, "val_files")
+    val = b.folder("val")
     vx, vy = load_arrays(val.samples, spec)
-    train = _folder_from_bundle(info, "train_files")
+    train = b.folder("train")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 

@@ -1,78 +1,24 @@
-"""Composition of the stages. Stages talk only through files in the bundle directory:
-
-``bundle.json`` (dataset split, class names, artifact list), ``model.pt`` (checkpoint),
-``model.onnx`` (fp32), ``model.int8.qdq.onnx`` (INT8 QDQ), ``model.fp16.onnx`` (fp16, on request), the
-target's mobile formats (``model[.int8].tflite``, ``model[.int8].pte``, ``model.{fp16,int8w}.mlpackage``,
-``model*.ort`` + ``ort.required_operators.config``), ``golden/`` (golden images and the fp32 model's
-logits, for ``edgetransfer selftest``), ``report.json`` / ``report.md`` / ``report.png``, each artifact
-with its ``<file>.json`` manifest; for TensorRT targets ``build_engine.sh`` (the trtexec commands that
-build the engines on the device); ``cache/calibration/`` holds the calibration tensor ranges (keyed,
-see :mod:`edgetransfer.quantize.calibration`).
+"""Composition of the stages only. Stages talk only through files in the bundle directory, whose
+layout, artifact list and target rule :mod:`edgetransfer.bundle` owns.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifacts import atomic_write_json, read_manifest
-from .bench.benchmark import BUNDLE_FILE, BenchSettings, benchmark_bundle
-from .data import ImageFolder, PreprocessSpec, Sample, load_arrays, resolve_splits
-from .errors import ArtifactError, BudgetExceededError, ConfigError, DataError, TargetError
+from .artifacts import read_manifest
+from .bench.benchmark import BenchSettings, benchmark_bundle
+from .bundle import Bundle
+from .data import PreprocessSpec, resolve_splits
+from .errors import BudgetExceededError, ConfigError, DataError, TargetError
 from .progress import log
 from .targets import Target, load_target
 from .types import Runtime
 
-CHECKPOINT = "model.pt"
-ONNX_FP32 = "model.onnx"
-ONNX_INT8 = "model.int8.qdq.onnx"
-ONNX_FP16 = "model.fp16.onnx"
-CALIBRATION_CACHE = "cache/calibration"
-PARITY_MAX_IMAGES = 256
 GOLDEN_COUNT = 8
-
-
-def read_bundle(bundle: Path) -> dict[str, Any]:
-    p = Path(bundle) / BUNDLE_FILE
-    if not p.is_file():
-        raise ArtifactError(f"{bundle} is not an edgetransfer bundle (no {BUNDLE_FILE}); create one with 'edgetransfer train' or 'edgetransfer run'")
-    return json.loads(p.read_text())
-
-
-def register_artifact(bundle: Path, file: str) -> None:
-    """Add ``file`` (validated against its manifest) to bundle.json's artifact list, atomically."""
-    info = read_bundle(bundle)
-    m = read_manifest(Path(bundle) / file)
-    arts = [a for a in info.get("artifacts", []) if a["file"] != file]
-    arts.append({"file": file, "format": m.format, "precision": m.precision, "sha256": m.sha256})
-    order = {CHECKPOINT: 0, ONNX_FP32: 1}
-    arts.sort(key=lambda a: order.get(a["file"], 2))
-    info["artifacts"] = arts
-    atomic_write_json(Path(bundle) / BUNDLE_FILE, info)
-
-
-def _folder_from_bundle(info: dict[str, Any], key: str) -> ImageFolder:
-    ds = info["dataset"]
-    names = ds["class_names"]
-    idx = {n: i for i, n in enumerate(names)}
-    files = ds[key]
-    missing = [f for f, _ in files if not Path(f).is_file()]
-    if missing:
-        raise DataError(f"images recorded in the bundle are missing on this machine (e.g. {missing[0]}); re-run 'edgetransfer train' here")
-    return ImageFolder(Path(ds["train_root" if key == "train_files" else "val_root"]), names, [Sample(Path(f), idx[c]) for f, c in files])
-
-
-def parity_arrays(info: dict[str, Any], spec: PreprocessSpec):
-    """Preprocessed validation images for parity checks (evenly spaced, at most PARITY_MAX_IMAGES)."""
-    val = _folder_from_bundle(info, "val_files")
-    s = val.samples
-    if len(s) > PARITY_MAX_IMAGES:
-        step = len(s) / PARITY_MAX_IMAGES
-        s = [s[int(i * step)] for i in range(PARITY_MAX_IMAGES)]
-    return load_arrays(s, spec)
 
 
 def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
@@ -85,7 +31,6 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
     log(f"data: {how}; {len(train_set)} training and {len(val_set)} validation images, classes {train_set.class_names}")
     for s in skipped:
         log(f"[yellow]skipped {s['path']}: {s['reason']}")
-    out.mkdir(parents=True, exist_ok=True)
     info = {
         "edgetransfer_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -100,37 +45,39 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
             "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
             "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
-        "artifacts": [],
     }
     main = process_rank() == 0  # under torchrun only rank 0 writes files
     if main:
-        atomic_write_json(out / BUNDLE_FILE, info)
+        b = Bundle.create(out, info)
+        if target is not None:
+            b.record_target(target, "train")
     res = train(train_set, val_set, out, cfg)
     if main:
-        register_artifact(out, CHECKPOINT)
+        b = Bundle(out)
+        b.register(b.checkpoint.name)
     return res
 
 
 def stage_export(bundle: Path, target: Target, cfg=None):
     from .export.onnx import ExportConfig, onnx_from_torch
 
-    bundle = Path(bundle)
-    info = read_bundle(bundle)
-    ck = read_manifest(bundle / CHECKPOINT)
-    x, _ = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
-    m = onnx_from_torch(bundle / CHECKPOINT, bundle / ONNX_FP32, x, opset_max=target.opset_max, target=target.name, cfg=cfg or ExportConfig())
-    register_artifact(bundle, ONNX_FP32)
-    stage_golden(bundle, info)
+    b = Bundle.open(bundle)
+    b.record_target(target, "export")
+    ck = read_manifest(b.checkpoint)
+    x, _ = b.parity_arrays(PreprocessSpec.from_dict(ck.preprocessing))
+    m = onnx_from_torch(b.checkpoint, b.onnx_fp32, x, opset_max=target.opset_max, target=target.name, cfg=cfg or ExportConfig())
+    b.register(m.file)
+    stage_golden(b.dir)
     return m
 
 
 def stage_golden(bundle: Path, info: dict[str, Any] | None = None, count: int = GOLDEN_COUNT) -> Path:
-    """Write ``bundle/golden/`` (``count`` validation images + the fp32 ONNX model's logits)."""
+    """Write ``bundle/golden/`` (``count`` validation images + the fp32 ONNX model's logits).
+    ``info`` is ignored (bundle.json is read afresh); kept for callers of the old signature."""
     from .bench.golden import write_golden
 
-    bundle = Path(bundle)
-    info = info or read_bundle(bundle)
-    p = write_golden(bundle, bundle / ONNX_FP32, _folder_from_bundle(info, "val_files").samples, count)
+    b = Bundle.open(bundle)
+    p = write_golden(b.dir, b.onnx_fp32, b.folder("val").samples, count)
     log(f"golden self-test set: {p.parent} ({count} images with fp32 logits)")
     return p
 
@@ -178,38 +125,36 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                               f"({', '.join(map(str, target.precisions))}).{why} Choose a target that lists it "
                               "(edgetransfer targets list), or pass --allow-unsupported-precision to write it anyway")
         log(f"[yellow]{precision} is not among {target.name}'s precisions; written anyway (--allow-unsupported-precision)")
-    bundle = Path(bundle)
-    info = read_bundle(bundle)
-    fp32 = read_manifest(bundle / ONNX_FP32)
+    b = Bundle.open(bundle)
+    b.record_target(target, "quantize")
+    _, fp32 = b.require(b.onnx_fp32.name, f"run 'edgetransfer export {b.dir}' first")
     spec = PreprocessSpec.from_dict(fp32.preprocessing)
     if precision == "fp16":
         from .quantize.fp16 import fp16_from_onnx
 
-        x, _ = parity_arrays(info, spec)
-        m = fp16_from_onnx(bundle / ONNX_FP32, bundle / ONNX_FP16, x, target=target.name,
-                           target_supports_fp16=target.supports("fp16"))
-        register_artifact(bundle, ONNX_FP16)
+        x, _ = b.parity_arrays(spec)
+        m = fp16_from_onnx(b.onnx_fp32, b.onnx_fp16, x, target=target.name, target_supports_fp16=target.supports("fp16"))
+        b.register(m.file)
         return m
     from .quantize.int8 import AccuracyBudget, qdq_int8_from_onnx, refuse_dynamic
 
     if mode == "dynamic":
-        refuse_dynamic(bundle / ONNX_FP32)
+        refuse_dynamic(b.onnx_fp32)
     q = quantization_preset(target, preset, per_channel)
     budget = AccuracyBudget(max_top1_drop=target.max_top1_drop if max_accuracy_drop is None else max_accuracy_drop,
                             max_steps=max_steps)
     recipe = load_recipe(recipe_name or q.calibration)
-    train = _folder_from_bundle(info, "train_files")
-    calib = select_calibration_set(train, recipe)  # fails fast when the split is too small
-    x, y = parity_arrays(info, spec)
-    m = qdq_int8_from_onnx(bundle / ONNX_FP32, bundle / ONNX_INT8, calib, q, recipe, parity_x=x, parity_y=y,
+    calib = select_calibration_set(b.folder("train"), recipe)  # fails fast when the split is too small
+    x, y = b.parity_arrays(spec)
+    m = qdq_int8_from_onnx(b.onnx_fp32, b.onnx_int8, calib, q, recipe, parity_x=x, parity_y=y,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
-                           cache_dir=bundle / CALIBRATION_CACHE, opset_max=target.opset_max)
-    register_artifact(bundle, ONNX_INT8)
+                           cache_dir=b.calibration_cache, opset_max=target.opset_max)
+    b.register(m.file)
     if m.details.get("status") == "budget_exceeded":
-        b = m.details["budget"]
+        bd = m.details["budget"]
         raise BudgetExceededError(
-            f"{ONNX_INT8}: top-1 drop {b['top1_drop']:.4f} vs fp32 ONNX exceeds the budget {b['max_top1_drop']:.4f} after "
-            f"{len(b['steps']) - 1} exclusion step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
+            f"{m.file}: top-1 drop {bd['top1_drop']:.4f} vs fp32 ONNX exceeds the budget {bd['max_top1_drop']:.4f} after "
+            f"{len(bd['steps']) - 1} exclusion step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
             "written with status budget_exceeded. Raise --max-steps, relax --max-accuracy-drop, try another calibration "
             "recipe (--calibration), or ship the fp32 model")
     return m
@@ -244,51 +189,29 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
     the training images the target's calibration recipe selects, exactly as ONNX INT8 does.
     """
     from .builders import BuildInputs, get_builder
-    from .builders.ort_mobile import ort_target_platform, write_operator_config
+    from .builders.ort_mobile import ort_target_platform
     from .quantize.calibration import load_recipe, select_calibration_set
-    from .types import Format, Precision
+    from .types import Precision
 
-    bundle = Path(bundle)
-    info = read_bundle(bundle)
+    b = Bundle.open(bundle)
+    b.record_target(target, "build")
     fmts = list(formats) if formats is not None else build_formats(target)
     builders = {f: get_builder(f) for f in fmts}  # unknown format -> ConfigError before any work
     for cls in builders.values():
         cls.require_backend()
-    ck = read_manifest(bundle / CHECKPOINT)
-    x, y = parity_arrays(info, PreprocessSpec.from_dict(ck.preprocessing))
+    ck = read_manifest(b.checkpoint)
+    x, y = b.parity_arrays(PreprocessSpec.from_dict(ck.preprocessing))
     calib, recipe = [], None
     if target.supports("int8") and any(Precision.INT8 in cls.precisions for cls in builders.values()):
         recipe = load_recipe(recipe_name or target.quantization.calibration)
-        calib = select_calibration_set(_folder_from_bundle(info, "train_files"), recipe)
+        calib = select_calibration_set(b.folder("train"), recipe)
     options = {**target.extra, "ort_target_platform": ort_target_platform(target.arch)}
     if threads:
         options["threads"] = threads
     inputs = BuildInputs(parity_x=x, parity_y=y, calibration=calib, recipe=recipe, target=target.name, options=options)
     made = []
-    for fmt, cls in builders.items():
-        if cls.source_format == Format.ONNX:
-            ort_files = []
-            for a in read_bundle(bundle).get("artifacts", []):
-                if a["format"] == "onnx" and target.supports(a["precision"]):
-                    conv = cls(bundle / a["file"], inputs)
-                    m = conv.build()
-                    register_artifact(bundle, m.file)
-                    made.append(m)
-                    ort_files.append(bundle / m.file)
-            if not ort_files:
-                raise ArtifactError(f"format {fmt} converts the bundle's ONNX files but there are none; run 'edgetransfer export' first")
-            cfg = write_operator_config(bundle, ort_files)
-            log(f"reduced-operator config for a minimal ONNX Runtime build: {cfg}")
-            continue
-        conv = cls(bundle / CHECKPOINT, inputs)
-        wanted = [p for p in cls.precisions if target.supports(p)]
-        skipped = [str(p) for p in target.precisions if p not in cls.precisions]
-        if skipped:
-            log(f"{fmt}: {', '.join(skipped)} not made ({fmt} holds {', '.join(map(str, cls.precisions))})")
-        for p in wanted:
-            m = conv.build(p, bundle / cls.file_name(p))
-            register_artifact(bundle, m.file)
-            made.append(m)
+    for cls in builders.values():
+        made += cls.build_into_bundle(b, target, inputs)
     return made
 
 

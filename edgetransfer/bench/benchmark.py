@@ -4,7 +4,6 @@ turns its row into ``unavailable``."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -15,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import Manifest, manifest_path, read_manifest
-from ..data import ImageFolder, PreprocessSpec, Sample, load_arrays, scan_image_folder
+from ..artifacts import Manifest, read_manifest
+from ..bundle import BUILD_SCRIPT, Bundle, subsample
+from ..host import cpu_info, host_is_target, load_average  # noqa: F401 (cpu_info: re-exported)
+from ..data import ImageFolder, PreprocessSpec, load_arrays
 from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
 from ..runtime.base import deactivate_quietly
@@ -28,9 +29,6 @@ from .e2e import encoded_payloads, measure_end_to_end
 from .latency import measure_latency
 from .memory import PeakMemory
 from .report import write_report
-
-BUNDLE_FILE = "bundle.json"
-
 
 @dataclass(frozen=True)
 class BenchSettings:
@@ -47,20 +45,6 @@ class BenchSettings:
     allow_missing_classes: bool = False  # a validation folder lacking a trained class is an error unless True
 
 
-def cpu_info() -> dict[str, Any]:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    keep = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c", "fma", "asimd", "asimddp", "i8mm", "sve"]
-    return {"cpu": name, "cpu_features": [f for f in keep if f in flags], "arch": platform.machine()}
-
-
 def environment(threads: int) -> dict[str, Any]:
     """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
     count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
@@ -74,72 +58,14 @@ def environment(threads: int) -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
 
 
-def load_average() -> list[float] | None:
-    """1, 5 and 15-minute load averages (Unix), None elsewhere."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
 def discover_artifacts(bundle: Path) -> list[tuple[Path, Manifest]]:
-    """Artifacts of a bundle in the order bundle.json lists them (else every file with a manifest)."""
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        raise ArtifactError(f"bundle {bundle} is not a directory; pass the --out directory of 'edgetransfer run'")
-    files: list[str] = []
-    bj = bundle / BUNDLE_FILE
-    if bj.is_file():
-        files = [a["file"] for a in json.loads(bj.read_text()).get("artifacts", [])]
-    else:
-        for mp in sorted(bundle.glob("*.json")):
-            art = bundle / mp.name[: -len(".json")]
-            if art.exists() and mp.name not in ("report.json",):
-                files.append(art.name)
-    out = []
-    for f in files:
-        p = bundle / f
-        if manifest_path(p).is_file() and p.exists():
-            out.append((p, Manifest.from_dict(json.loads(manifest_path(p).read_text()))))
-    if not out:
-        raise ArtifactError(f"bundle {bundle} holds no artifact with a manifest; run 'edgetransfer run' or the stages first")
-    return out
+    """Artifacts of a bundle (:meth:`edgetransfer.bundle.Bundle.artifacts`)."""
+    return Bundle(bundle).artifacts()
 
 
 def load_validation(bundle: Path, class_names: list[str], data: Path | None, *, allow_missing_classes: bool = False) -> tuple[ImageFolder, str]:
-    """The labelled validation set: ``data`` (an ImageFolder), else the list recorded in bundle.json.
-
-    Labels always index ``class_names`` (the manifest's order), whatever order the class folders
-    sort in on disk. A folder that is not a trained class is a :class:`DataError`; so is a trained
-    class with no folder, unless ``allow_missing_classes``.
-    """
-    if data is not None:
-        folder = scan_image_folder(data, class_names=class_names)
-        missing = [n for n, c in folder.counts().items() if c == 0]
-        if missing and not allow_missing_classes:
-            raise DataError(f"validation folder {data} has no images of the trained class(es) {missing} (classes, in the "
-                            f"model's order: {class_names}); add {Path(data) / missing[0]}/ with images, or pass "
-                            "--allow-missing-classes to measure on the classes present")
-        return folder, str(data)
-    bj = Path(bundle) / BUNDLE_FILE
-    if bj.is_file():
-        ds = json.loads(bj.read_text()).get("dataset", {})
-        files = ds.get("val_files")
-        if files:
-            missing = [f for f in files if not Path(f[0]).is_file()]
-            if not missing:
-                idx = {n: i for i, n in enumerate(class_names)}
-                return ImageFolder(Path(ds.get("val_root", "")), list(class_names), [Sample(Path(f), idx[c]) for f, c in files]), ds.get("val_root", "")
-            raise DataError(f"the validation images recorded in {bj} are not on this machine (e.g. {missing[0][0]}); pass --data VAL_DIR")
-    raise DataError(f"no validation data: pass --data VAL_DIR (an ImageFolder with the classes {class_names})")
-
-
-def subsample(samples: list[Sample], max_samples: int | None) -> list[Sample]:
-    """At most ``max_samples`` evenly spaced samples, in order (all when ``None`` or 0)."""
-    if max_samples and len(samples) > max_samples:
-        step = len(samples) / max_samples
-        return [samples[int(i * step)] for i in range(max_samples)]
-    return list(samples)
+    """The labelled validation set (:meth:`edgetransfer.bundle.Bundle.validation`)."""
+    return Bundle(bundle).validation(class_names, data, allow_missing_classes=allow_missing_classes)
 
 
 def runtimes_for_target(fmt: Format, target: Target) -> list[Runtime]:
@@ -207,7 +133,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     results, ref_pred = [], None
     for p, m, rt in order:
         row = measure_artifact(p, m, rt, x, y, class_names, target=target, ref_pred=ref_pred, payloads=payloads, spec=spec,
-                               cache_dir=bundle / ".trt-cache" / "ort" / (m.sha256 or "unknown")[:16], **timing)
+                               cache_dir=Bundle(bundle).trt_cache / "ort" / (m.sha256 or "unknown")[:16], **timing)
         if (p, m, rt) == ref_item and row["status"] == Status.OK:
             ref_pred = row["_pred"]
             row["accuracy"]["agreement_with_fp32"] = 1.0
@@ -238,8 +164,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     for r in results:
         if r.get("fallback"):
             notes.append(f"{r['name']} [{r['runtime']}]: {r['fallback']}")
-    bj = bundle / BUNDLE_FILE
-    bundle_info = json.loads(bj.read_text()) if bj.is_file() else {}
+    bundle_info = Bundle(bundle).info
     report = {
         "target": target.name,
         "host_is_target": on_target,
@@ -260,32 +185,13 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     return report
 
 
-def host_is_target(target: Target) -> bool:
-    """Whether this machine can stand for ``target``: same CPU architecture, and a CUDA GPU of a
-    fitting compute capability when the target is a GPU target."""
-    if not target.host_is_target():  # CPU architecture and operating system (an Android phone is not an arm64 Linux box)
-        return False
-    if target.compute_capability or target.min_compute_capability:
-        from ..runtime.tensorrt import cuda_device
-        from ..targets import parse_compute_capability
-
-        dev = cuda_device()
-        if dev is None:
-            return False
-        if target.compute_capability:
-            return dev[1] == target.compute_capability
-        return parse_compute_capability(dev[1]) >= parse_compute_capability(target.min_compute_capability)
-    return True
-
-
 def not_built_rows(bundle: Path, target: Target) -> list[dict[str, Any]]:
     """Rows for the engines a TensorRT target expects that the bundle does not hold: status
     ``not_runnable``, error ``not built on this host ...`` — never a number."""
-    from ..builders.tensorrt import BUILD_SCRIPT, planned_engines
     from ..runtime.tensorrt import NOT_BUILT_HERE
 
     rows = []
-    for name, precision in planned_engines(bundle, target):
+    for name, precision in Bundle(bundle).planned_engines(target):
         rows.append({
             "name": name, "format": str(Format.ENGINE), "precision": precision, "runtime": str(Runtime.TENSORRT),
             "path": str(Path(bundle) / name), "sha256": None, "size_mib": None, "target": target.name,

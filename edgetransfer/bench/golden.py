@@ -6,7 +6,7 @@ the fp32 reference's logits (float32, exact in JSON) and a fingerprint of the pr
 (per-channel mean and overall std). ``selftest`` (``edgetransfer selftest BUNDLE`` on the device)
 decodes and preprocesses the same files with the manifest's recipe, runs every artifact on every
 runtime the target lists, and checks the logits against the reference within the artifact's
-precision tolerance (:data:`edgetransfer.export.parity.TOLERANCES`). A mismatch in the input
+precision tolerance (:data:`edgetransfer.parity.TOLERANCES`). A mismatch in the input
 fingerprint points at decoding/preprocessing (Pillow build, colour order); matching inputs with
 diverging logits point at the runtime or the artifact.
 
@@ -25,17 +25,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..bundle import GOLDEN_DIR, GOLDEN_FILE
 from ..artifacts import Manifest, atomic_path, atomic_write_json, read_manifest, sha256_file
 from ..data import PreprocessSpec, Sample, load_arrays, preprocess_file
 from ..errors import ArtifactError, MissingExtraError
-from ..export.parity import TOLERANCES, compare_logits
+from ..parity import TOLERANCES, Tolerance, judge
 from ..runtime.base import deactivate_quietly
 from ..runtime import get_runner_class
 from ..targets import Target
 from ..types import Runtime, Status
 
-GOLDEN_DIR = "golden"
-GOLDEN_FILE = "golden.json"
 GOLDEN_VERSION = 1
 DEFAULT_COUNT = 8
 MAX_CANDIDATES = 256
@@ -167,16 +166,15 @@ def _check_row(path: Path, manifest: Manifest, runtime: Runtime, target: Target 
             return {**row, "status": str(Status.UNAVAILABLE), "error": str(exc)}
         got = np.concatenate([np.asarray(runner(np.ascontiguousarray(x[i : i + 1])), np.float32) for i in range(len(x))])
         row["execution_provider"] = runner.execution_provider
-        stats = compare_logits(expected, got)
+        result = judge(expected, got, Tolerance(**tol), what=f"{path.name} on {runtime} vs the golden logits")
+        stats = result.stats
         per_image = np.abs(got.astype(np.float64) - expected).max(1)
         row.update(max_abs=stats.max_abs, mean_abs=stats.mean_abs, agreement=stats.agreement, num_images=stats.num_samples,
                    per_image_max_abs=[float(v) for v in per_image],
                    predicted=[int(v) for v in got.argmax(1)], expected=[int(v) for v in expected.argmax(1)])
-        ok = (not stats.has_nonfinite and stats.max_abs <= tol["max_abs"] and stats.agreement >= tol["min_agreement"])
-        row["status"] = "pass" if ok else "fail"
-        if not ok:
-            row["error"] = (f"max |logit diff| {stats.max_abs:.3g} (tolerance {tol['max_abs']:.3g}), top-1 agreement "
-                            f"{stats.agreement:.3f} (needs {tol['min_agreement']:.3f})" + (", NaN/inf" if stats.has_nonfinite else ""))
+        row["status"] = "pass" if result.passed else "fail"
+        if not result.passed:
+            row["error"] = "out of tolerance: " + "; ".join(result.problems)
     except Exception as exc:
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
     finally:

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import FORMAT_FILES
 from ..errors import ConfigError, require
-from ..export.parity import TOLERANCES, check_parity, compare_logits
+from ..parity import judge
 from ..progress import log
 from ..types import Format, Precision
 from .base import Builder, register_builder
@@ -84,7 +85,7 @@ class MlpackageFromTorch(Builder):
     extra = "coreml"
     backend_modules = ("coremltools",)
     precisions = (Precision.FP16, Precision.INT8)
-    file_names = {Precision.FP16: "model.fp16.mlpackage", Precision.INT8: "model.int8w.mlpackage"}
+    file_names = {Precision(k): v for k, v in FORMAT_FILES["mlpackage"].items()}
     producer = "edgetransfer.builders.coreml"
     version_modules = ("torch", "coremltools")
     parity_reference_name = "pytorch fp32 checkpoint"
@@ -183,9 +184,8 @@ class MlpackageFromTorch(Builder):
         ref = self.reference
         ref_probs = np.exp(ref - ref.max(1, keepdims=True))
         ref_probs /= ref_probs.sum(1, keepdims=True)
-        stats = compare_logits(ref_probs, probs)
-        check_parity(stats, output="classLabel_probs", what=f"Core ML image input (scale {scale:.6g}, bias {bias}) vs the model's preprocessing",
-                     **TOLERANCES["fp32"])
+        stats = judge(ref_probs, probs, "fp32", output="classLabel_probs",
+                      what=f"Core ML image input (scale {scale:.6g}, bias {bias}) vs the model's preprocessing").raise_for().stats
         return stats
 
     def io_specs(self, precision: Precision):

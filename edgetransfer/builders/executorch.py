@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import FORMAT_FILES
 from ..errors import require
 from ..progress import log, task
 from ..types import Format, Precision
@@ -32,7 +33,7 @@ class PteFromTorch(Builder):
     extra = "executorch"
     backend_modules = ("executorch.exir", "executorch.runtime", "torchao")
     precisions = (Precision.FP32, Precision.INT8)
-    file_names = {Precision.FP32: "model.pte", Precision.INT8: "model.int8.pte"}
+    file_names = {Precision(k): v for k, v in FORMAT_FILES["pte"].items()}
     producer = "edgetransfer.builders.executorch"
     version_modules = ("torch", "executorch", "torchao")
 

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import atomic_write_text
-from ..errors import ConfigError, require
-from ..export.parity import compare_logits
+from ..bundle import OPERATOR_CONFIG, ort_file
+from ..errors import ArtifactError, ConfigError, require
+from ..progress import log
+from ..parity import compare_logits
 from ..types import Format, Precision
 from .base import BuildInputs, Builder, register_builder
 
-OPERATOR_CONFIG = "ort.required_operators.config"
 
 
 def ort_target_platform(arch: str) -> str:
@@ -57,10 +58,10 @@ class OrtFromOnnx(Builder):
     def file_name(cls, precision: Precision | str, source: Path | None = None) -> str:
         if source is None:
             raise ConfigError("OrtFromOnnx names its output after the source ONNX file; pass source")
-        return Path(source).with_suffix(".ort").name
+        return ort_file(Path(source).name)
 
     def reference_logits(self, x: np.ndarray) -> np.ndarray:
-        from ..export.onnx import onnx_logits
+        from ..runtime.ort import onnx_logits
 
         fp32 = self.source if self.source_precision == Precision.FP32 else self.source.parent / (self.parent.parent_file or "")
         if not fp32.is_file():
@@ -95,19 +96,36 @@ class OrtFromOnnx(Builder):
         details: dict[str, Any] = {"converter": "onnxruntime.tools.convert_onnx_models_to_ort", "optimization_style": "Fixed",
                                    "optimization_level": "all", "target_platform": platform, "source_precision": str(self.source_precision)}
         # the .ort file against the very ONNX file it came from, besides the fp32 parity
-        from ..export.onnx import onnx_logits
+        from ..runtime.ort import onnx_logits
 
         x = self.inputs.parity_x
         details["parity_vs_source_onnx"] = compare_logits(onnx_logits(self.source, x), onnx_logits(out, x)).to_dict()
         return details
 
     def candidate_logits(self, path: Path, x: np.ndarray) -> np.ndarray:
-        from ..export.onnx import onnx_logits
+        from ..runtime.ort import onnx_logits
 
         return onnx_logits(path, x)
 
     def io_specs(self, precision: Precision):
         return list(self.parent.inputs), list(self.parent.outputs)
+
+    @classmethod
+    def build_into_bundle(cls, bundle: Any, target: Any, inputs: BuildInputs) -> list:
+        """One ``.ort`` file per ONNX artifact of the bundle whose precision the target lists, each
+        registered, then the bundle's reduced-operator config (re)written for all of them.
+        Raises :class:`ArtifactError` when the bundle has no ONNX file."""
+        made = []
+        for a in bundle.registered(Format.ONNX):
+            if target.supports(a["precision"]):
+                m = cls(bundle.path(a["file"]), inputs).build()
+                bundle.register(m.file)
+                made.append(m)
+        if not made:
+            raise ArtifactError(f"format {cls.format} converts the bundle's ONNX files but there are none; run 'edgetransfer export' first")
+        cfg = write_operator_config(bundle.dir, [bundle.path(m.file) for m in made])
+        log(f"reduced-operator config for a minimal ONNX Runtime build: {cfg}")
+        return made
 
 
 def write_operator_config(directory: Path, ort_files: list[Path], enable_type_reduction: bool = False) -> Path:

@@ -33,11 +33,12 @@ import time
 from pathlib import Path
 
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
+from ..bundle import Bundle
 from ..errors import ArtifactError, TargetError, require
 from ..progress import log
 from ..runtime.tensorrt import DeviceFacts, check_engine_compatible, device_facts, engine_facts
 from ..targets import Target, parse_compute_capability, tensorrt_version_matches
-from ..types import Format, Precision, Runtime
+from ..types import Format
 from .tensorrt_plan import (BUILD_SCRIPT, CACHE_DIR, ONNX_FP16, ONNX_FP32, ONNX_INT8, PRECISION_CHOICES,  # noqa: F401
                             EngineBuildPlan, _details, engine_file, int8_onnx_problems, plan_engine_build,
                             strongly_typed_only, tensorrt_targets)
@@ -146,22 +147,14 @@ def build_engine(bundle: str | Path, target: Target, precision: str, *, dla_core
         target=target.name, preprocessing=parent.preprocessing, class_names=parent.class_names, inputs=parent.inputs,
         outputs=parent.outputs, producer="edgetransfer.builders.tensorrt", tool_versions=tool_versions("tensorrt", "polygraphy"),
         details=details))
-    from ..pipeline import register_artifact
-
-    if (bundle / "bundle.json").is_file():
-        register_artifact(bundle, out.name)
+    b = Bundle(bundle)
+    if b.exists:
+        b.register(out.name)
     log(f"{out.name}: {m.size_bytes / 2**20:.1f} MiB in {seconds:.1f} s")
     return m, False
 
 
 def planned_engines(bundle: Path, target: Target) -> list[tuple[str, str]]:
-    """``(engine file, precision)`` of the engines a TensorRT target's benchmark expects (one per
-    reduced precision it lists) that the bundle does not hold — each is reported as
-    ``not built on this host`` rather than measured."""
-    if Runtime.TENSORRT not in target.runtimes:
-        return []
-    out = []
-    for p in (Precision.FP16, Precision.INT8):
-        if target.supports(p) and not (Path(bundle) / engine_file(target, str(p))).is_file():
-            out.append((engine_file(target, str(p)), str(p)))
-    return out
+    """``(engine file, precision)`` of the engines a TensorRT target's benchmark expects that the
+    bundle does not hold (:meth:`edgetransfer.bundle.Bundle.planned_engines`)."""
+    return Bundle(bundle).planned_engines(target)

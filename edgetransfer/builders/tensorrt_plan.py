@@ -9,22 +9,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import Manifest, read_manifest
-from ..errors import ArtifactError, ConfigError, TargetError, require
+from ..artifacts import Manifest
+from ..bundle import BUILD_SCRIPT, ONNX_FP16, ONNX_FP32, ONNX_INT8, TRT_CACHE, Bundle  # noqa: F401
+from ..bundle import engine_file as _engine_file
+from ..errors import ArtifactError, ConfigError, TargetError
 from ..targets import Target, list_targets, load_target
 from ..types import Precision, Runtime
 
-ONNX_FP32 = "model.onnx"
-ONNX_FP16 = "model.fp16.onnx"
-ONNX_INT8 = "model.int8.qdq.onnx"
-BUILD_SCRIPT = "build_engine.sh"
-CACHE_DIR = ".trt-cache"
+CACHE_DIR = TRT_CACHE
 PRECISION_CHOICES = ("fp32", "fp16", "int8", "best")
 
 
 def engine_file(target: Target, label: str) -> str:
     """``model.<target>.<label>.engine`` (label: fp32 / fp16 / int8 / best)."""
-    return f"model.{target.name}.{label}.engine"
+    return _engine_file(target.name, label)
 
 
 def _version_floor(spec: str) -> str:
@@ -108,10 +106,7 @@ class EngineBuildPlan:
 
 
 def _bundle_file(bundle: Path, name: str, how: str) -> tuple[Path, Manifest]:
-    p = Path(bundle) / name
-    if not p.is_file():
-        raise ArtifactError(f"{bundle} has no {name}; {how}")
-    return p, read_manifest(p)  # sha256 must match before anything is built from it
+    return Bundle(bundle).require(name, how)  # sha256 must match before anything is built from it
 
 
 def tensorrt_targets() -> list[str]:
@@ -129,9 +124,9 @@ def int8_onnx_problems(bundle: Path, target: Target) -> list[str]:
     """Why the bundle's INT8 Q/DQ ONNX cannot be built for ``target`` (empty: it can).
 
     Reads the graph (zero-point types and values, dequantized types, opset) and checks it against
-    the target's quantization preset and TensorRT's rules (:mod:`edgetransfer.quantize.qdq`).
+    the target's quantization preset and TensorRT's rules (:mod:`edgetransfer.onnx_inspect`).
     """
-    from ..quantize.qdq import check_qdq_for_target
+    from ..onnx_inspect import check_qdq_for_target
 
     path = Path(bundle) / ONNX_INT8
     if not path.is_file():
@@ -141,11 +136,11 @@ def int8_onnx_problems(bundle: Path, target: Target) -> list[str]:
 
 def _onnx_opset(path: Path) -> int | None:
     try:
-        onnx = require("onnx", "tensorrt")
-    except Exception:
+        from ..onnx_inspect import file_opset
+
+        return file_opset(path)
+    except Exception:  # onnx not installed: the device's TensorRT parser judges the opset
         return None
-    m = onnx.load(str(path), load_external_data=False)
-    return max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=None)
 
 
 def plan_engine_build(bundle: str | Path, target: Target, precision: str, *, dla_core: int | None = None,

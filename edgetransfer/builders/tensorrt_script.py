@@ -46,15 +46,6 @@ tmp = engine + ".json.tmp"
 with open(tmp, "w") as f:
     json.dump(m, f, indent=2)
 os.replace(tmp, engine + ".json")
-if os.path.exists("bundle.json"):
-    with open("bundle.json") as f:
-        info = json.load(f)
-    arts = [a for a in info.get("artifacts", []) if a.get("file") != engine]
-    arts.append({"file": engine, "format": "engine", "precision": m["precision"], "sha256": m["sha256"]})
-    info["artifacts"] = arts
-    with open("bundle.json.tmp", "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace("bundle.json.tmp", "bundle.json")
 print("wrote %s and %s.json (TensorRT %s, compute capability %s, %s)" % (engine, engine, trt_version, cc, device))
 '''
 

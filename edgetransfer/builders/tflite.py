@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import FORMAT_FILES
 from ..errors import ConfigError, require
 from ..progress import task
 from ..types import Format, Precision
@@ -31,7 +32,7 @@ class TfliteFromTorch(Builder):
     extra = "litert"
     backend_modules = ("litert_torch", "ai_edge_litert.interpreter", "ai_edge_quantizer")
     precisions = (Precision.FP32, Precision.INT8)
-    file_names = {Precision.FP32: "model.tflite", Precision.INT8: "model.int8.tflite"}
+    file_names = {Precision(k): v for k, v in FORMAT_FILES["tflite"].items()}
     producer = "edgetransfer.builders.tflite"
     version_modules = ("torch", "litert_torch", "ai_edge_litert", "ai_edge_quantizer")
 
@@ -49,7 +50,7 @@ class TfliteFromTorch(Builder):
             with torch.no_grad():
                 edge = litert_torch.convert(model.eval(), (torch.zeros(1, 3, s, s),))
             with tempfile.TemporaryDirectory(prefix="edgetransfer-tflite-") as td:
-                p = Path(td) / "model.tflite"
+                p = Path(td) / "float.tflite"
                 edge.export(str(p))
                 self._float_bytes = p.read_bytes()
         return self._float_bytes

@@ -26,7 +26,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError
 
-DEFAULT_TARGET = "x86-cpu"
+from ..bundle import DEFAULT_TARGET  # noqa: E402  (the one place it is written)
 # the resolved options of `train` / `run`, written into the bundle (timm writes args.yaml beside its run)
 RESOLVED_CONFIG = "config.yaml"
 
@@ -184,9 +184,9 @@ EXPORT_HELP = {
     "dynamo": "the dynamo exporter first, the TorchScript exporter as a recorded fallback (no: TorchScript only)",
     "trace_batch": "batch size of the example input of the export (>= 2)",
     "simplify": "simplify with onnxslim (parity-checked against the unsimplified graph)",
-    "max_abs": "fp32 parity tolerance: max |logit diff| vs PyTorch (default: export/parity.py's)",
-    "mean_abs": "fp32 parity tolerance: mean |logit diff| vs PyTorch (default: export/parity.py's)",
-    "min_agreement": "fp32 parity tolerance: minimum top-1 agreement with PyTorch (default: export/parity.py's)",
+    "max_abs": "fp32 parity tolerance: max |logit diff| vs PyTorch (default: edgetransfer/parity.py's)",
+    "mean_abs": "fp32 parity tolerance: mean |logit diff| vs PyTorch (default: edgetransfer/parity.py's)",
+    "min_agreement": "fp32 parity tolerance: minimum top-1 agreement with PyTorch (default: edgetransfer/parity.py's)",
 }
 
 

@@ -58,7 +58,7 @@ def report(rep: dict[str, Any], as_json: bool) -> None:
 
 
 def devices_report(combined: dict[str, Any], out_dir: Path, as_json: bool) -> None:
-    from ..bench.report import print_devices_table
+    from ..remote.report import print_devices_table
 
     if as_json:
         print_json(combined)

@@ -8,7 +8,6 @@ dataclass fields.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,17 +20,10 @@ from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP,
 
 
 def target_for(bundle: Path, target: Optional[str]):
-    """The target named on the command line, else the one bundle.json records, else x86-cpu."""
-    from ..targets import load_target
+    """The one target rule (:meth:`edgetransfer.bundle.Bundle.resolve_target`)."""
+    from ..bundle import Bundle
 
-    if target:
-        return load_target(target)
-    bj = Path(bundle) / "bundle.json"
-    if bj.is_file():
-        name = json.loads(bj.read_text()).get("target")
-        if name:
-            return load_target(name)
-    return load_target(DEFAULT_TARGET)
+    return Bundle(Path(bundle)).resolve_target(target)
 
 
 @with_config(train_group, bench_group, export_group, save_to="out")

@@ -8,7 +8,7 @@ the inferred value_info stays in the file), saved as ONE file, checked with ``on
 (full check), verified to run at batch sizes 1, 3 and 8, optionally simplified with onnxslim
 (itself parity-checked against the unsimplified graph), and parity-checked against PyTorch on
 real validation images (max and mean |logit diff|, top-1 agreement; tolerances in
-:mod:`edgetransfer.export.parity`). Class names and preprocessing are written into the ONNX
+:mod:`edgetransfer.parity`). Class names and preprocessing are written into the ONNX
 ``metadata_props`` as JSON so a runtime holding only the .onnx knows how to feed it.
 """
 
@@ -27,7 +27,11 @@ from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, wri
 from ..errors import ConfigError, DataError, EdgeTransferError, require
 from ..progress import log, task
 from ..types import Format, Precision
-from .parity import check_parity, compare_logits, tolerance
+from ..parity import Tolerance, judge, tolerance
+
+from ..onnx_inspect import graph_opset  # noqa: E402
+from ..runtime.ort import onnx_logits  # noqa: E402,F401 (re-exported)
+from ..runtime.pytorch import torch_logits  # noqa: E402,F401 (re-exported)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -46,7 +50,7 @@ class ExportConfig:
     ``simplify``: run onnxslim on the exported graph; the simplified graph must match the
     unsimplified one within the fp32 tolerances, else :class:`ParityError`.
     ``max_abs`` / ``mean_abs`` / ``min_agreement``: fp32 parity tolerances vs PyTorch (logit units,
-    fraction); None = :data:`~edgetransfer.export.parity.TOLERANCES` ``["fp32"]``.
+    fraction); None = :data:`~edgetransfer.parity.TOLERANCES` ``["fp32"]``.
     """
 
     opset: int | None = None
@@ -80,11 +84,6 @@ def choose_opset(requested: int | None, opset_max: int) -> int:
     if requested is not None and requested > opset_max:
         raise ConfigError(f"opset {requested} exceeds the target's ceiling {opset_max}; pass --opset {opset_max} or lower")
     return requested or min(DEFAULT_OPSET, opset_max)
-
-
-def graph_opset(model) -> int:
-    """The default-domain (``ai.onnx``) opset a ModelProto imports."""
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _export(model, x, path: Path, opset: int, dynamo: bool) -> str:
@@ -192,21 +191,6 @@ def verify_dynamic_batch(path: Path, num_classes: int, input_size: int, batches=
             raise EdgeTransferError(f"{path.name}: batch {b} gave output shape {out.shape}, expected {(b, num_classes)}: the batch axis is not dynamic")
 
 
-def onnx_logits(path: Path, x: np.ndarray, batch: int = 32, **session_kw) -> np.ndarray:
-    from ..runtime.ort import make_session
-
-    sess = make_session(path, **session_kw)
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, 0))
-
-
-def torch_logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    torch = require("torch", "train")
-    model.eval()
-    with torch.inference_mode():
-        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
-
-
 def export_module(model, path: Path, *, input_size: int, class_names: list[str], preprocessing: dict[str, Any],
                   parity_x: np.ndarray, opset: int, cfg: ExportConfig = ExportConfig()) -> dict[str, Any]:
     """``OnnxFromTorch`` on an ``nn.Module``: write the checked fp32 ONNX file ``path``.
@@ -255,10 +239,9 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
                     _simplify(path, slim)
                 slim_graph = _finalise(slim, class_names, preprocessing, {**meta, "simplifier": "onnxslim"})
                 verify_dynamic_batch(slim, len(class_names), input_size)
-                s_stats = compare_logits(onnx_logits(path, parity_x), onnx_logits(slim, parity_x))
-                check_parity(s_stats, output=OUTPUT_NAME, what="onnxslim simplification", max_abs=tol["max_abs"],
-                             mean_abs=tol["mean_abs"], min_agreement=tol["min_agreement"],
-                             hint="onnxslim changed the model's outputs: export without --simplify, or report the model to onnxslim")
+                s_stats = judge(onnx_logits(path, parity_x), onnx_logits(slim, parity_x), Tolerance(**tol),
+                                what="onnxslim simplification", output=OUTPUT_NAME).raise_for(
+                    "onnxslim changed the model's outputs: export without --simplify, or report the model to onnxslim").stats
                 os.replace(slim, path)
             finally:
                 slim.unlink(missing_ok=True)
@@ -267,9 +250,8 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
                                      "parity_vs_unsimplified": s_stats.to_dict()}
             details["graph"] = slim_graph
         with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
-            stats = compare_logits(ref, onnx_logits(path, parity_x))
-        check_parity(stats, output=OUTPUT_NAME, what="ONNX export", max_abs=tol["max_abs"], mean_abs=tol["mean_abs"],
-                     min_agreement=tol["min_agreement"])
+            result = judge(ref, onnx_logits(path, parity_x), Tolerance(**tol), what="ONNX export", output=OUTPUT_NAME)
+        stats = result.raise_for().stats
     finally:
         model.train(was_training)
     log(f"ONNX parity vs PyTorch on {stats.num_samples} images: max |diff| {stats.max_abs:.2e}, "

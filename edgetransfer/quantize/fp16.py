@@ -31,7 +31,7 @@ import numpy as np
 
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
 from ..errors import DataError, require
-from ..export.parity import check_parity, compare_logits, tolerance
+from ..parity import Tolerance, judge, tolerance
 from ..progress import log
 from ..types import Format, Precision
 
@@ -102,7 +102,7 @@ def fp16_from_onnx(onnx_path: Path, out: Path, parity_x: np.ndarray, *, target: 
     require("onnxconverter_common", "export", "FP16 conversion")
     from onnxconverter_common import float16
 
-    from ..export.onnx import onnx_logits
+    from ..runtime.ort import onnx_logits
 
     if len(parity_x) == 0:
         raise DataError("the fp16 parity check needs at least one validation image; the validation split is empty")
@@ -124,10 +124,9 @@ def fp16_from_onnx(onnx_path: Path, out: Path, parity_x: np.ndarray, *, target: 
         onnx.checker.check_model(str(tmp), full_check=True)
         ref = onnx_logits(onnx_path, parity_x)
         cand = onnx_logits(tmp, parity_x)
-        stats = compare_logits(ref, cand)
-        check_parity(stats, output=parent.outputs[0]["name"] if parent.outputs else "logits", what="FP16 conversion",
-                     max_abs=tol["max_abs"], mean_abs=tol["mean_abs"], min_agreement=tol["min_agreement"],
-                     hint="keep more ops in fp32 (op_block_list) or use fp32 for this model")
+        stats = judge(ref, cand, Tolerance(**tol), what="FP16 conversion",
+                      output=parent.outputs[0]["name"] if parent.outputs else "logits").raise_for(
+            "keep more ops in fp32 (op_block_list) or use fp32 for this model").stats
     log(f"FP16 vs fp32 ONNX on {stats.num_samples} images: max |diff| {stats.max_abs:.2e}, mean {stats.mean_abs:.2e}, "
         f"agreement {stats.agreement:.4f}")
     details: dict[str, Any] = {

@@ -38,7 +38,8 @@ import numpy as np
 from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, write_manifest
 from ..data import PreprocessSpec, Sample, load_arrays
 from ..errors import ConfigError, DataError, EdgeTransferError, ParityError, require
-from ..export.parity import TOLERANCES, compare_logits
+from ..onnx_inspect import count_ops
+from ..parity import TOLERANCES, compare_logits
 from ..progress import log, task
 from ..targets import QuantizationPreset
 from ..types import Format, Precision, Status
@@ -233,8 +234,9 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
     beyond :data:`OPT_ON_OFF_TOLERANCE`.
     """
     require("onnxruntime.quantization", "export", "INT8 quantization")
-    from ..bench.benchmark import cpu_info
-    from ..export.onnx import graph_opset, onnx_logits
+    from ..host import cpu_info
+    from ..onnx_inspect import graph_opset
+    from ..runtime.ort import onnx_logits
     from .sensitivity import rank_units
 
     parent = read_manifest(onnx_path)
@@ -351,7 +353,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         opset = graph_opset(onnx.load(str(chosen["path"]), load_external_data=False))
         if opset_max is not None and opset > opset_max:
             raise ConfigError(f"the INT8 model has opset {opset}, above the target's ceiling {opset_max}; export at a lower opset")
-        from .qdq import check_qdq_for_target
+        from ..onnx_inspect import check_qdq_for_target
 
         problems = check_qdq_for_target(chosen["path"], preset, opset_max or opset)
         if problems:  # never an artifact that does not follow the preset it was made for
@@ -363,7 +365,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         a.pop("path", None)
         a.pop("_logits", None)
     details.update({
-        "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.quantize.qdq)",
+        "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.onnx_inspect)",
         "nodes_to_exclude": chosen["excluded_nodes"],
         "exclusions_added_for_ort": chosen.get("exclusions_added_for_ort", {}),
         "num_excluded_nodes": chosen["num_excluded_nodes"], "seconds": time.perf_counter() - t0,
@@ -405,13 +407,3 @@ def _copy_metadata(src: Path, dst: Path) -> None:
         if p.key not in have:
             d.metadata_props.add(key=p.key, value=p.value)
     onnx.save_model(d, str(dst), save_as_external_data=False)
-
-
-def count_ops(path: Path) -> dict[str, int]:
-    """Histogram of op types in an ONNX graph (e.g. QuantizeLinear/DequantizeLinear counts)."""
-    onnx = require("onnx", "export")
-    m = onnx.load(str(path), load_external_data=False)
-    counts: dict[str, int] = {}
-    for n in m.graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return dict(sorted(counts.items()))

@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..bench.benchmark import BenchSettings
+from ..bundle import DEVICES_DIR, REPORT_JSON, resolve_target_name
 from ..errors import EdgeTransferError, InventoryError, RemoteError, RemoteVersionError
 from ..progress import log
 from ..targets import Target, load_target
@@ -31,7 +32,7 @@ from .inventory import Device
 from .ssh import asyncssh, connect, error_reason, is_connection_lost, run, shell_join
 from .sync import BundlePlan, SendItem, TransferStats, plan_bundle, sync
 
-REPORT_DIR = "devices"
+REPORT_DIR = DEVICES_DIR
 PROBE_MARK = "@@edgetransfer:probe "
 DEVICE_EXTRA_MODULES = ("numpy", "PIL", "yaml", "typer", "rich", "onnxruntime")
 
@@ -189,8 +190,9 @@ async def _workdir(sftp, device: Device) -> str:
 
 
 def resolve_target(device: Device, override: str | None, bundle_info: dict[str, Any]) -> tuple[Target, str | None]:
-    """(target, local YAML path to send or None). Order: --target, the device's, the bundle's."""
-    name = override or device.target or bundle_info.get("target") or "x86-cpu"
+    """(target, local YAML path to send or None). Order: --target, the device's, then the bundle's
+    rule (bundle.json's target, else the default: :func:`edgetransfer.bundle.resolve_target_name`)."""
+    name = resolve_target_name(override or device.target, bundle_info.get("target"))
     try:
         tgt = load_target(name)
     except EdgeTransferError as exc:
@@ -238,7 +240,7 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                 sec["seconds"]["transfer"] = time.perf_counter() - t
                 say(stats.summary())
                 sec["stage"] = "benchmark"
-                report_path = posixpath.join(remote_dir, "report.json")
+                report_path = posixpath.join(remote_dir, REPORT_JSON)
                 if await sftp.exists(report_path):
                     await sftp.remove(report_path)
                 argv = benchmark_argv(device, workdir, remote_dir, remote_target, settings,
@@ -315,7 +317,7 @@ def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | N
         "devices": list(sections),
     }
     if write:
-        from ..bench.report import write_devices_report
+        from .report import write_devices_report
 
         write_devices_report(combined, Path(report_dir) if report_dir else bundle / REPORT_DIR)
     return combined

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts import read_manifest, sha256_file
-from ..bench.benchmark import BUNDLE_FILE, discover_artifacts, load_validation, subsample
+from ..bundle import BUNDLE_FILE, Bundle, subsample
 from ..data import scan_image_folder
-from ..errors import ArtifactError, RemoteError, TransferError
+from ..errors import RemoteError, TransferError
 from .inventory import Device
 from .ssh import asyncssh, error_reason, is_connection_lost, run, shell_join
 
@@ -91,12 +91,9 @@ def plan_bundle(bundle: Path, data: Path | None = None, max_samples: int | None 
 
     Raises :class:`ArtifactError` when an artifact does not match its manifest (it is not sent)
     and :class:`DataError` when the validation images are not on this machine."""
-    bundle = Path(bundle)
-    bj = bundle / BUNDLE_FILE
-    if not bj.is_file():
-        raise ArtifactError(f"{bundle} is not an edgetransfer bundle (no {BUNDLE_FILE}); create one with 'edgetransfer run'")
-    info = json.loads(bj.read_text())
-    arts = discover_artifacts(bundle)
+    b = Bundle.open(bundle)
+    bundle, info = b.dir, b.info
+    arts = b.artifacts()
     items: list[SendItem] = []
     for p, _ in arts:
         m = read_manifest(p, verify=True)  # a corrupted local artifact is an error here, not on the board
@@ -116,7 +113,7 @@ def plan_bundle(bundle: Path, data: Path | None = None, max_samples: int | None 
             items.append(SendItem(rel, sha256_file(s.path), Path(s.path).stat().st_size, local=Path(s.path)))
         n = len(folder.samples)
     else:
-        folder, _ = load_validation(bundle, class_names, None)
+        folder, _ = b.validation(class_names, None)
         samples = subsample(folder.samples, max_samples)
         for i, s in enumerate(samples):
             rel = f"val/{i:06d}-{safe_name(Path(s.path).name)}"

@@ -66,6 +66,14 @@ def make_session(path, threads: int = 0, providers: list[Any] | None = None, opt
     return ort.InferenceSession(str(path), sess_options=so, providers=chain)
 
 
+def onnx_logits(path: Path, x: np.ndarray, batch: int = 32, **session_kw) -> np.ndarray:
+    """Logits float32 (N, C) of the ONNX model at ``path`` on ``x`` float32 (N, 3, S, S), in batches
+    of ``batch`` (``session_kw``: :func:`make_session`'s threads / providers / optimize)."""
+    sess = make_session(path, **session_kw)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]) if len(x) else np.zeros((0, 0))
+
+
 @register_runner(Format.ONNX, Runtime.ONNXRUNTIME)
 class OnnxRuntimeRunner(Runner):
     """``options``: ``providers`` (names or ``(name, options)`` pairs, priority order),

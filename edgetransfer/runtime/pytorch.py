@@ -14,6 +14,14 @@ from ..types import Format, Runtime
 from .base import Runner, register_runner
 
 
+def torch_logits(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Logits (N, C) of the ``nn.Module`` ``model`` (put in eval mode) on ``x`` float32 (N, 3, S, S)."""
+    torch = require("torch", "train")
+    model.eval()
+    with torch.inference_mode():
+        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
+
+
 @register_runner(Format.CHECKPOINT, Runtime.TORCH)
 class TorchRunner(Runner):
     backend_module = "torch"

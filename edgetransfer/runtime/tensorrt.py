@@ -14,7 +14,6 @@ imported when a runner is activated.
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import re
@@ -27,12 +26,10 @@ import numpy as np
 from ..artifacts import Manifest, read_manifest
 from ..errors import ArtifactError, ConfigError, EngineMismatchError, require
 from ..types import Format, Runtime, Status
+from ..host import cuda_device, installed_tensorrt_version, jetson_board  # noqa: F401 (re-exported)
 from .base import Runner, RunnerUnavailable, register_runner
 
 NOT_BUILT_HERE = "not built on this host"
-# cuda.h, CUdevice_attribute
-_CU_ATTR_CC_MAJOR = 75
-_CU_ATTR_CC_MINOR = 76
 
 
 @dataclass(frozen=True)
@@ -55,53 +52,6 @@ class DeviceFacts:
     def describe(self) -> str:
         where = f"{self.name}" + (f" / {self.board}" if self.board else "")
         return f"TensorRT {self.tensorrt_version or '(not installed)'}, compute capability {self.compute_capability} ({where})"
-
-
-def cuda_device(index: int = 0) -> tuple[str, str] | None:
-    """``(name, "major.minor")`` of CUDA device ``index`` through the driver API (``libcuda``), or
-    None when there is no NVIDIA driver or no such device. Imports no Python GPU package."""
-    try:
-        lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-    try:
-        if lib.cuInit(0) != 0:
-            return None
-        count = ctypes.c_int(0)
-        if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= index:
-            return None
-        dev = ctypes.c_int(0)
-        if lib.cuDeviceGet(ctypes.byref(dev), index) != 0:
-            return None
-        name = ctypes.create_string_buffer(256)
-        lib.cuDeviceGetName(name, 256, dev)
-        major, minor = ctypes.c_int(0), ctypes.c_int(0)
-        lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_ATTR_CC_MAJOR, dev)
-        lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_ATTR_CC_MINOR, dev)
-    except AttributeError:  # not a CUDA driver library
-        return None
-    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
-
-
-def jetson_board() -> str | None:
-    """The module name from the device tree (``/proc/device-tree/model``) on a Jetson, else None."""
-    try:
-        text = Path("/proc/device-tree/model").read_bytes().decode(errors="replace").strip("\x00 \n")
-    except OSError:
-        return None
-    return text or None
-
-
-def installed_tensorrt_version() -> str | None:
-    """``tensorrt.__version__`` when TensorRT's Python bindings import, else None."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    try:
-        import tensorrt  # noqa: PLC0415 - lazy on purpose
-
-        return str(tensorrt.__version__)
-    except Exception:  # a broken install (missing libnvinfer) counts as absent
-        return None
 
 
 def device_facts(index: int = 0) -> DeviceFacts:

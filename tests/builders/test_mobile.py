@@ -14,8 +14,10 @@ from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.builders import get_builder
 from edgetransfer.builders.ort_mobile import OPERATOR_CONFIG, operator_config_ops
 from edgetransfer.data import PreprocessSpec
-from edgetransfer.export.onnx import onnx_logits, torch_logits
-from edgetransfer.pipeline import parity_arrays, read_bundle, stage_build, stage_export, stage_quantize, stage_train
+from edgetransfer.runtime.ort import onnx_logits
+from edgetransfer.runtime.pytorch import torch_logits
+from edgetransfer.bundle import Bundle
+from edgetransfer.pipeline import stage_build, stage_export, stage_quantize, stage_train
 from edgetransfer.runtime import get_runner_class
 from edgetransfer.targets import load_target
 from edgetransfer.checkpoint import load_checkpoint
@@ -47,7 +49,7 @@ def bees(hymenoptera, tmp_path_factory):
 @pytest.fixture(scope="module")
 def val(bees):
     ck = read_manifest(bees / "model.pt")
-    return parity_arrays(read_bundle(bees), PreprocessSpec.from_dict(ck.preprocessing))
+    return Bundle.open(bees).parity_arrays(PreprocessSpec.from_dict(ck.preprocessing))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def _common_manifest_checks(bees, m, parent: str):
     assert m.class_names == ck.class_names == ["ants", "bees"]
     assert m.preprocessing == ck.preprocessing
     assert m.details["parity"]["num_samples"] == 153
-    assert any(a["file"] == m.file for a in read_bundle(bees)["artifacts"])
+    assert any(a["file"] == m.file for a in Bundle.open(bees).registered())
 
 
 def _held(m, fp32: bool):
@@ -116,7 +118,7 @@ def test_litert(bees, val, reference):
     _held(int8, False)
     assert int8.details["full_integer"] and int8.details["io_quantization"]["input"]["dtype"] == "int8"
     assert int8.details["num_calibration_images"] == 128
-    train = {f for f, _ in read_bundle(bees)["dataset"]["train_files"]}
+    train = {f for f, _ in Bundle.open(bees).info["dataset"]["train_files"]}
     assert set(int8.details["calibration_images"]) <= train  # calibration never sees validation images
     assert int8.size_bytes < 0.4 * fp32.size_bytes
     cls = get_runner_class("tflite", "litert")

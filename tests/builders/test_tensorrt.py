@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from ..fixtures.bundles import bundles_with_presets, make_bundle, tiny_onnx
 from edgetransfer.artifacts import read_manifest, write_manifest
+from edgetransfer.bundle import Bundle
 from edgetransfer.builders.tensorrt import (BUILD_SCRIPT, engine_is_current, plan_engine_build, write_build_script)
 from edgetransfer.cli import app
 from edgetransfer.errors import ArtifactError, ConfigError, EdgeTransferError, EngineMismatchError, TargetError
@@ -186,7 +187,9 @@ def test_build_script_builds_with_trtexec_and_writes_the_manifest(trt_bundle, fa
     assert (t["version"], t["compute_capability"], t["device_name"]) == ("10.3.0", "8.7", "Orin")
     assert t["profile"] == plan.profile and t["builder_flags"] == ["int8"] and m.class_names == ["a", "b"]
     assert t["timing_cache"] == plan.timing_cache and "sm87" in t["timing_cache"]
-    assert plan.engine in [a["file"] for a in json.loads((trt_bundle / "bundle.json").read_text())["artifacts"]]
+    # the script never edits bundle.json: the bundle finds the engine through its manifest
+    assert plan.engine not in [a["file"] for a in json.loads((trt_bundle / "bundle.json").read_text())["artifacts"]]
+    assert plan.engine in [p.name for p, _ in Bundle(trt_bundle).artifacts()]
     # this engine passes the device check on the same TensorRT release and GPU, and only there
     check_engine_compatible(m, DeviceFacts("Orin", "8.7", "10.3.0.30"))
     with pytest.raises(EngineMismatchError):

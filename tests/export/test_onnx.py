@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not
 from edgetransfer.errors import ConfigError, EdgeTransferError, ParityError  # noqa: E402
 from edgetransfer.export import onnx as ex  # noqa: E402
 from edgetransfer.export.onnx import ExportConfig, choose_opset, export_module, graph_opset, onnx_logits  # noqa: E402
-from edgetransfer.export.parity import ParityStats, check_parity  # noqa: E402
+from edgetransfer.parity import ParityStats, check_parity  # noqa: E402
 
 SIZE = 16
 PRE = {"input_size": SIZE, "resize_size": SIZE, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3,

@@ -18,7 +18,7 @@ from ..fixtures.onnx_models import SPEC, mlp_model, sensitive_model, write_bundl
 from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, TargetError  # noqa: E402
 from edgetransfer.quantize.calibration import CalibrationRecipe, cached_ranges, compute_ranges  # noqa: E402
-from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations  # noqa: E402
+from edgetransfer.onnx_inspect import inspect_qdq, tensorrt_violations  # noqa: E402
 from edgetransfer.quantize.int8 import (  # noqa: E402
     AccuracyBudget, count_ops, op_types_to_quantize, preprocess, qdq_int8_from_onnx,
 )
@@ -127,7 +127,7 @@ def test_budget_exceeded_is_reported_and_never_an_fp32_model_with_an_int8_name(d
 
 def test_cli_quantize_exits_3_over_budget_and_0_within(data, tmp_path, capsys):
     from edgetransfer.cli import main
-    from edgetransfer.pipeline import read_bundle
+    from edgetransfer.bundle import Bundle
 
     bundle = write_bundle(sensitive_model(), tmp_path / "b", data["train"], data["val"])
     recipe = tmp_path / "r.yaml"
@@ -138,7 +138,7 @@ def test_cli_quantize_exits_3_over_budget_and_0_within(data, tmp_path, capsys):
     assert e.value.code == 3
     man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
     assert man["details"]["status"] == "budget_exceeded"
-    assert "model.int8.qdq.onnx" in [a["file"] for a in read_bundle(bundle)["artifacts"]]  # registered, flagged
+    assert "model.int8.qdq.onnx" in [a["file"] for a in Bundle.open(bundle).registered()]  # registered, flagged
     assert "exceeds the budget" in capsys.readouterr().err
     main_with(main, argv)  # default --max-steps 8: the loop meets the budget, exit 0
     man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())

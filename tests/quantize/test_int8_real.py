@@ -10,21 +10,22 @@ import pytest
 
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.data import PreprocessSpec, load_arrays
-from edgetransfer.pipeline import _folder_from_bundle, quantization_preset, read_bundle
+from edgetransfer.bundle import Bundle
+from edgetransfer.pipeline import quantization_preset
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set
 from edgetransfer.quantize.int8 import qdq_int8_from_onnx
-from edgetransfer.quantize.qdq import inspect_qdq, tensorrt_violations
+from edgetransfer.onnx_inspect import inspect_qdq, tensorrt_violations
 from edgetransfer.targets import load_target
 
 
 @pytest.fixture(scope="module")
 def real(bees_bundle):
     out, _ = bees_bundle
-    info = read_bundle(out)
+    b = Bundle.open(out)
     spec = PreprocessSpec.from_dict(read_manifest(out / "model.onnx").preprocessing)
-    vx, vy = load_arrays(_folder_from_bundle(info, "val_files").samples, spec)
+    vx, vy = load_arrays(b.folder("val").samples, spec)
     recipe = dataclasses.replace(load_recipe("default"), num_samples=32)  # 32 images keep it quick
-    cx, _ = load_arrays(select_calibration_set(_folder_from_bundle(info, "train_files"), recipe), spec)
+    cx, _ = load_arrays(select_calibration_set(b.folder("train"), recipe), spec)
     return {"bundle": out, "vx": vx, "vy": vy, "cx": cx, "recipe": recipe, "target": load_target("x86-cpu")}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ..fixtures.bundles import bundles_with_presets
-from edgetransfer.quantize.qdq import check_qdq_for_target, inspect_qdq, tensorrt_violations
+from edgetransfer.onnx_inspect import check_qdq_for_target, inspect_qdq, tensorrt_violations
 from edgetransfer.targets import load_target
 
 pytest.importorskip("onnxruntime.quantization")

@@ -1,4 +1,6 @@
-"""Read what a Q/DQ ONNX file actually contains, and check it against a quantization preset.
+"""Read what an ONNX file contains: op counts, opset, and what its Q/DQ nodes use, checked against
+a quantization preset. Used by quantize (node counts, the preset check of what it wrote), builders
+(TensorRT's INT8 and opset checks) and export (the opset it wrote); imports ``onnx`` lazily.
 
 A bundle's ``model.int8.qdq.onnx`` may have been made for another target (x86 CPUs run unsigned,
 asymmetric activations fastest; TensorRT consumes only signed, symmetric INT8). The check reads
@@ -21,8 +23,29 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import require
-from ..targets import QuantizationPreset
+from .errors import require
+from .targets import QuantizationPreset
+
+def graph_opset(model) -> int:
+    """The default-domain (``ai.onnx``) opset a ModelProto imports (0 when it imports none)."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def file_opset(path: str | Path) -> int:
+    """The default-domain opset of the ONNX file at ``path`` (weights not loaded)."""
+    onnx = require("onnx", "export")
+    return graph_opset(onnx.load(str(path), load_external_data=False))
+
+
+def count_ops(path: str | Path) -> dict[str, int]:
+    """Histogram of op types in an ONNX graph (e.g. QuantizeLinear/DequantizeLinear counts), sorted by name."""
+    onnx = require("onnx", "export")
+    m = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in m.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
 
 _INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd",
                 "QLinearMul", "QLinearGlobalAveragePool", "QLinearSigmoid", "QLinearLeakyRelu", "QGemm"}
