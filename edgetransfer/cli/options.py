@@ -27,8 +27,7 @@ from rich.markup import escape
 from ..errors import ConfigError
 
 from ..bundle import DEFAULT_TARGET  # noqa: E402  (the one place it is written)
-# the resolved options of `train` / `run`, written into the bundle (timm writes args.yaml beside its run)
-RESOLVED_CONFIG = "config.yaml"
+from ..bundle import RESOLVED_CONFIG  # noqa: E402
 
 
 # -- options that are no dataclass field (one definition each) --------------------------------------

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bundle import CHECKPOINT as MODEL_FILE
 from ..checkpoint import save_checkpoint
 from ..data import ImageFolder
 from ..errors import ConfigError, DataError, TrainingError
@@ -48,7 +49,6 @@ from .loop import NonFiniteLoss, epoch_indices, evaluate, image_batches, model_f
 from .optim import make_loss, param_groups, warmup_cosine
 from .state import LAST_CHECKPOINT, RunState, load_state, restore, save_state, write_metrics
 
-MODEL_FILE = "model.pt"
 EVAL_FEATURE_BATCH = 512  # validation batches on cached features (the head alone: large batches are cheap)
 
 

@@ -14,14 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import atomic_write_json, atomic_write_text
+from ..bundle import LAST_CHECKPOINT, METRICS_CSV, METRICS_JSON  # noqa: F401  (LAST_CHECKPOINT: re-exported)
 from ..checkpoint import load_torch, save_torch
 from ..errors import TrainingError
 from .config import RESUME_IGNORED, TrainConfig
 from .device import _torch
 
-LAST_CHECKPOINT = "last.pt"
-METRICS_CSV = "metrics.csv"
-METRICS_JSON = "metrics.json"
 STATE_FORMAT = "edgetransfer-train-state"
 METRICS_COLUMNS = ["phase", "epoch", "train_loss", "val_loss", "val_top1", "lr", "seconds", "images_per_s"]
 
