@@ -605,7 +605,9 @@ def devices_check(
                  ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")]
     else:
         rows.append(("edgetransfer", f"ERROR: {res['version_error']}"))
-    rts = [f"{m} {v}" for m, v in mods.items() if m in ("onnxruntime", "tensorrt", "openvino", "torch") and v]
+    from .runtime import probe_modules
+
+    rts = [f"{m} {v}" for m, v in mods.items() if m in set(probe_modules().values()) and v]
     rows.append(("runtimes", ", ".join(rts) or "none"))
     if rem.get("onnxruntime_providers"):
         rows.append(("ORT providers", ", ".join(rem["onnxruntime_providers"])))
