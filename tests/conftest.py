@@ -1,18 +1,24 @@
-"""Shared fixtures: real data paths (skipped cleanly when absent), tiny ImageFolders, tiny models."""
+"""Every shared pytest fixture, in one place; what they build comes from :mod:`tests.fixtures`.
+
+Real data (skipped cleanly when absent): ``hymenoptera``, ``bees_bundle``. Tiny inputs:
+``tiny_folder`` (a/b ImageFolder), ``tiny_data`` (red/green/blue train/val), ``tiny_bundle`` (a
+complete bundle from the real pipeline, session-scoped, read-only) and ``bundle_copy`` (a private
+copy to alter).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("EDGETRANSFER_QUIET", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-HYMENOPTERA = Path(os.environ.get("EDGETRANSFER_HYMENOPTERA", REPO.parent / "shared" / "data" / "hymenoptera"))
+from .fixtures import HYMENOPTERA, REPO  # noqa: E402,F401  (REPO: re-exported for tests)
+from .fixtures.bundles import COLOUR_CLASSES, pipeline_bundle  # noqa: E402
+from .fixtures.images import colour_folder, make_image_folder  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +43,31 @@ def bees_bundle(hymenoptera, tmp_path_factory):
     return out, report
 
 
-def make_image_folder(root: Path, classes=("a", "b"), per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
-    """Write root/<class>/<i>.png with class-dependent colour so a model can separate them."""
-    rng = np.random.default_rng(seed)
-    for ci, c in enumerate(classes):
-        d = root / c
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            base = np.zeros((size, size, 3), np.float32)
-            base[..., ci % 3] = 200
-            arr = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(d / f"{i}.png")
-    return root
-
-
 @pytest.fixture
 def tiny_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """data/{train,val}/{red,green,blue}/*.jpg"""
+    data = tmp_path_factory.mktemp("data")
+    colour_folder(data / "train", COLOUR_CLASSES, per_class=8, fmt="jpg", seed=0)
+    colour_folder(data / "val", COLOUR_CLASSES, per_class=4, fmt="jpg", seed=1)
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_data) -> Path:
+    """A complete bundle (model.pt, model.onnx, model.int8.qdq.onnx, golden/, report.json/.md/.png),
+    :func:`tests.fixtures.bundles.pipeline_bundle`. Read-only for the tests: those that alter it use
+    ``bundle_copy``."""
+    return pipeline_bundle(tmp_path_factory.mktemp("bundle"), tiny_data)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A private copy of the session bundle (for tests that alter artifacts or rewrite reports)."""
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    return dst

@@ -15,7 +15,7 @@ import edgetransfer as et  # noqa: E402
 from edgetransfer.errors import ConfigError  # noqa: E402
 
 from .conftest import make_image_folder  # noqa: E402
-from .tiny_models import cli  # noqa: E402
+from .fixtures.cli import cli  # noqa: E402
 
 TINY = dict(model="timm:resnet10t", pretrained=False, input_size=32, epochs=3, batch_size=4, lr=1e-2, seed=3)
 

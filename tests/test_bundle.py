@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from .tiny_bundle import CLASSES, make_bundle
+from .fixtures.bundles import CLASSES, make_bundle
 from edgetransfer.artifacts import atomic_write_json
 from edgetransfer.bundle import DEFAULT_TARGET, Bundle, engine_file, resolve_target_name
 from edgetransfer.errors import ArtifactError, DataError

@@ -8,7 +8,7 @@ from edgetransfer.data import (PreprocessSpec, preprocess_file, resolve_splits, 
                                stratified_split)
 from edgetransfer.errors import DataError
 
-from .conftest import make_image_folder
+from .fixtures.images import make_image_folder
 
 
 def test_gif_png_and_jpeg_are_all_used(tmp_path):

@@ -30,17 +30,9 @@ STAGES = ("export", "quantize", "builders", "bench")
 STAGE_FORBIDDEN = set(STAGES) | {"train", "pipeline", "remote"}
 PIPELINE_USERS = {"cli", "api", "pipeline"}
 
-# TODO(issue 12, helper 12b): train.py and cli.py become the train/ and cli/ packages on branch
-# issue-12-train-cli (checkpoint.py takes load_checkpoint out of train). Until that lands:
-#  - these two modules may be long and spell bundle file names;
-#  - load_checkpoint is imported from train by the modules that load a checkpoint.
-ALLOW_LONG = {"edgetransfer/train.py", "edgetransfer/cli.py"}
-ALLOW_NAMES = {"edgetransfer/train.py", "edgetransfer/cli.py"}
-ALLOW_EDGES = {  # (importing component, imported component, imported names)
-    ("export", "train", ("load_checkpoint",)),
-    ("builders", "train", ("load_checkpoint",)),
-    ("runtime", "train", ("load_checkpoint",)),
-}
+ALLOW_LONG: set[str] = set()  # relative paths of modules allowed over MAX_LINES (none)
+ALLOW_NAMES: set[str] = set()  # modules allowed to spell bundle file names besides bundle.py (none)
+ALLOW_EDGES: set[tuple[str, str, tuple[str, ...]]] = set()  # (component, imported component, names) exceptions (none)
 
 
 def bundle_names(root: Path) -> set[str]:

@@ -10,7 +10,7 @@ import torch
 
 from edgetransfer.artifacts import read_manifest, sha256_file
 
-from .conftest import make_image_folder
+from .fixtures.images import make_image_folder
 
 # bees_bundle (the main job on hymenoptera) lives in conftest.py: test_quantize_real.py shares it.
 

@@ -144,8 +144,8 @@ class Builder(ABC):
 
     def reference_logits(self, x: np.ndarray) -> np.ndarray:
         """Logits float32 (N, C) of the fp32 model the artifact is held against."""
+        from ..checkpoint import load_checkpoint
         from ..runtime.pytorch import torch_logits
-        from ..train import load_checkpoint
 
         model, _ = load_checkpoint(self.source)
         return torch_logits(model, x)

@@ -101,7 +101,7 @@ class MlpackageFromTorch(Builder):
         """The ExportedProgram (folded affine + model + softmax) given to coremltools; built once."""
         if self._program is None:
             torch = require("torch", "train")
-            from ..train import load_checkpoint
+            from ..checkpoint import load_checkpoint
 
             model, _ = load_checkpoint(self.source)
             _, _, mul, add = self._affine()

@@ -55,7 +55,7 @@ class PteFromTorch(Builder):
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
 
-        from ..train import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(self.source)
         model.eval()

@@ -43,7 +43,7 @@ class TfliteFromTorch(Builder):
         if self._float_bytes is None:
             torch = require("torch", "train")
             litert_torch = require("litert_torch", self.extra, "LiteRT conversion")
-            from ..train import load_checkpoint
+            from ..checkpoint import load_checkpoint
 
             model, _ = load_checkpoint(self.source)
             s = self.spec.input_size

@@ -270,7 +270,7 @@ def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_
     Raises :class:`ParityError` beyond tolerance, :class:`ConfigError` for an opset above the
     ceiling; ``out`` is only created (atomically) when every check passed.
     """
-    from ..train import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     parent = read_manifest(checkpoint)
     opset = choose_opset(cfg.opset, opset_max)

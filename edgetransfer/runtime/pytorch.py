@@ -29,7 +29,7 @@ class TorchRunner(Runner):
 
     def activate(self) -> None:
         torch = require("torch", "train", "the PyTorch runner")
-        from ..train import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         self._torch = torch
         self._prev_threads = torch.get_num_threads()

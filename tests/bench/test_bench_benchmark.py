@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from .conftest import FAST
-from ..tiny_models import cli, colour_folder, write_colour_onnx
+from ..fixtures.bundles import FAST
+from ..fixtures.cli import cli
+from ..fixtures.images import colour_folder
+from ..fixtures.colour import write_colour_onnx
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.bench.report import SCHEMA_VERSION, validate_report
 from edgetransfer.data import scan_image_folder

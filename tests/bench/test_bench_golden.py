@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from ..tiny_models import cli
+from ..fixtures.cli import cli
 from edgetransfer.artifacts import Manifest, manifest_path, write_manifest
 from edgetransfer.bench.golden import GOLDEN_DIR, GOLDEN_FILE, read_golden, select_golden, selftest
 from edgetransfer.errors import ArtifactError

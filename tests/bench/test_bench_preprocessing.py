@@ -1,6 +1,6 @@
 """Preprocessing parity: every stage feeds a model the same tensors for the same image.
 
-Captured where each stage hands them to a model: training evaluation (``train.evaluate_model``),
+Captured where each stage hands them to a model: training evaluation (``train.evaluate`` on ``train.image_batches``, what every epoch runs),
 INT8 calibration (``quantize.int8._Reader``), the benchmark's accuracy pass and its end-to-end
 path (JPEG bytes -> ``ImageClassifier``), and the golden self-test (``bench.golden.read_golden``).
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ..tiny_models import colour_folder, write_colour_onnx
+from ..fixtures.images import colour_folder
+
+from ..fixtures.colour import write_colour_onnx
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.bench.e2e import ImageClassifier
@@ -26,7 +28,7 @@ CLASSES = ("red", "green", "blue")
 
 def test_every_stage_feeds_identical_tensors(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    from edgetransfer.train import evaluate_model
+    from edgetransfer.train import evaluate, image_batches
 
     onnx_path = write_colour_onnx(tmp_path / "b", CLASSES, input_size=24, resize_size=28, interpolation="bicubic")
     val = colour_folder(tmp_path / "val", CLASSES, per_class=3, size=37, fmt="jpg")  # odd size: resize + crop both act
@@ -42,7 +44,7 @@ def test_every_stage_feeds_identical_tensors(tmp_path, monkeypatch):
             seen.append(x.numpy().copy())
             return torch.zeros(len(x), len(CLASSES))
 
-    evaluate_model(Recorder(), folder, spec, 4, "cpu")
+    evaluate(Recorder(), torch.nn.CrossEntropyLoss(), image_batches(folder.samples, spec, 4, "cpu"), "cpu")
     reference = np.concatenate(seen)
     assert reference.shape == (n, 3, 24, 24) and reference.dtype == np.float32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ..tiny_models import write_colour_onnx
+from ..fixtures.colour import write_colour_onnx
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.errors import ConfigError, TargetError
 from edgetransfer.runtime import get_runner_class, registered, runtimes_for

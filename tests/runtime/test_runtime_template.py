@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from ..tiny_models import cli, colour_folder, write_colour_onnx
+from ..fixtures.cli import cli
+from ..fixtures.colour import write_colour_onnx
+from ..fixtures.images import colour_folder
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.errors import ConfigError, TargetError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .tiny_bundle import bundles_with_presets
+from ..fixtures.bundles import bundles_with_presets
 from edgetransfer.onnx_inspect import check_qdq_for_target, inspect_qdq, tensorrt_violations
 from edgetransfer.targets import load_target
 

@@ -20,7 +20,8 @@ from edgetransfer.bundle import Bundle
 from edgetransfer.pipeline import stage_build, stage_export, stage_quantize, stage_train
 from edgetransfer.runtime import get_runner_class
 from edgetransfer.targets import load_target
-from edgetransfer.train import TrainConfig, load_checkpoint
+from edgetransfer.checkpoint import load_checkpoint
+from edgetransfer.train import TrainConfig
 
 pytestmark = pytest.mark.slow
 

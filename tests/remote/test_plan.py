@@ -18,7 +18,7 @@ from edgetransfer.remote.inventory import Device
 from edgetransfer.remote.ssh import shell_join
 from edgetransfer.remote.sync import parse_sha256sum, part_name, plan_bundle, safe_name
 
-from .conftest import make_image_folder
+from ..fixtures.images import make_image_folder
 
 
 @pytest.fixture

@@ -15,11 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from .conftest import make_image_folder  # noqa: E402
-from edgetransfer import train as T  # noqa: E402
+from ..fixtures.images import make_image_folder  # noqa: E402
 from edgetransfer.data import resolve_splits, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, DataError, TrainingError  # noqa: E402
-from edgetransfer.train import TrainConfig, amp_dtype, epoch_indices, load_checkpoint, make_loss, train  # noqa: E402
+from edgetransfer.checkpoint import load_checkpoint  # noqa: E402
+from edgetransfer.train import TrainConfig, amp_dtype, epoch_indices, evaluate, image_batches, make_loss, train  # noqa: E402
+from edgetransfer.train import fit as F  # noqa: E402
+from edgetransfer.train.loop import Evaluation  # noqa: E402
 
 TINY = TrainConfig(model="timm:resnet10t", pretrained=False, input_size=32, epochs=2, batch_size=4, lr=1e-2, seed=3)
 
@@ -113,18 +115,18 @@ def test_resume_equals_uninterrupted_run(splits, tmp_path, monkeypatch, stop_at)
     full = train(tr, va, tmp_path / "full", cfg)
     assert [h["phase"] for h in full.history] == ["head", "head", "finetune", "finetune"]
 
-    original = T._Run.save_last
+    original = F.save_last
 
-    def interrupt(self, p, opt, sched):
-        original(self, p, opt, sched)
-        if (self.state.phase, self.state.epoch) == stop_at:
+    def interrupt(run, p, opt, sched):
+        original(run, p, opt, sched)
+        if (run.state.phase, run.state.epoch) == stop_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(T._Run, "save_last", interrupt)
+    monkeypatch.setattr(F, "save_last", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(tr, va, tmp_path / "cut", cfg)
     assert not (tmp_path / "cut" / "model.pt").exists() and (tmp_path / "cut" / "last.pt").is_file()
-    monkeypatch.setattr(T._Run, "save_last", original)
+    monkeypatch.setattr(F, "save_last", original)
     with pytest.raises(TrainingError, match="different settings.*epochs"):
         train(tr, va, tmp_path / "cut", replace(cfg, resume=True, epochs=3))
     resumed = train(tr, va, tmp_path / "cut", replace(cfg, resume=True))
@@ -144,8 +146,8 @@ def test_finetune_never_returns_a_worse_model(splits, tmp_path):
     assert len(ft) == 2 and res.best_val_top1 == max(h["val_top1"] for h in res.history)
     assert res.best_val_top1 >= max(h["val_top1"] for h in head)
     model, ck = load_checkpoint(res.checkpoint)
-    acc = T.evaluate_model(model, va, res.info.preprocessing, 8, "cpu")
-    assert acc == pytest.approx(res.best_val_top1)
+    ev = evaluate(model, torch.nn.CrossEntropyLoss(), image_batches(va.samples, res.info.preprocessing, 8, "cpu"), "cpu")
+    assert ev.count == len(va) and ev.top1 == pytest.approx(res.best_val_top1)
     assert ck["metrics"]["best_phase"] == res.best_phase
 
 
@@ -165,7 +167,7 @@ def test_trainable_blocks_train_exactly_those_stages(splits, tmp_path):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path, monkeypatch):
     tr, va = splits
-    real = T.make_loss
+    real = F.make_loss
     calls = {"n": 0}
 
     def poisoned(cfg, counts, device):
@@ -177,7 +179,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path, mon
             return v * float("nan") if calls["n"] > 3 else v  # 2 steps per epoch: NaN at epoch 2, step 1
         return loss
 
-    monkeypatch.setattr(T, "make_loss", poisoned)
+    monkeypatch.setattr(F, "make_loss", poisoned)
     with pytest.raises(TrainingError, match=r"epoch 2, step 1.*model\.pt.*last\.pt"):
         train(tr, va, tmp_path / "out", replace(TINY, epochs=3, batch_size=4))
     model, ck = load_checkpoint(tmp_path / "out" / "model.pt")
@@ -188,7 +190,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(splits, tmp_path, mon
 
 def test_early_stopping(splits, tmp_path, monkeypatch):
     tr, va = splits
-    monkeypatch.setattr(T._Run, "evaluate_features", lambda self, head: (0.5, 1.0))
+    monkeypatch.setattr(F, "evaluate", lambda *a, **k: Evaluation(top1=0.5, loss=1.0, count=4))  # never improves
     res = train(tr, va, tmp_path / "out", replace(TINY, epochs=6, early_stopping=2))
     assert len(res.history) == 3 and res.best_epoch == 1
 
@@ -265,7 +267,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=6, size=40)
     torch.manual_seed(0)
     torch.save(timm.create_model("resnet10t", pretrained=False).state_dict(), tmp_path / "w.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(Path(__file__).parent / "ddp_worker.py"), str(root), str(tmp_path / "out"), str(tmp_path / "w.pt")]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -294,6 +296,6 @@ def test_finetune_not_worse_than_head_only_on_hymenoptera(hymenoptera, tmp_path)
     assert res.best_val_top1 == max(head, ft[0]) >= head
     assert res.best_phase == ("finetune" if ft[0] > head else res.best_phase)
     model, ck = load_checkpoint(res.checkpoint)
-    acc = T.evaluate_model(model, va, res.info.preprocessing, 32, "cpu")
-    assert acc == pytest.approx(res.best_val_top1, abs=1 / len(va))
+    ev = evaluate(model, torch.nn.CrossEntropyLoss(), image_batches(va.samples, res.info.preprocessing, 32, "cpu"), "cpu")
+    assert ev.top1 == pytest.approx(res.best_val_top1, abs=1 / len(va))
     assert ck["metrics"]["best_phase"] == res.best_phase and len(va) == 153

@@ -1,4 +1,4 @@
-"""Run by tests/test_train.py under torchrun: trains through the pipeline's train stage and dumps
+"""Run by tests/train/test_fit.py under torchrun: trains through the pipeline's train stage and dumps
 this rank's final weights to OUT.rank<N>.pt, so the test can compare the ranks."""
 
 import os

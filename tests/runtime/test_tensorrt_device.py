@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from .tiny_bundle import make_bundle, quantize, tiny_onnx
+from ..fixtures.bundles import make_bundle, quantize, tiny_onnx
 from edgetransfer.artifacts import read_manifest, write_manifest
 from edgetransfer.errors import ConfigError, EngineMismatchError, TargetError
 from edgetransfer.runtime.tensorrt import TensorRTRunner, cuda_device, device_facts, installed_tensorrt_version

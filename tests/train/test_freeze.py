@@ -5,9 +5,9 @@ import torch
 from edgetransfer.data import PreprocessSpec, scan_image_folder
 from edgetransfer.errors import ModelSourceError
 from edgetransfer.models import build_model, find_head
-from edgetransfer.train import TrainConfig, freeze_backbone, set_train_mode, train_epoch_naive
+from edgetransfer.train import epoch_indices, freeze_backbone, image_batches, set_train_mode, train_modes, train_one_epoch
 
-from .conftest import make_image_folder
+from ..fixtures.images import make_image_folder
 
 
 @pytest.mark.parametrize("spec,head_path", [
@@ -76,7 +76,10 @@ def test_frozen_backbone_batchnorm_statistics_do_not_move(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     spec = PreprocessSpec(input_size=48, resize_size=48)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    train_epoch_naive(model, folder, spec, TrainConfig(batch_size=4, epochs=1), opt, "cpu")
+    # the loop training runs when the whole network runs every step (frozen modules kept in eval mode)
+    batches = image_batches(folder.samples, spec, 4, "cpu", indices=epoch_indices(folder.labels, 1, seed=0))
+    stats = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, batches, "cpu", modes=train_modes(model))
+    assert stats.images == len(folder) == 12 and np.isfinite(stats.loss)
     after = model.state_dict()
     bn_buffers = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(bn_buffers) > 20

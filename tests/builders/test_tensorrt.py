@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from .tiny_bundle import bundles_with_presets, make_bundle, tiny_onnx
+from ..fixtures.bundles import bundles_with_presets, make_bundle, tiny_onnx
 from edgetransfer.artifacts import read_manifest, write_manifest
 from edgetransfer.bundle import Bundle
 from edgetransfer.builders.tensorrt import (BUILD_SCRIPT, engine_is_current, plan_engine_build, write_build_script)

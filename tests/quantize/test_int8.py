@@ -1,5 +1,5 @@
 """INT8 QDQ (presets, calibration cache, accuracy budget, refusals) and FP16 on tiny hand-built
-ONNX models (tests/onnx_models.py) and tiny ImageFolders: no torch, a few seconds each."""
+ONNX models (tests/fixtures/onnx_models.py) and tiny ImageFolders: no torch, a few seconds each."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("onnxruntime.quantization", reason="the export extra (onnxruntime) is not installed")
 pytest.importorskip("onnxconverter_common", reason="the export extra (onnxconverter-common) is not installed")
 
-from .conftest import make_image_folder  # noqa: E402
-from .onnx_models import SPEC, mlp_model, sensitive_model, write_bundle, write_onnx  # noqa: E402
+from ..fixtures.images import make_image_folder  # noqa: E402
+from ..fixtures.onnx_models import SPEC, mlp_model, sensitive_model, write_bundle, write_onnx  # noqa: E402
 
 from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, TargetError  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .tiny_bundle import make_bundle
+from ..fixtures.bundles import make_bundle
 from edgetransfer.artifacts import Manifest, atomic_write_json, write_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.runtime.ort import OnnxRuntimeRunner
@@ -24,7 +24,7 @@ from edgetransfer.runtime.tensorrt import DeviceFacts, TensorRTRunner, check_eng
 from edgetransfer.targets import load_target
 from edgetransfer.types import Format, Runtime, Status
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_engine(d: Path, version="10.3.0.30", cc="8.7", name="model.jetson-orin-nano.fp16.engine", details=True) -> tuple[Path, Manifest]:

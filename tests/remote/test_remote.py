@@ -1,4 +1,4 @@
-"""Benchmark on boards over SSH, against a real sshd on a loopback port (tests/sshboard.py).
+"""Benchmark on boards over SSH, against a real sshd on a loopback port (tests/fixtures/sshboard.py).
 
 The stand-in board runs this repository's edgetransfer in this interpreter, with a
 ``sitecustomize`` that makes ``import torch`` fail there (a torch-free board). Skipped, with the
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .sshboard import CutProxy, LoopbackBoard, free_port, keygen, missing_reason, public_key
+from ..fixtures.sshboard import CutProxy, LoopbackBoard, free_port, keygen, missing_reason, public_key
 
 pytestmark = pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))
 
@@ -27,7 +27,7 @@ from edgetransfer.errors import HostKeyError, RemoteConnectionError  # noqa: E40
 from edgetransfer.remote.inventory import Device, Inventory  # noqa: E402
 from edgetransfer.targets import load_target  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = BenchSettings(batch_sizes=(1,), warmup=1, min_iterations=5, min_seconds=0.0)
 
 
@@ -65,7 +65,7 @@ def bundle(tmp_path_factory):
     synthetic ImageFolder, exported (TorchScript exporter, fast) and INT8-quantized."""
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
-    from .conftest import make_image_folder
+    from ..fixtures.images import make_image_folder
     from edgetransfer.export.onnx import ExportConfig
     from edgetransfer.pipeline import stage_export, stage_quantize, stage_train
     from edgetransfer.train import TrainConfig

@@ -9,7 +9,7 @@ import pytest
 from edgetransfer.remote.boardstate import (BoardSnapshot, BoardState, L4T_TO_JETPACK, max_power_mode, parse_l4t, parse_nvpmodel_query,
                                             parse_snapshot, parse_throttled, snapshot_script, state_summary, state_warnings)
 
-BOARDS = Path(__file__).parent / "fixtures" / "boards"
+from ..fixtures import BOARDS  # noqa: E402
 
 
 def state(name: str) -> BoardState:
