@@ -164,6 +164,7 @@ class Runner(ABC):
         self.options = dict(options or {})
         self.active = False
         self._input_name: str | None = None
+        self._spec_cache: list[dict[str, Any]] | None = None  # input_specs while active (read once)
 
     # -- discovery -------------------------------------------------------------------------
     @classmethod
@@ -210,6 +211,15 @@ class Runner(ABC):
     def deactivate(self) -> None:
         self.active = False
         self._input_name = None
+        self._spec_cache = None
+
+    def _specs(self) -> list[dict[str, Any]]:
+        """:attr:`input_specs`, read once per activation (a runtime may derive them from its session)."""
+        if not self.active:
+            return self.input_specs
+        if self._spec_cache is None:
+            self._spec_cache = self.input_specs
+        return self._spec_cache
 
     def synchronize(self) -> None:
         """Wait until work queued on the device is done (GPU runners); CPU runners return at once.
@@ -245,8 +255,9 @@ class Runner(ABC):
         the rank, an NHWC array where NCHW is expected, a static dimension, non-C-contiguous memory."""
         if not isinstance(feeds, dict):
             raise ConfigError(f"{self.path.name}: feeds must be a dict {{input name: numpy array}}, got {type(feeds).__name__}")
-        names = [s["name"] for s in self.input_specs]
-        for spec in self.input_specs:
+        specs = self._specs()
+        names = [s["name"] for s in specs]
+        for spec in specs:
             name = spec["name"]
             if name not in feeds:
                 raise ConfigError(f"{self.path.name}: missing input {name!r}; expected inputs {names}")
