@@ -159,3 +159,17 @@ def test_a_train_config_runs_the_whole_job(recorded, tmp_path, monkeypatch):
     assert (str(d), out, cfg) == (str(data), tmp_path / "y", calls[-1][0]) and cfg.clip_grad_norm == 1.0
     assert kw["settings"].min_iterations == 7 and kw["export_cfg"].dynamo is True
     assert yaml.safe_load((tmp_path / "y" / "config.yaml").read_text())["iterations"] == 7
+
+
+def test_json_output_is_only_the_document(recorded, tmp_path, monkeypatch):
+    import json
+
+    import edgetransfer.pipeline as pipeline
+
+    _, data = recorded
+    report = {"schema_version": 1, "results": [{"status": "failed", "error": "x"}]}
+    monkeypatch.setattr(pipeline, "run", lambda data, out, cfg, **kw: out.mkdir() or report)
+    r = CliRunner().invoke(app, ["run", "--data", str(data), "--out", str(tmp_path / "o"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout) == report  # nothing else on stdout ...
+    assert "1 artifact(s) failed" in r.stderr  # ... notes go to stderr
