@@ -100,7 +100,7 @@ def main() -> None:
 
     def edgetransfer_round() -> float:
         return measure_latency(lambda: runner(x), args.batch, warmup=args.warmup, min_iterations=1,
-                               min_seconds=args.seconds, sync=runner.sync).p50_ms
+                               min_seconds=args.seconds, sync=runner.synchronize).p50_ms
 
     def bare_round() -> float:
         for _ in range(args.warmup):

@@ -1,6 +1,6 @@
 """Facts about the machine this process runs on: CPU (model, ISA features that decide INT8 speed),
 load average, CUDA GPU (through the driver library, no Python GPU package), Jetson module,
-TensorRT version, and whether this host can stand for a target.
+TensorRT version.
 
 Torch-free and import-light: the device benchmark, the INT8 stage (which records the CPU it was
 calibrated on) and the TensorRT runner use it. Sources: ``/proc/cpuinfo`` (Linux), ``os.getloadavg``
@@ -16,10 +16,7 @@ import importlib.util
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .targets import Target
+from typing import Any
 
 # cuda.h, CUdevice_attribute
 _CU_ATTR_CC_MAJOR = 75
@@ -93,20 +90,3 @@ def installed_tensorrt_version() -> str | None:
         return str(tensorrt.__version__)
     except Exception:  # a broken install (missing libnvinfer) counts as absent
         return None
-
-
-def host_is_target(target: Target) -> bool:
-    """Whether this machine can stand for ``target``: same CPU architecture, and a CUDA GPU of a
-    fitting compute capability when the target is a GPU target."""
-    if not target.host_is_target():  # CPU architecture and operating system (an Android phone is not an arm64 Linux box)
-        return False
-    if target.compute_capability or target.min_compute_capability:
-        from .targets import parse_compute_capability
-
-        dev = cuda_device()
-        if dev is None:
-            return False
-        if target.compute_capability:
-            return dev[1] == target.compute_capability
-        return parse_compute_capability(dev[1]) >= parse_compute_capability(target.min_compute_capability)
-    return True

@@ -339,12 +339,14 @@ def _parse(name: str, raw: dict[str, Any], source: str) -> Target:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise TargetError(f"{source}: unknown keys {unknown}; known keys are {sorted(known)}")
+    from .runtime import as_runtime, known_runtimes  # the runner registry is the list of runtimes
+
     try:
-        runtimes = tuple(Runtime(r) for r in raw.pop("runtimes", []))
+        runtimes = tuple(as_runtime(r) for r in raw.pop("runtimes", []))
         precisions = tuple(Precision(p) for p in raw.pop("precisions", []))
     except ValueError as exc:
         raise TargetError(
-            f"{source}: {exc}; runtimes are {[r.value for r in Runtime]}, precisions are {[p.value for p in Precision]}"
+            f"{source}: {exc}; runtimes are {known_runtimes()}, precisions are {[p.value for p in Precision]}"
         ) from exc
     quant_raw = dict(raw.pop("quantization", None) or {})
     bench_raw = raw.pop("benchmark", None) or {}

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifacts import Manifest, read_manifest
 from ..bundle import BUILD_SCRIPT, Bundle, subsample
-from ..host import cpu_info, host_is_target, load_average  # noqa: F401 (cpu_info: re-exported)
+from ..host import cpu_info, cuda_device, load_average  # noqa: F401 (cpu_info: re-exported)
 from ..data import ImageFolder, PreprocessSpec, load_arrays
 from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
@@ -49,7 +49,9 @@ def environment(threads: int) -> dict[str, Any]:
     """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
     count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
     versions = {}
-    for pkg in ("numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "timm", "onnx", "matplotlib"):
+    from ..runtime import runtime_distributions
+
+    for pkg in dict.fromkeys(["numpy", "pillow", *runtime_distributions(), "timm", "onnx", "matplotlib"]):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -185,6 +187,23 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     return report
 
 
+def host_is_target(target: Target) -> bool:
+    """Whether this machine can stand for ``target``: same CPU architecture, and a CUDA GPU of a
+    fitting compute capability when the target is a GPU target."""
+    if not target.host_is_target():  # CPU architecture and operating system (an Android phone is not an arm64 Linux box)
+        return False
+    if target.compute_capability or target.min_compute_capability:
+        from ..targets import parse_compute_capability
+
+        dev = cuda_device()
+        if dev is None:
+            return False
+        if target.compute_capability:
+            return dev[1] == target.compute_capability
+        return parse_compute_capability(dev[1]) >= parse_compute_capability(target.min_compute_capability)
+    return True
+
+
 def not_built_rows(bundle: Path, target: Target) -> list[dict[str, Any]]:
     """Rows for the engines a TensorRT target expects that the bundle does not hold: status
     ``not_runnable``, error ``not built on this host ...`` — never a number."""
@@ -257,10 +276,10 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                     row.setdefault("latency_skipped", []).append(f"batch {b}: the artifact has a static batch of {static_batch}")
                     continue
                 xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:]))
-                runner.validate({runner.input_specs[0]["name"]: xb})
+                call = runner.timed_call(xb)  # inputs checked once; infer_impl is what is timed
                 with task(f"Latency {path.name} ({runtime}) b{b}", None):
-                    stats = measure_latency(lambda: runner(xb), b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
-                                            sync=runner.sync)
+                    stats = measure_latency(call, b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
+                                            sync=runner.synchronize)
                 row["latency"].append(stats.to_dict())
             if payloads and spec is not None:
                 with task(f"End-to-end {path.name} ({runtime}), JPEG -> top-k", None):

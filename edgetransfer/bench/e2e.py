@@ -104,7 +104,7 @@ def measure_end_to_end(runner, spec: PreprocessSpec, class_names: Sequence[str],
     clock = time.perf_counter_ns
     phases: list[tuple[int, int, int, int]] = []
     state = {"i": 0}
-    sync = runner.sync
+    sync = runner.synchronize
 
     def once():
         data = payloads[state["i"] % len(payloads)]

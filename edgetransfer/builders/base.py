@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -29,8 +29,10 @@ from ..data import PreprocessSpec, Sample, load_arrays
 from ..errors import ConfigError, require
 from ..parity import Tolerance, judge
 from ..progress import log, task
-from ..quantize.calibration import CalibrationRecipe
 from ..types import Format, Precision
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..quantize.calibration import CalibrationRecipe
 
 _BUILDERS: dict[Format, type["Builder"]] = {}
 

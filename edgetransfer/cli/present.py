@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..bundle import REPORT_JSON, REPORT_MD
 from ..progress import console as err
 
 
@@ -64,7 +65,7 @@ def devices_report(combined: dict[str, Any], out_dir: Path, as_json: bool) -> No
         print_json(combined)
     else:
         print_devices_table(combined)
-        info(f"report: {out_dir / 'report.md'} (and report.json)")
+        info(f"report: {out_dir / REPORT_MD} (and {REPORT_JSON})")
 
 
 def trained(res) -> None:
@@ -190,7 +191,9 @@ def device_check(name: str, dev, res: dict[str, Any]) -> None:
                  ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")]
     else:
         rows.append(("edgetransfer", f"ERROR: {res['version_error']}"))
-    rts = [f"{m} {v}" for m, v in mods.items() if m in ("onnxruntime", "tensorrt", "openvino", "torch") and v]
+    from ..runtime import probe_modules  # the registry is the only runtime list
+
+    rts = [f"{m} {v}" for m, v in mods.items() if m in set(probe_modules().values()) and v]
     rows.append(("runtimes", ", ".join(rts) or "none"))
     if rem.get("onnxruntime_providers"):
         rows.append(("ORT providers", ", ".join(rem["onnxruntime_providers"])))

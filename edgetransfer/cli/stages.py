@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 
+from ..bundle import REPORT_MD
 from ..progress import set_quiet
 from . import present
 from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_STEPS, OUT, QUIET, VAL, VAL_FRACTION,
@@ -162,7 +163,7 @@ def _benchmark_devices(bundle, names, inventory, target, data, settings, report_
     failed = [s for s in combined["devices"] if s["status"] != "ok"]
     if failed:
         raise RemoteError(f"{len(failed)} of {len(combined['devices'])} device(s) failed ({', '.join(s['device'] for s in failed)}); "
-                          f"their errors are in {out / 'report.md'}")
+                          f"their errors are in {out / REPORT_MD}")
 
 
 def build(

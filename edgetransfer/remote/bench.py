@@ -36,8 +36,9 @@ REPORT_DIR = DEVICES_DIR
 PROBE_MARK = "@@edgetransfer:probe "
 DEVICE_EXTRA_MODULES = ("numpy", "PIL", "yaml", "typer", "rich", "onnxruntime")
 
-# Runs in the board's Python (any version >= 3.6): what is installed there. Constant text.
-PROBE_SCRIPT = r'''
+# Runs in the board's Python (any version >= 3.6): what is installed there. Constant text but for
+# MODULES, the (module, distribution) pairs of the core and of every registered runtime.
+_PROBE_TEMPLATE = r'''
 import json, platform, sys
 import importlib.util as u
 try:
@@ -58,8 +59,7 @@ except Exception as e:
     out["edgetransfer"] = None
     out["edgetransfer_error"] = "%s: %s" % (type(e).__name__, e)
 mods = {}
-for m, d in (("numpy", "numpy"), ("PIL", "pillow"), ("yaml", "pyyaml"), ("typer", "typer"), ("rich", "rich"),
-             ("onnxruntime", "onnxruntime"), ("tensorrt", "tensorrt"), ("openvino", "openvino"), ("torch", "torch")):
+for m, d in MODULES:
     try:
         mods[m] = ver(d) if u.find_spec(m) else None
     except Exception:
@@ -74,6 +74,16 @@ if mods.get("onnxruntime"):
 out["modules"] = mods
 print("@@edgetransfer:probe " + json.dumps(out))
 '''
+
+
+def probe_script() -> str:
+    """The probe, checking the core modules and each registered runner's backend module
+    (:func:`edgetransfer.runtime.probe_modules`: the registry is the only runtime list)."""
+    from ..runtime import probe_modules
+
+    core = [("numpy", "numpy"), ("PIL", "pillow"), ("yaml", "pyyaml"), ("typer", "typer"), ("rich", "rich")]
+    mods = core + [(m, m.replace("_", "-")) for m in dict.fromkeys(probe_modules().values())]
+    return "MODULES = " + repr(tuple(mods)) + "\n" + _PROBE_TEMPLATE
 
 
 def version_tuple(v: str) -> tuple[int, int, int]:
@@ -133,7 +143,7 @@ def benchmark_argv(device: Device, workdir: str, remote_bundle: str, target: str
 
 async def probe(conn, device: Device) -> dict[str, Any]:
     """What the board's Python has: versions of Python, edgetransfer, numpy/Pillow/..., runtimes."""
-    r = await run(conn, launcher(device) + ["-c", PROBE_SCRIPT], timeout=120)
+    r = await run(conn, launcher(device) + ["-c", probe_script()], timeout=120)
     line = next((ln for ln in (r.stdout or "").splitlines() if ln.startswith(PROBE_MARK)), None)
     if line is None:
         err = (r.stderr or r.stdout or "").strip()[-400:]

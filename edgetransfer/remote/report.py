@@ -10,6 +10,7 @@ from typing import Any
 from ..artifacts import atomic_write_json, atomic_write_text
 from ..bench.report import SCHEMA_VERSION, _fmt, md_table, table_rows
 from ..bundle import REPORT_JSON, REPORT_MD
+from ..runtime import probe_modules
 from .boardstate import BoardState, state_summary
 
 # -- combined report of `edgetransfer benchmark BUNDLE --device A --device B` -------------------
@@ -41,6 +42,7 @@ def device_table_rows(combined: dict[str, Any]) -> tuple[list[str], list[list[st
 
 
 def devices_to_markdown(combined: dict[str, Any]) -> str:
+    runtime_modules = set(probe_modules().values())
     lines = [f"# edgetransfer device report — bundle `{combined.get('bundle')}`", "",
              f"edgetransfer {combined.get('edgetransfer_version')} on the workstation; {len(combined['devices'])} device(s); {combined.get('created_at')}.",
              "Each board measured itself with the torch-free device benchmark; accuracy is on the bundle's validation images, sent along.",
@@ -52,7 +54,7 @@ def devices_to_markdown(combined: dict[str, Any]) -> str:
         rem = sec.get("remote") or {}
         if rem:
             mods = rem.get("modules") or {}
-            rts = ", ".join(f"{m} {v}" for m, v in mods.items() if v and m in ("onnxruntime", "tensorrt", "openvino", "torch")) or "no runtime"
+            rts = ", ".join(f"{m} {v}" for m, v in mods.items() if v and m in runtime_modules) or "no runtime"
             prov = rem.get("onnxruntime_providers")
             lines.append(f"- Board Python {rem.get('python_version')} ({rem.get('python')}), {rem.get('machine')}; edgetransfer "
                          f"{rem.get('edgetransfer') or 'missing'}; {rts}" + (f" [{', '.join(prov)}]" if prov else "") + ".")

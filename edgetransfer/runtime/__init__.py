@@ -1,8 +1,8 @@
 """Runners: one class per runtime behind one interface, found through a registry keyed by
 (format, runtime). Importing this package imports no heavy backend."""
 
-from .base import (Runner, RunnerUnavailable, available_runtimes, get_runner_class, register_runner, registered,
-                   runtimes_for)
+from .base import (Runner, RunnerUnavailable, as_runtime, available_runtimes, get_runner_class, known_runtimes, probe_modules,
+                   register_runner, registered, runtime_distributions, runtime_names, runtimes_for, unregister_runner)
 
 # Register the built-in runners (their modules import their backends lazily).
 from . import coreml as _coreml  # noqa: F401,E402
@@ -13,5 +13,6 @@ from . import openvino as _openvino  # noqa: F401,E402
 from . import pytorch as _pytorch  # noqa: F401,E402
 from . import tensorrt as _tensorrt  # noqa: F401,E402
 
-__all__ = ["Runner", "RunnerUnavailable", "available_runtimes", "get_runner_class", "register_runner", "registered",
-           "runtimes_for"]
+__all__ = ["Runner", "RunnerUnavailable", "as_runtime", "available_runtimes", "get_runner_class", "known_runtimes",
+           "probe_modules", "register_runner", "registered", "runtime_distributions", "runtime_names", "runtimes_for",
+           "unregister_runner"]

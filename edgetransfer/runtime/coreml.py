@@ -56,7 +56,7 @@ class CoreMlRunner(Runner):
     def execution_provider(self) -> str:
         return "coreml (compute units: all)"
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from PIL import Image
 
         x = np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32)

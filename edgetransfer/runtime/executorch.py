@@ -51,7 +51,7 @@ class ExecuTorchRunner(Runner):
             n = "?"
         return f"executorch-cpu (XNNPACK delegate, {n} threads)"
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32)
         out = self.method.execute([self._torch.from_numpy(x)])
         return {"logits": out[0].numpy().copy()}

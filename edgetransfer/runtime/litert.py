@@ -35,6 +35,7 @@ class LiteRtRunner(Runner):
     """``threads``: XNNPACK/interpreter threads (0 = LiteRT's default)."""
 
     backend_module = "ai_edge_litert"
+    distributions = ("ai-edge-litert",)
     extra = "device-litert"  # the runtime alone; edgetransfer[litert] (converters) includes it
 
     def activate(self) -> None:
@@ -78,7 +79,7 @@ class LiteRtRunner(Runner):
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(next(iter(feeds.values())), dtype=np.float32)
         self._ensure_batch(x.shape)
         dt = self._in["dtype"]

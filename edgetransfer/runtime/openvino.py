@@ -93,7 +93,7 @@ class OpenVinoRunner(Runner):
             info["num_streams"] = int(self._prop("NUM_STREAMS") or 0) or None
         return info
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # share_inputs: no copy of the input (it is only read during this synchronous call)
         res = self.request.infer(feeds, share_inputs=True)
         return {name: np.asarray(res[port]) for name, port in self._outputs}

@@ -80,6 +80,7 @@ class OnnxRuntimeRunner(Runner):
     ``optimize`` (graph optimisations, default True)."""
 
     backend_module = "onnxruntime"
+    distributions = ("onnxruntime", "onnxruntime-gpu")
     extra = "device"
 
     @classmethod
@@ -133,7 +134,7 @@ class OnnxRuntimeRunner(Runner):
                                 "install the onnxruntime-gpu / Jetson wheel with those providers")
         return info
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outs))
 

@@ -1,6 +1,6 @@
 """PyTorch eager runner for edgetransfer checkpoints (.pt).
 
-``options["device"]``: ``cpu`` (default) or ``cuda[:N]``. On CUDA, :meth:`TorchRunner.sync`
+``options["device"]``: ``cpu`` (default) or ``cuda[:N]``. On CUDA, :meth:`TorchRunner.synchronize`
 calls ``torch.cuda.synchronize`` so the latency loop reads the clock after the kernels finished
 (CUDA launches are asynchronous).
 """
@@ -48,11 +48,11 @@ class TorchRunner(Runner):
     def threads_used(self) -> int | None:
         return self._torch.get_num_threads() if self.active else (self.threads or None)
 
-    def sync(self) -> None:
+    def synchronize(self) -> None:
         if self.active and str(self.device).startswith("cuda"):
             self._torch.cuda.synchronize()
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feeds[self.input_specs[0]["name"]]
         with self._torch.inference_mode():
             out = self.model(self._torch.from_numpy(x).to(self.device))

@@ -145,6 +145,7 @@ class TensorRTRunner(Runner):
     """
 
     backend_module = "tensorrt"
+    distributions = ("tensorrt", "polygraphy")
     extra = "tensorrt"
     unavailable_status: ClassVar[Status] = Status.NOT_RUNNABLE
 
@@ -198,7 +199,7 @@ class TensorRTRunner(Runner):
         dla = ((self.manifest.details or {}).get("tensorrt") or {}).get("dla_core") if self.manifest else None
         return f"TensorRT {d.tensorrt_version} on {d.name} (CC {d.compute_capability})" + (f", DLA core {dla} + GPU fallback" if dla is not None else "")
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         lo, hi = self._profile.get("min"), self._profile.get("max")
         for name, a in feeds.items():
             if lo and hi and not (lo[0] <= a.shape[0] <= hi[0]):
