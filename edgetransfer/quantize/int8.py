@@ -44,6 +44,9 @@ from ..progress import log, task
 from ..targets import QuantizationPreset
 from ..types import Format, Precision, Status
 from .calibration import CalibrationRecipe, cached_ranges
+from .ort_qdq import (  # noqa: F401  (public names builders and tests import from here)
+    copy_metadata as _copy_metadata, op_types_to_quantize, preprocess, quantize_with_ranges, requantized_by_ort,
+)
 
 # ONNX Runtime with graph optimisations on runs QDQ models with fused integer kernels (QLinearConv:
 # int32 accumulation, one requantization rounding); off, it runs the reference semantics (float
@@ -80,113 +83,6 @@ class AccuracyBudget:
             raise ConfigError(f"--max-steps must be >= 0 (got {self.max_steps})")
         if self.sensitivity_images < 1:
             raise ConfigError(f"sensitivity_images must be >= 1 (got {self.sensitivity_images})")
-
-
-def _calibrate_method(q, recipe: CalibrationRecipe):
-    return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-            "percentile": q.CalibrationMethod.Percentile}[recipe.method]
-
-
-def op_types_to_quantize() -> list[str]:
-    """ORT's default op list of ``quantize_static`` (QLinear + QDQ registries); calibration uses
-    the same list so the cached ranges cover exactly what the quantizer asks for."""
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-
-
-def preprocess(onnx_path: Path, out: Path) -> None:
-    """``quant_pre_process`` (symbolic shape inference, ORT basic optimisations such as Conv+BN
-    folding, ONNX shape inference) then give every unnamed node a name (``nodes_to_exclude`` and
-    the sensitivity ranking address nodes by name)."""
-    onnx = require("onnx", "export")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
-    m = onnx.load(str(out))
-    used = {n.name for n in m.graph.node if n.name}
-    changed = False
-    for i, n in enumerate(m.graph.node):
-        if not n.name:
-            name = f"{n.op_type}_{i}"
-            while name in used:
-                name += "_"
-            n.name, changed = name, True
-            used.add(name)
-    if changed:
-        onnx.save_model(m, str(out), save_as_external_data=False)
-
-
-def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
-                         nodes_to_exclude: Sequence[str] = ()) -> None:
-    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run)."""
-    q = require("onnxruntime.quantization", "export", "INT8 quantization")
-    qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
-    extra = {
-        "ActivationSymmetric": preset.symmetric_activations,
-        "WeightSymmetric": preset.symmetric_weights,
-        "QuantizeBias": preset.quantize_bias,
-        "AddQDQPairToWeight": preset.qdq_pair_on_weights,
-        "DedicatedQDQPair": preset.dedicated_qdq_pair,
-        "OpTypesToExcludeOutputQuantization": list(preset.no_output_qdq_ops),
-    }
-    q.quantize_static(
-        str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel,
-        activation_type=qtype[preset.activation_type], weight_type=qtype[preset.weight_type],
-        calibrate_method=_calibrate_method(q, recipe), nodes_to_exclude=list(nodes_to_exclude),
-        op_types_to_quantize=op_types_to_quantize(), extra_options=extra, calibration_cache_path=str(ranges),
-    )
-
-
-_WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm")
-
-
-def requantized_by_ort(qdq_path: Path, excluded: Sequence[str]) -> dict[str, list[str]]:
-    """Excluded Conv/ConvTranspose/Gemm nodes of a QDQ model that ONNX Runtime would quantize
-    again when it loads the model, each with the nodes to exclude as well to prevent it.
-
-    ORT's ``WeightBiasQuantization`` graph optimizer (onnxruntime/core/optimizer/qdq_transformer/
-    weight_bias_quantization.cc) gives a float-weight Conv/ConvTranspose/Gemm per-tensor INT8
-    weights when its input comes from a per-tensor DequantizeLinear and its output reaches a
-    QuantizeLinear through nothing but single-consumer Relu/Clip nodes: exactly the shape of a
-    node excluded between quantized neighbours. Measured: excluding a depthwise conv of
-    EfficientNet-Lite0 changed the reference (optimisations off) logits and not the optimised
-    ones. Keeping the node's OUTPUT in float (the Relu/Clip chain and the consumers after the
-    QuantizeLinear excluded too) breaks the pattern.
-    """
-    onnx = require("onnx", "export")
-    m = onnx.load(str(qdq_path), load_external_data=False)
-    inits = {i.name: i for i in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    excluded = set(excluded)
-    out: dict[str, list[str]] = {}
-    for n in m.graph.node:
-        if n.name not in excluded or n.op_type not in _WEIGHTED_OPS or len(n.input) < 2 or n.input[1] not in inits:
-            continue
-        p0 = producer.get(n.input[0])
-        if p0 is None or p0.op_type != "DequantizeLinear" or p0.input[1] not in inits or \
-                int(np.prod(inits[p0.input[1]].dims or [1])) != 1:
-            continue
-        chain, cur, q = [], n, None
-        while len(cur.output) == 1 and len(consumers.get(cur.output[0], [])) == 1:
-            c = consumers[cur.output[0]][0]
-            if c.op_type == "QuantizeLinear":
-                q = c
-                break
-            if c.op_type not in ("Relu", "Clip"):
-                break
-            chain.append(c.name)
-            cur = c
-        if q is None:
-            continue
-        after = [x.name for dq in consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
-                 for x in consumers.get(dq.output[0], []) if x.op_type not in ("QuantizeLinear", "DequantizeLinear")]
-        out[n.name] = chain + after
-    return out
 
 
 def is_convolutional(onnx_path: Path) -> bool:
@@ -396,14 +292,3 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         inputs=parent.inputs, outputs=parent.outputs, producer="edgetransfer.quantize.int8",
         tool_versions=tool_versions("onnx", "onnxruntime"), details=details,
     ))
-
-
-def _copy_metadata(src: Path, dst: Path) -> None:
-    onnx = require("onnx", "export")
-    s = onnx.load(str(src), load_external_data=False)
-    d = onnx.load(str(dst))
-    have = {p.key for p in d.metadata_props}
-    for p in s.metadata_props:
-        if p.key not in have:
-            d.metadata_props.add(key=p.key, value=p.value)
-    onnx.save_model(d, str(dst), save_as_external_data=False)
