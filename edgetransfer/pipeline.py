@@ -99,12 +99,14 @@ def quantization_preset(target: Target, preset: str | None = None, per_channel: 
 
 def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None, *, precision: str = "int8",
                    preset: str | None = None, per_channel: bool | None = None, max_accuracy_drop: float | None = None,
-                   max_steps: int = 8, nodes_to_exclude=(), mode: str = "static", allow_unsupported_precision: bool = False):
+                   max_steps: int = 8, nodes_to_exclude=(), mode: str = "static", allow_unsupported_precision: bool = False,
+                   max_float_share: float = 0.05):
     """fp32 ONNX -> INT8 QDQ (``precision="int8"``) or fp16 (``"fp16"``) in the bundle; returns the manifest.
 
     INT8: calibrated on the training split (recipe ``recipe_name`` or the preset's), held to
     ``max_accuracy_drop`` (None = the target's ``accuracy_budget.max_top1_drop``) on the
-    validation split with at most ``max_steps`` exclusion steps. Raises
+    validation split by the INT8 ladder (:mod:`edgetransfer.quantize.ladder`; its float fallback keeps
+    at most ``max_float_share`` of the compute nodes in float, in at most ``max_steps`` steps). Raises
     :class:`BudgetExceededError` (exit code 3) after writing and registering an artifact that
     stays over budget (its manifest says ``budget_exceeded``). ``mode="dynamic"`` is refused.
     A precision the target does not list is a :class:`TargetError` before any work, unless
@@ -137,6 +139,7 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
         b.register(m.file)
         return m
     from .quantize.int8 import AccuracyBudget, qdq_int8_from_onnx, refuse_dynamic
+    from .quantize.ladder import LadderConfig
 
     if mode == "dynamic":
         refuse_dynamic(b.onnx_fp32)
@@ -148,7 +151,8 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     x, y = b.parity_arrays(spec)
     m = qdq_int8_from_onnx(b.onnx_fp32, b.onnx_int8, calib, q, recipe, parity_x=x, parity_y=y,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
-                           cache_dir=b.calibration_cache, opset_max=target.opset_max)
+                           cache_dir=b.calibration_cache, opset_max=target.opset_max,
+                           ladder=LadderConfig(max_float_share=max_float_share))
     b.register(m.file)
     if m.details.get("status") == "budget_exceeded":
         bd = m.details["budget"]

@@ -16,7 +16,7 @@ import typer
 from ..bundle import REPORT_MD
 from ..progress import set_quiet
 from . import present
-from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_STEPS, OUT, QUIET, VAL, VAL_FRACTION,
+from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_FLOAT_SHARE, MAX_STEPS, OUT, QUIET, VAL, VAL_FRACTION,
                       bench_group, export_group, json_option, target_option, train_group, with_config)
 
 
@@ -105,6 +105,7 @@ def quantize(
     calibration: Optional[str] = CALIBRATION,
     max_accuracy_drop: Optional[float] = MAX_ACCURACY_DROP,
     max_steps: int = MAX_STEPS,
+    max_float_share: float = MAX_FLOAT_SHARE,
     exclude_node: Optional[List[str]] = typer.Option(None, "--exclude-node", help="node name kept in float (repeat)"),
     mode: str = typer.Option("static", "--mode", help="static (calibrated QDQ); dynamic is refused for convolutional models"),
     allow_unsupported_precision: bool = typer.Option(False, "--allow-unsupported-precision", help="write a precision the target does not list (recorded)"),
@@ -119,7 +120,7 @@ def quantize(
     tgt = target_for(bundle, target)
     m = stage_quantize(bundle, tgt, calibration, precision=precision, preset=preset, per_channel=per_channel,
                        max_accuracy_drop=max_accuracy_drop, max_steps=max_steps, nodes_to_exclude=exclude_node or (),
-                       mode=mode, allow_unsupported_precision=allow_unsupported_precision)
+                       max_float_share=max_float_share, mode=mode, allow_unsupported_precision=allow_unsupported_precision)
     present.quantized(bundle, m, precision)
 
 

@@ -8,16 +8,15 @@ format with the target's quantization preset (:class:`~edgetransfer.targets.Quan
 ORT on x86 wants uint8 activations that fuse into QLinearConv; TensorRT consumes only symmetric
 signed INT8 with zero point 0 — NVIDIA TensorRT Developer Guide, "Explicit Quantization").
 
-The accuracy budget: top-1 of the INT8 model against the fp32 ONNX model on held-out images
-(the validation split; calibration uses the training split only), judged by
-:func:`edgetransfer.stats.budget_judge` (the paired drop with its interval; logit fidelity when one
-image is worth more than the budget; the worst-class bound). When it does not hold, the quantization units are ranked by the error each adds alone to the logits
-(:mod:`~edgetransfer.quantize.sensitivity`) and the nodes consuming the worst units are kept in
-floating point (``nodes_to_exclude``), 1, 2, 4, 8... units cumulatively, re-quantizing from the
-cached ranges each step, until the budget holds or ``max_steps`` steps were taken. A model still
-over budget is written with ``status: budget_exceeded`` in its manifest; the pipeline then exits
-with code 3. Note: the budget is measured on the same validation images that choose the
-exclusions, so the final figure is the one the loop optimised, not an independent estimate.
+The accuracy budget and the ladder (:mod:`~edgetransfer.quantize.ladder`): candidates,
+cheapest first — activation range estimators, cross-layer equalization, bias correction, then
+float fallback capped at a share of the compute nodes — each judged against the fp32 ONNX model
+on held-out images (the validation split; calibration uses the training split only) by
+:func:`edgetransfer.stats.budget_judge` (the paired drop with its interval; logit fidelity when
+one image is worth more than the budget; the worst-class bound), stopping at the first that
+holds. Every rung is recorded in ``details.ladder``. A model still over budget is written with
+``status: budget_exceeded`` in its manifest (the best candidate); the pipeline then exits with
+code 3. The test split, when the bundle has one, never reaches this decision.
 
 Differential checks recorded in the manifest: the INT8 model's top-1 with ONNX Runtime graph
 optimisations on (fused integer kernels) and off (float Q/DQ reference semantics) — they must
@@ -40,12 +39,12 @@ from ..artifacts import Manifest, atomic_path, read_manifest, tool_versions, wri
 from ..data import PreprocessSpec, Sample, load_arrays
 from ..errors import ConfigError, DataError, EdgeTransferError, ParityError, require
 from ..onnx_inspect import count_ops
-from ..parity import TOLERANCES, compare_logits
+from ..parity import TOLERANCES
 from ..progress import log, task
-from ..stats import budget_judge
 from ..targets import QuantizationPreset
 from ..types import Format, Precision, Status
 from .calibration import CalibrationRecipe, cached_ranges
+from .ladder import Ladder, LadderConfig
 from .ort_qdq import (  # noqa: F401  (public names builders and tests import from here)
     copy_metadata as _copy_metadata, op_types_to_quantize, preprocess, quantize_with_ranges, requantized_by_ort,
 )
@@ -60,12 +59,6 @@ from .ort_qdq import (  # noqa: F401  (public names builders and tests import fr
 # an optimiser rewrite that re-quantized an excluded conv gave 10 %. Without VNNI, u8s8 products
 # can saturate, which also shows up as a large difference.
 OPT_ON_OFF_TOLERANCE = {"max_rel_logit_diff": 0.05, "min_prediction_agreement": 0.98}
-
-# Unit counts excluded cumulatively at budget steps 1, 2, 3...: 1, 2, 4, 8, ... (doubling keeps
-# the step count logarithmic in the number of units while the first steps stay surgical).
-def _units_at_step(step: int) -> int:
-    return 2 ** (step - 1)
-
 
 @dataclass(frozen=True)
 class AccuracyBudget:
@@ -114,7 +107,8 @@ def _top1(logits: np.ndarray, y: np.ndarray) -> float:
 def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.ndarray, preset: QuantizationPreset,
                        recipe: CalibrationRecipe, *, parity_x: np.ndarray | None = None, parity_y: np.ndarray | None = None,
                        target: str | None = None, nodes_to_exclude: Sequence[str] = (), budget: AccuracyBudget | None = None,
-                       cache_dir: Path | None = None, opset_max: int | None = None, check_opt_off: bool = True) -> Manifest:
+                       cache_dir: Path | None = None, opset_max: int | None = None, check_opt_off: bool = True,
+                       ladder: LadderConfig | None = None) -> Manifest:
     """Quantize the fp32 ONNX ``onnx_path`` to an INT8 QDQ ONNX ``out`` (+ manifest).
 
     ``calib``: calibration images of the training split, as samples (preprocessed here with the
@@ -135,7 +129,6 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
     from ..host import cpu_info
     from ..onnx_inspect import graph_opset
     from ..runtime.ort import onnx_logits
-    from .sensitivity import rank_units
 
     parent = read_manifest(onnx_path)
     spec = PreprocessSpec.from_dict(parent.preprocessing)
@@ -165,73 +158,11 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         details["calibration_cache"] = {**cache.to_dict(), "path": str(cache.path) if cache_dir else None}
         ref = onnx_logits(onnx_path, parity_x) if parity_x is not None else None
 
-        def attempt(step: int, excluded: list[str]) -> dict[str, Any]:
-            path = td / f"step{step}.onnx"
-            s0 = time.perf_counter()
-            excluded, added = list(excluded), {}
-            for _ in range(8):  # until no excluded node would be quantized again by ONNX Runtime
-                quantize_with_ranges(pre, path, cache.path, preset, recipe, excluded)
-                req = {k: v for k, v in requantized_by_ort(path, excluded).items() if any(n not in excluded for n in v)}
-                if not req:
-                    break
-                added.update(req)
-                excluded += list(dict.fromkeys(n for v in req.values() for n in v if n not in excluded))
-            ops = count_ops(path)
-            rec: dict[str, Any] = {"step": step, "path": path, "num_excluded_nodes": len(excluded),
-                                   "excluded_nodes": list(excluded), "num_dequantize_nodes": ops.get("DequantizeLinear", 0)}
-            if added:
-                rec["exclusions_added_for_ort"] = added
-            if ref is not None:
-                cand = onnx_logits(path, parity_x)
-                rec["parity"] = compare_logits(ref, cand).to_dict()
-                rec["_logits"] = cand
-                if parity_y is not None:
-                    rec["top1_fp32"], rec["top1_int8"] = _top1(ref, parity_y), _top1(cand, parity_y)
-                    rec["top1_drop"] = rec["top1_fp32"] - rec["top1_int8"]
-                    if budget is not None:
-                        j = budget_judge(ref, cand, parity_y, budget.max_top1_drop)
-                        rec["judgement"] = {k: v for k, v in j.to_dict().items() if k != "per_class"}
-                        rec["_per_class"] = j.figures["per_class"]
-            rec["seconds"] = time.perf_counter() - s0
-            return rec
-
-        excluded = list(nodes_to_exclude)
-        attempts = [attempt(0, excluded)]
-        ranking = None
-        if budget is not None and not attempts[0]["judgement"]["holds"] and budget.max_steps > 0:
-            log(f"INT8 over budget ({attempts[0]['judgement']['reason']}): ranking "
-                "quantization units by the error each adds to the logits")
-            s0 = time.perf_counter()
-            sens_x = calib_x[np.linspace(0, len(calib_x) - 1, min(budget.sensitivity_images, len(calib_x))).astype(int)]
-            with task("Sensitivity ranking", None):
-                ranking = [u for u in rank_units(pre, attempts[0]["path"], sens_x, input_name)
-                           if any(n not in excluded for n in u.nodes)]
-            details["sensitivity"] = {"images": int(len(sens_x)), "seconds": time.perf_counter() - s0,
-                                      "num_units": len(ranking), "metric": "mean squared logit error added by the unit alone",
-                                      "top_units": [u.to_dict() for u in ranking[:20]]}
-            for step in range(1, budget.max_steps + 1):
-                n_units = min(_units_at_step(step), len(ranking))
-                new = [n for u in ranking[:n_units] for n in u.nodes if n not in excluded]
-                if not new:
-                    break
-                attempts.append(attempt(step, excluded + list(dict.fromkeys(new))))
-                a = attempts[-1]
-                excluded = a["excluded_nodes"]
-                log(f"  step {step}: {n_units} unit(s), {len(excluded)} node(s) in float: top-1 {a['top1_int8']:.4f} "
-                    f"(fp32 {a['top1_fp32']:.4f}, drop {a['top1_drop']:.4f})")
-                if a["judgement"]["holds"] or n_units == len(ranking) or not a["num_dequantize_nodes"]:
-                    break
-        # A graph left without any Q/DQ node is an fp32 model with an INT8 name: it never holds the budget.
-        def holds(a):
-            return a["judgement"]["holds"] and a["num_dequantize_nodes"] > 0
-
-        if budget is None:
-            chosen = attempts[-1]
-        else:
-            held = [a for a in attempts if holds(a)]
-            chosen = held[0] if held else min((a for a in attempts if a["num_dequantize_nodes"] > 0),
-                                              key=lambda a: (a["top1_drop"], a["num_excluded_nodes"]), default=attempts[0])
-        status = Status.OK if budget is None or holds(chosen) else Status.BUDGET_EXCEEDED
+        lad = Ladder(td, pre, calib_x, input_name, preset, recipe, ladder or LadderConfig(), cache.path,
+                     lambda p: onnx_logits(p, parity_x), ref, parity_y, budget, nodes_to_exclude)
+        chosen = lad.run(budget.sensitivity_images if budget is not None else 8)
+        status = Status.OK if budget is None or chosen.get("holds") else Status.BUDGET_EXCEEDED
+        chosen["path"] = chosen["_path"]
 
         if check_opt_off and parity_x is not None:
             off = onnx_logits(chosen["path"], parity_x, optimize=False)
@@ -263,11 +194,9 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         with atomic_path(out, suffix=".onnx") as tmp:
             shutil.copyfile(chosen["path"], tmp)
             _copy_metadata(onnx_path, tmp)
-    per_class = chosen.get("_per_class")
-    for a in attempts:
-        a.pop("path", None)
-        a.pop("_logits", None)
-        a.pop("_per_class", None)
+        chosen_index = lad.rungs.index(chosen)
+        rungs, per_class = lad.finish(chosen, td / "chosen.onnx")
+    chosen = rungs[chosen_index]
     details.update({
         "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.onnx_inspect)",
         "nodes_to_exclude": chosen["excluded_nodes"],
@@ -276,6 +205,8 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         "node_counts": count_ops(out), "cpu": cpu_info(),
         "cpu_note": "INT8 results are recorded on this CPU; kernels without VNNI (avx512_vnni / avx_vnni) can saturate "
                     "u8s8 products and give other results",
+        "ladder": rungs, "ladder_config": (ladder or LadderConfig()).to_dict(), "chosen_rung": chosen["rung"],
+        "float_compute_share": chosen["float_share"],
     })
     if parity_x is not None:
         details["parity_vs"] = "fp32 onnx"
@@ -294,7 +225,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         details["budget"] = {"max_top1_drop": budget.max_top1_drop, "max_steps": budget.max_steps,
                              "held": status == Status.OK, "top1_drop": chosen["top1_drop"],
                              "judgement": {**chosen["judgement"], "per_class": per_class},
-                             "steps": attempts, "chosen_step": chosen["step"]}
+                             "steps": [r for r in rungs if "skipped" not in r], "chosen_step": chosen_index}
     return write_manifest(out, Manifest(
         format=str(Format.ONNX), precision=str(Precision.INT8), file=out.name, parent_sha256=parent.sha256,
         parent_file=parent.file, target=target, preprocessing=parent.preprocessing, class_names=parent.class_names,

@@ -22,6 +22,7 @@ from edgetransfer.onnx_inspect import inspect_qdq, tensorrt_violations  # noqa: 
 from edgetransfer.quantize.int8 import (  # noqa: E402
     AccuracyBudget, count_ops, op_types_to_quantize, preprocess, qdq_int8_from_onnx,
 )
+from edgetransfer.quantize.ladder import LadderConfig  # noqa: E402
 from edgetransfer.targets import QuantizationPreset, load_target  # noqa: E402
 
 RECIPE = CalibrationRecipe(num_samples=16, batch_size=8)
@@ -90,23 +91,45 @@ def test_target_yaml_can_name_a_preset(tmp_path):
         QuantizationPreset.named("tflite")
 
 
-def test_budget_loop_excludes_the_outlier_and_meets_the_budget(data, sensitive, tmp_path):
+def test_ladder_records_every_rung_and_falls_back_to_float_last(data, sensitive, tmp_path):
     m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
-                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4))
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4),
+                           ladder=LadderConfig(max_float_share=1.0))
     d = m.details
     b = d["budget"]
     assert d["status"] == "ok" and b["held"] and b["top1_drop"] == 0.0
-    assert b["steps"][0]["top1_drop"] == 0.5 and b["steps"][0]["num_excluded_nodes"] == 0
+    # every rung, cheapest first, with its figures and seconds; none of a-c can save the outlier
+    rungs = [r["rung"] for r in d["ladder"]]
+    assert rungs == ["a:ranges:minmax", "a:ranges:mse", "b:equalize", "c:bias_correction", "d:adaround",
+                     "e:float_fallback:1"], rungs
+    assert all("seconds" in r for r in d["ladder"])
+    assert d["ladder"][2]["skipped"] == "no depthwise convolutions"
+    for r in d["ladder"][:4:3] + d["ladder"][1:2]:
+        assert r["top1_drop"] == 0.5 and not r["holds"] and r["num_excluded_nodes"] == 0 and "judgement" in r
+    fb = d["ladder"][-1]
+    assert fb["holds"] and d["chosen_rung"] == "e:float_fallback:1"
     # the most sensitive unit is the Mul output (the outlier tensor, folded into conv1 by
     # pre-processing): its consumer conv2 and its producer conv1 stay in float, nothing else
-    assert d["sensitivity"]["top_units"][0]["tensor"] == "m"
-    assert sorted(d["nodes_to_exclude"]) == ["conv1", "conv2"] and len(b["steps"]) == 2
+    assert fb["ranking"]["top_units"][0]["tensor"] == "m" and fb["ranking"]["top_units"][0]["cost_ms"] > 0
+    assert sorted(d["nodes_to_exclude"]) == ["conv1", "conv2"] and d["float_compute_share"] == 2 / 3
     assert d["val_top1_int8"] == 1.0
-    j = b["judgement"]  # edgetransfer.stats.budget_judge: 16 images cannot resolve a 0 pt budget
-    assert j["holds"] and j["decided_by"] == "fidelity" and j["n"] == 16 and len(j["per_class"]) == 2
-    assert not b["steps"][0]["judgement"]["holds"]
-    ops = count_ops(tmp_path / "q.onnx")
-    assert ops["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
+    assert count_ops(tmp_path / "q.onnx")["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
+
+
+def test_float_fallback_respects_the_cap(data, sensitive, tmp_path):
+    """2 of 3 compute nodes would have to stay float: over a 50 % cap the ladder writes the best
+    candidate with budget_exceeded instead of giving the speed away."""
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4),
+                           ladder=LadderConfig(max_float_share=0.5))
+    d = m.details
+    assert d["status"] == "budget_exceeded" and d["num_excluded_nodes"] == 0
+    last = d["ladder"][-1]
+    assert last["rung"] == "e:float_fallback:1" and "more than 1 compute node" in last["skipped"]
+    # the default cap (5 % of 3 compute nodes = 0) skips the rung
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q2.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4))
+    assert "float cap 0 compute node(s)" in m.details["ladder"][-1]["skipped"]
 
 
 def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
@@ -135,7 +158,8 @@ def test_cli_quantize_exits_3_over_budget_and_0_within(data, tmp_path, capsys):
     bundle = write_bundle(sensitive_model(), tmp_path / "b", data["train"], data["val"])
     recipe = tmp_path / "r.yaml"
     recipe.write_text("num_samples: 16\nbatch_size: 8\n")
-    argv = ["edgetransfer", "quantize", str(bundle), "--calibration", str(recipe), "--max-accuracy-drop", "0.0", "-q"]
+    argv = ["edgetransfer", "quantize", str(bundle), "--calibration", str(recipe), "--max-accuracy-drop", "0.0", "-q",
+            "--max-float-share", "1.0"]
     with pytest.raises(SystemExit) as e:
         main_with(main, argv + ["--max-steps", "0"])
     assert e.value.code == 3
@@ -143,7 +167,7 @@ def test_cli_quantize_exits_3_over_budget_and_0_within(data, tmp_path, capsys):
     assert man["details"]["status"] == "budget_exceeded"
     assert "model.int8.qdq.onnx" in [a["file"] for a in Bundle.open(bundle).registered()]  # registered, flagged
     assert "exceeds the budget" in capsys.readouterr().err
-    main_with(main, argv)  # default --max-steps 8: the loop meets the budget, exit 0
+    main_with(main, argv)  # default --max-steps 8: the ladder's float fallback meets the budget, exit 0
     man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
     assert man["details"]["status"] == "ok" and man["details"]["num_excluded_nodes"] == 2
     # the second run reused the calibration ranges of the first (same model, images, method, preset)
