@@ -11,8 +11,8 @@ from typing import Any
 from . import __version__
 from .artifacts import read_manifest
 from .bench.benchmark import BenchSettings, benchmark_bundle
-from .bundle import Bundle
-from .data import PreprocessSpec, resolve_splits
+from .bundle import SPLIT_KEYS, Bundle
+from .data import PreprocessSpec
 from .errors import BudgetExceededError, ConfigError, DataError, TargetError
 from .progress import log
 from .targets import Target, load_target
@@ -21,16 +21,25 @@ from .types import Runtime
 GOLDEN_COUNT = 8
 
 
-def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
-    """Resolve the split, write bundle.json, train, register the checkpoint."""
+def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, test: Path | None = None, val_fraction: float = 0.2,
+                test_fraction: float | None = None, target: Target | None = None):
+    """Resolve the data roles (:func:`edgetransfer.splits.resolve_data_roles`), write bundle.json,
+    train on train (best epoch on val; the test split never reaches the trainer), register the checkpoint."""
+    from .splits import resolve_data_roles
     from .train import process_rank, train
 
     out = Path(out)
-    train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
-    skipped = train_set.skipped + [s for s in val_set.skipped if s not in train_set.skipped]
-    log(f"data: {how}; {len(train_set)} training and {len(val_set)} validation images, classes {train_set.class_names}")
+    roles = resolve_data_roles(data, val, test, val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    train_set, val_set, test_set = roles.train, roles.val, roles.test
+    how = roles.how
+    skipped = roles.skipped
+    for r in roles.roles:
+        log(f"data: {r['role']:<7} {r['folder'] or '-'}: {r['note']}")
+    log(f"data: {len(train_set)} training, {len(val_set)} validation and {len(test_set) if test_set else 0} test images, "
+        f"classes {train_set.class_names}")
     for s in skipped:
         log(f"[yellow]skipped {s['path']}: {s['reason']}")
+    names = train_set.class_names
     info = {
         "edgetransfer_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -41,8 +50,10 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
             "num_train": len(train_set), "num_val": len(val_set),
             "train_counts": train_set.counts(), "val_counts": val_set.counts(),
             "skipped": skipped, "num_skipped": len(skipped),
-            "train_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in train_set.samples],
-            "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
+            "test_root": str(test_set.root) if test_set else None, "num_test": len(test_set) if test_set else 0,
+            "test_counts": test_set.counts() if test_set else {}, "roles": roles.roles, "carving": roles.carving,
+            **{SPLIT_KEYS[k]: [[str(s.path.resolve()), names[s.label]] for s in f.samples]
+               for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
             "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
     }
@@ -219,7 +230,8 @@ def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, sett
     return benchmark_bundle(Path(bundle), target, data=data, settings=settings)
 
 
-def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, export_cfg=None,
+def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, test: Path | None = None,
+        test_fraction: float | None = None, export_cfg=None,
         recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2,
         max_accuracy_drop: float | None = None, max_steps: int = 8) -> dict[str, Any]:
     """The main job: train -> export -> quantize -> benchmark. Validates settings before work.
@@ -238,7 +250,8 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     check_build_backends(tgt)  # a missing mobile backend fails now, not after training
     times = {}
     t = time.perf_counter()
-    stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
+    stage_train(Path(data), Path(out), train_cfg, val=val, test=test, val_fraction=val_fraction, test_fraction=test_fraction,
+                target=tgt)
     times["train_s"] = time.perf_counter() - t
     from .train import process_rank
 
