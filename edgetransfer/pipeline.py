@@ -13,7 +13,7 @@ from .artifacts import read_manifest
 from .bench.benchmark import BenchSettings, benchmark_bundle
 from .bundle import SPLIT_KEYS, Bundle
 from .data import PreprocessSpec
-from .errors import BudgetExceededError, ConfigError, DataError, TargetError
+from .errors import BudgetExceededError, ConfigError, DataError, GateFailedError, TargetError
 from .progress import log
 from .targets import Target, load_target
 from .types import Runtime
@@ -161,6 +161,8 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max)
     b.register(m.file)
+    if m.details.get("status") == "gate_failed":
+        raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")
     if m.details.get("status") == "budget_exceeded":
         bd = m.details["budget"]
         raise BudgetExceededError(
