@@ -40,6 +40,10 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, test: Pa
     for s in skipped:
         log(f"[yellow]skipped {s['path']}: {s['reason']}")
     names = train_set.class_names
+    present = [f for f in (train_set, val_set, test_set) if f is not None]
+    ignored = sorted({i for f in present for i in f.ignored})
+    if ignored:
+        log(f"ignored {len(ignored)} non-image file(s) (by extension), e.g. {ignored[0]}")
     info = {
         "edgetransfer_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -52,6 +56,8 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, test: Pa
             "skipped": skipped, "num_skipped": len(skipped),
             "test_root": str(test_set.root) if test_set else None, "num_test": len(test_set) if test_set else 0,
             "test_counts": test_set.counts() if test_set else {}, "roles": roles.roles, "carving": roles.carving,
+            "image_cases": {k: f.image_cases() for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
+            "ignored": ignored,
             **{SPLIT_KEYS[k]: [[str(s.path.resolve()), names[s.label]] for s in f.samples]
                for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
             "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
