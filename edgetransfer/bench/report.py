@@ -155,7 +155,7 @@ def _provider_cell(r: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
-HEADER = ["artifact", "precision", "runtime", "status", "MiB", "top-1 [95 %]", "top-1 val", "agree fp32", "batch", "p50 ms", "p90 ms", "p99 ms",
+HEADER = ["artifact", "precision", "runtime", "status", "MiB", "top-1", "top-1 val", "agree fp32", "batch", "p50 ms", "p90 ms", "p99 ms",
           "img/s", "e2e p50 ms", "mem MiB", "provider", "Pareto"]
 _TEXT_COLUMNS = ("artifact", "precision", "runtime", "status", "provider", "Pareto")
 
@@ -173,8 +173,6 @@ def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[s
         e2e = r.get("latency_e2e") or {}
         mem = r.get("memory") or {}
         status = r["status"] if not (r.get("error") and with_errors) else f"{r['status']}: {r['error'][:70]}"
-        if r.get("not_faster"):
-            status += " (not faster than fp32)"
         val = (r.get("accuracy_by_split") or {}).get("val") if acc.get("split") not in (None, "val") else None
         for k, lat in enumerate(lats):
             first = k == 0
