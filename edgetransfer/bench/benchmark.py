@@ -117,7 +117,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         raise DataError(f"validation set {val_root} has no usable images")
     log(f"preprocessing {len(samples)} validation images")
     x, y = load_arrays(samples, spec)
-    payloads = encoded_payloads(samples, settings.e2e_images) if settings.e2e else []
+    payloads = encoded_payloads(samples, settings.e2e_images, policy=spec.image) if settings.e2e else []
     tb = target.benchmark
     batch_sizes = tuple(settings.batch_sizes or tb.batch_sizes)
     warmup = tb.warmup if settings.warmup is None else settings.warmup
@@ -189,7 +189,9 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
                      "threads": threads, "e2e_images": len(payloads)},
         "dataset": {"val_root": val_root, "class_names": class_names, "num_images": len(samples),
                     "counts": {n: int((y == i).sum()) for i, n in enumerate(class_names)},
-                    "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training")},
+                    "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training"),
+                    "image_policy": spec.image.to_dict(), "ignored": val.ignored,
+                    "image_cases": val.image_cases() or (bundle_info.get("dataset", {}).get("image_cases") or {}).get("val", {})},
         "results": results,
         "power": power_info,
         **({"sustained": sustained} if sustained else {}),
