@@ -9,8 +9,9 @@ ORT on x86 wants uint8 activations that fuse into QLinearConv; TensorRT consumes
 signed INT8 with zero point 0 — NVIDIA TensorRT Developer Guide, "Explicit Quantization").
 
 The accuracy budget: top-1 of the INT8 model against the fp32 ONNX model on held-out images
-(the validation split; calibration uses the training split only). When the drop exceeds
-``max_top1_drop``, the quantization units are ranked by the error each adds alone to the logits
+(the validation split; calibration uses the training split only), judged by
+:func:`edgetransfer.stats.budget_judge` (the paired drop with its interval; logit fidelity when one
+image is worth more than the budget; the worst-class bound). When it does not hold, the quantization units are ranked by the error each adds alone to the logits
 (:mod:`~edgetransfer.quantize.sensitivity`) and the nodes consuming the worst units are kept in
 floating point (``nodes_to_exclude``), 1, 2, 4, 8... units cumulatively, re-quantizing from the
 cached ranges each step, until the budget holds or ``max_steps`` steps were taken. A model still
@@ -41,6 +42,7 @@ from ..errors import ConfigError, DataError, EdgeTransferError, ParityError, req
 from ..onnx_inspect import count_ops
 from ..parity import TOLERANCES, compare_logits
 from ..progress import log, task
+from ..stats import budget_judge
 from ..targets import QuantizationPreset
 from ..types import Format, Precision, Status
 from .calibration import CalibrationRecipe, cached_ranges
@@ -290,14 +292,18 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                 if parity_y is not None:
                     rec["top1_fp32"], rec["top1_int8"] = _top1(ref, parity_y), _top1(cand, parity_y)
                     rec["top1_drop"] = rec["top1_fp32"] - rec["top1_int8"]
+                    if budget is not None:
+                        j = budget_judge(ref, cand, parity_y, budget.max_top1_drop)
+                        rec["judgement"] = {k: v for k, v in j.to_dict().items() if k != "per_class"}
+                        rec["_per_class"] = j.figures["per_class"]
             rec["seconds"] = time.perf_counter() - s0
             return rec
 
         excluded = list(nodes_to_exclude)
         attempts = [attempt(0, excluded)]
         ranking = None
-        if budget is not None and attempts[0]["top1_drop"] > budget.max_top1_drop and budget.max_steps > 0:
-            log(f"INT8 top-1 drop {attempts[0]['top1_drop']:.4f} > budget {budget.max_top1_drop:.4f}: ranking "
+        if budget is not None and not attempts[0]["judgement"]["holds"] and budget.max_steps > 0:
+            log(f"INT8 over budget ({attempts[0]['judgement']['reason']}): ranking "
                 "quantization units by the error each adds to the logits")
             s0 = time.perf_counter()
             sens_x = calib_x[np.linspace(0, len(calib_x) - 1, min(budget.sensitivity_images, len(calib_x))).astype(int)]
@@ -317,11 +323,11 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                 excluded = a["excluded_nodes"]
                 log(f"  step {step}: {n_units} unit(s), {len(excluded)} node(s) in float: top-1 {a['top1_int8']:.4f} "
                     f"(fp32 {a['top1_fp32']:.4f}, drop {a['top1_drop']:.4f})")
-                if a["top1_drop"] <= budget.max_top1_drop or n_units == len(ranking) or not a["num_dequantize_nodes"]:
+                if a["judgement"]["holds"] or n_units == len(ranking) or not a["num_dequantize_nodes"]:
                     break
         # A graph left without any Q/DQ node is an fp32 model with an INT8 name: it never holds the budget.
         def holds(a):
-            return a["top1_drop"] <= budget.max_top1_drop and a["num_dequantize_nodes"] > 0
+            return a["judgement"]["holds"] and a["num_dequantize_nodes"] > 0
 
         if budget is None:
             chosen = attempts[-1]
@@ -361,9 +367,11 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         with atomic_path(out, suffix=".onnx") as tmp:
             shutil.copyfile(chosen["path"], tmp)
             _copy_metadata(onnx_path, tmp)
+    per_class = chosen.get("_per_class")
     for a in attempts:
         a.pop("path", None)
         a.pop("_logits", None)
+        a.pop("_per_class", None)
     details.update({
         "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.onnx_inspect)",
         "nodes_to_exclude": chosen["excluded_nodes"],
@@ -389,6 +397,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
     if budget is not None:
         details["budget"] = {"max_top1_drop": budget.max_top1_drop, "max_steps": budget.max_steps,
                              "held": status == Status.OK, "top1_drop": chosen["top1_drop"],
+                             "judgement": {**chosen["judgement"], "per_class": per_class},
                              "steps": attempts, "chosen_step": chosen["step"]}
     return write_manifest(out, Manifest(
         format=str(Format.ONNX), precision=str(Precision.INT8), file=out.name, parent_sha256=parent.sha256,

@@ -102,6 +102,9 @@ def test_budget_loop_excludes_the_outlier_and_meets_the_budget(data, sensitive, 
     assert d["sensitivity"]["top_units"][0]["tensor"] == "m"
     assert sorted(d["nodes_to_exclude"]) == ["conv1", "conv2"] and len(b["steps"]) == 2
     assert d["val_top1_int8"] == 1.0
+    j = b["judgement"]  # edgetransfer.stats.budget_judge: 16 images cannot resolve a 0 pt budget
+    assert j["holds"] and j["decided_by"] == "fidelity" and j["n"] == 16 and len(j["per_class"]) == 2
+    assert not b["steps"][0]["judgement"]["holds"]
     ops = count_ops(tmp_path / "q.onnx")
     assert ops["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
 
