@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from .errors import DataError
+from .imagepolicy import DEFAULT_POLICY, ImagePolicy, count_cases, is_image_file
 
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -32,7 +33,9 @@ _INTERPOLATION = {
 class PreprocessSpec:
     """How an RGB image becomes a model input.
 
-    Steps: decode, convert to RGB, resize the shorter side to ``resize_size`` px with
+    Steps: decode and convert to 8-bit RGB by the image policy ``image``
+    (:class:`~edgetransfer.imagepolicy.ImagePolicy`: EXIF orientation, 16-bit scaling, alpha over a
+    background), resize the shorter side to ``resize_size`` px with
     ``interpolation`` (``resize_mode='squash'``: both sides to ``resize_size``, aspect ratio not
     kept), center-crop ``input_size`` x ``input_size`` px, scale to [0, 1], subtract
     ``mean`` and divide by ``std`` (per channel, RGB order), reorder the channels to
@@ -54,6 +57,7 @@ class PreprocessSpec:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     dtype: str = "float32"
+    image: ImagePolicy = DEFAULT_POLICY
     resize_mode: str = "shorter"
     resize_rounding: str = "round"
     crop_rounding: str = "round"
@@ -78,6 +82,7 @@ class PreprocessSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["image"] = self.image.to_dict()
         return d
 
     @classmethod
@@ -86,19 +91,19 @@ class PreprocessSpec:
         for k in ("mean", "std"):
             if k in d:
                 d[k] = tuple(float(x) for x in d[k])
+        d["image"] = ImagePolicy.from_dict(d.get("image"))
         return cls(**d)
 
 
-def decode_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any image Pillow can decode (JPEG, PNG, GIF first frame, ...) as RGB.
+def decode_rgb(path, policy: ImagePolicy | None = None) -> Image.Image:
+    """Open any image Pillow can decode (JPEG, PNG, GIF first frame, ...; a path or a binary
+    stream) as 8-bit RGB by ``policy`` (default: EXIF orientation applied, 16-bit scaled, alpha
+    over white; :mod:`edgetransfer.imagepolicy`).
 
     Raises ``OSError``/``ValueError`` (from Pillow) when the file cannot be fully decoded; a
     truncated JPEG is an error, not a silently grey-padded image.
     """
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    return (policy or DEFAULT_POLICY).decode(path)
 
 
 def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -130,13 +135,14 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
-    return preprocess_image(decode_rgb(path), spec)
+    return preprocess_image(decode_rgb(path, spec.image), spec)
 
 
 @dataclass
 class Sample:
     path: Path
     label: int
+    cases: tuple[str, ...] = ()  # image-policy cases found when the file was scanned (imagepolicy.CASES)
 
 
 @dataclass
@@ -147,6 +153,7 @@ class ImageFolder:
     class_names: list[str]
     samples: list[Sample]
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    ignored: list[str] = field(default_factory=list)  # files that are not images by extension (notes.txt)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -161,8 +168,12 @@ class ImageFolder:
             c[self.class_names[s.label]] += 1
         return c
 
+    def image_cases(self) -> dict[str, int]:
+        """Images per image-policy case (16bit, alpha, exif_oriented, cmyk ...; empty when not scanned)."""
+        return count_cases(s.cases for s in self.samples)
+
     def subset(self, indices: Sequence[int]) -> "ImageFolder":
-        return ImageFolder(self.root, list(self.class_names), [self.samples[i] for i in indices], list(self.skipped))
+        return ImageFolder(self.root, list(self.class_names), [self.samples[i] for i in indices], list(self.skipped), list(self.ignored))
 
 
 def _is_hidden(p: Path) -> bool:
@@ -176,8 +187,10 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     must be one of them (a folder unknown to training is an error naming it) and labels follow
     that order, whatever the folder order on disk; classes missing here are allowed.
     When ``None``, classes are the sorted sub-folder names.
-    With ``verify``, every candidate file is fully decoded once; files that fail are listed in
-    ``skipped`` with the reason and left out. Raises :class:`DataError` for a missing root, no
+    Files whose extension Pillow does not open (``notes.txt``) are listed in ``ignored``, not
+    decoded. With ``verify``, every image file is fully decoded once (by the default image
+    policy; each sample records its cases); files that fail are listed in ``skipped`` with the
+    reason and left out. Raises :class:`DataError` for a missing root, no
     class folders, an empty class folder, or an unknown class.
     """
     root = Path(root)
@@ -202,27 +215,30 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     samples: list[Sample] = []
     skipped: list[dict[str, str]] = []
     candidates: list[tuple[Path, int]] = []
+    ignored: list[str] = []
     for d in dirs:
         files = sorted(f for f in d.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(d).parts))
-        if not files:
-            raise DataError(f"class folder {d} is empty; add images to it or remove the folder")
-        candidates.extend((f, index[d.name]) for f in files)
+        images = [f for f in files if is_image_file(f)]
+        ignored.extend(str(f) for f in files if not is_image_file(f))
+        if not images:
+            what = f"only non-image files ({', '.join(f.name for f in files[:3])})" if files else "empty"
+            raise DataError(f"class folder {d} is {what}; add images to it or remove the folder")
+        candidates.extend((f, index[d.name]) for f in images)
 
-    def check(item: tuple[Path, int]) -> str | None:
+    def check(item: tuple[Path, int]) -> tuple[str | None, tuple[str, ...]]:
         try:
-            decode_rgb(item[0])
-            return None
+            return None, DEFAULT_POLICY.decode_case(item[0])[1]
         except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError...
-            return f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}", ()
 
     if verify:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             reasons = list(pool.map(check, candidates))
     else:
-        reasons = [None] * len(candidates)
-    for (f, label), reason in zip(candidates, reasons):
+        reasons = [(None, ())] * len(candidates)
+    for (f, label), (reason, cases) in zip(candidates, reasons):
         if reason is None:
-            samples.append(Sample(f, label))
+            samples.append(Sample(f, label, cases))
         else:
             skipped.append({"path": str(f), "reason": reason})
     per_class = defaultdict(int)
@@ -231,7 +247,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     for d in dirs:
         if per_class[index[d.name]] == 0:
             raise DataError(f"class folder {d} has no decodable image (all {sum(1 for c in candidates if c[1] == index[d.name])} files failed); see the skipped list")
-    return ImageFolder(root, names, samples, skipped)
+    return ImageFolder(root, names, samples, skipped, ignored)
 
 
 def stratified_split(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[ImageFolder, ImageFolder]:

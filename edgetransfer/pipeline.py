@@ -31,6 +31,9 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
     log(f"data: {how}; {len(train_set)} training and {len(val_set)} validation images, classes {train_set.class_names}")
     for s in skipped:
         log(f"[yellow]skipped {s['path']}: {s['reason']}")
+    ignored = sorted(set(train_set.ignored + val_set.ignored))
+    if ignored:
+        log(f"ignored {len(ignored)} non-image file(s) (by extension), e.g. {ignored[0]}")
     info = {
         "edgetransfer_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -41,6 +44,8 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
             "num_train": len(train_set), "num_val": len(val_set),
             "train_counts": train_set.counts(), "val_counts": val_set.counts(),
             "skipped": skipped, "num_skipped": len(skipped),
+            "image_cases": {"train": train_set.image_cases(), "val": val_set.image_cases()},
+            "ignored": sorted(set(train_set.ignored + val_set.ignored)),
             "train_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in train_set.samples],
             "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
             "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},

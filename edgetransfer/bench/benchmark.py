@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Manifest, read_manifest
-from ..bundle import BUILD_SCRIPT, Bundle, subsample
+from ..bundle import BUILD_SCRIPT, SUSTAINED_PNG, Bundle, subsample
 from ..host import cpu_info, cuda_device, load_average  # noqa: F401 (cpu_info: re-exported)
 from ..data import ImageFolder, PreprocessSpec, load_arrays
 from ..errors import ArtifactError, DataError, MissingExtraError
@@ -28,6 +28,7 @@ from .accuracy import accuracy, predict
 from .e2e import encoded_payloads, measure_end_to_end
 from .latency import measure_latency
 from .memory import PeakMemory
+from .power import energy_figures, power_setup, sampling
 from .report import write_report
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class BenchSettings:
     e2e: bool = True  # also time JPEG bytes -> top-k (batch 1)
     e2e_images: int = 16  # distinct validation images cycled through by the end-to-end timing
     allow_missing_classes: bool = False  # a validation folder lacking a trained class is an error unless True
+    power: bool = True  # sample the board's power sensor during the timed loops (bench/power.py)
+    idle_seconds: float = 2.0  # idle-power measurement before the run (only where a sensor exists)
+    sustained: float | None = None  # seconds of one artifact at batch 1 with board sensors sampled (bench/sustained.py)
+    sustained_artifact: str | None = None  # its file name (default: the first measured row)
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -112,7 +117,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         raise DataError(f"validation set {val_root} has no usable images")
     log(f"preprocessing {len(samples)} validation images")
     x, y = load_arrays(samples, spec)
-    payloads = encoded_payloads(samples, settings.e2e_images) if settings.e2e else []
+    payloads = encoded_payloads(samples, settings.e2e_images, policy=spec.image) if settings.e2e else []
     tb = target.benchmark
     batch_sizes = tuple(settings.batch_sizes or tb.batch_sizes)
     warmup = tb.warmup if settings.warmup is None else settings.warmup
@@ -130,6 +135,8 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     timing = dict(batch_sizes=batch_sizes, warmup=warmup, iters=iters, min_s=min_s, threads=threads)
 
     load_start = load_average()
+    power_src, power_info = power_setup(settings.power, settings.idle_seconds)
+    timing["power"] = (power_src, power_info.get("idle_w"))
     plan, ref_item = plan_rows(arts, target)
     order = [ref_item] + [it for it in plan if it is not ref_item] if ref_item else plan
     results, ref_pred = [], None
@@ -142,6 +149,11 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             row["reference"] = True
         row.pop("_pred", None)
         results.append(row)
+    sustained = None
+    if settings.sustained:
+        sustained = measure_sustained(results, order, x, target, threads, settings, power_src, Bundle(bundle).trt_cache)
+    if power_src is not None:
+        power_src.close()
     # keep bundle order in the report
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
@@ -177,14 +189,46 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
                      "threads": threads, "e2e_images": len(payloads)},
         "dataset": {"val_root": val_root, "class_names": class_names, "num_images": len(samples),
                     "counts": {n: int((y == i).sum()) for i, n in enumerate(class_names)},
-                    "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training")},
+                    "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training"),
+                    "image_policy": spec.image.to_dict(), "ignored": val.ignored,
+                    "image_cases": val.image_cases() or (bundle_info.get("dataset", {}).get("image_cases") or {}).get("val", {})},
         "results": results,
+        "power": power_info,
+        **({"sustained": sustained} if sustained else {}),
         "notes": notes,
         **(extra or {}),
     }
     if write:
+        if sustained and not sustained.get("error"):
+            from .report_board import write_sustained_plot
+
+            sustained["plot"] = SUSTAINED_PNG if write_sustained_plot(sustained, Path(bundle) / SUSTAINED_PNG) else None
         write_report(report, bundle)
     return report
+
+
+def measure_sustained(results, order, x, target: Target, threads: int, settings: BenchSettings, power_src, trt_cache: Path) -> dict[str, Any]:
+    """The ``--sustained`` run (:func:`.sustained.run_sustained`) of one measured row at batch 1:
+    ``settings.sustained_artifact`` or the first ``ok`` row; ``{"error": ...}`` when there is none."""
+    from .sustained import BoardSensors, run_sustained
+
+    ok = [r for r in results if r["status"] == Status.OK and (not settings.sustained_artifact or r["name"] == settings.sustained_artifact)]
+    if not ok:
+        return {"error": f"no measured row named {settings.sustained_artifact}" if settings.sustained_artifact else "no measured row"}
+    row = ok[0]
+    p, m, rt = next(it for it in order if str(it[0]) == row["path"] and str(it[2]) == row["runtime"])
+    cls = get_runner_class(m.format, rt)
+    runner = cls(p, m, threads=threads, options=cls.options_for(target, m, trt_cache / "ort" / (m.sha256 or "unknown")[:16]))
+    try:
+        runner.activate()
+        call = runner.timed_call(np.ascontiguousarray(x[:1]))
+        for _ in range(5):
+            call()
+        with task(f"Sustained {p.name} ({rt}), {settings.sustained:g} s", None):
+            out = run_sustained(call, float(settings.sustained), sensors=BoardSensors(), power=power_src, sync=runner.synchronize)
+    finally:
+        deactivate_quietly(runner)
+    return {"name": row["name"], "runtime": row["runtime"], "batch_size": 1, **out}
 
 
 def host_is_target(target: Target) -> bool:
@@ -232,13 +276,15 @@ def _base_row(path: Path, manifest: Manifest, runtime: Runtime) -> dict[str, Any
 
 def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.ndarray, y: np.ndarray, class_names: list[str], *,
                      batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred=None, target: Target | None = None,
-                     payloads: list[bytes] | None = None, spec: PreprocessSpec | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
+                     payloads: list[bytes] | None = None, spec: PreprocessSpec | None = None, cache_dir: Path | None = None,
+                     power: tuple | None = None) -> dict[str, Any]:
     """One report row. Never raises for a runtime/artifact failure: the row carries the error.
 
     ``x`` float32 (N, 3, S, S) / ``y`` int64 (N,): the preprocessed validation set; ``payloads``:
     encoded images for the end-to-end figure (none: skipped); ``ref_pred`` int64 (N,): the fp32
     reference's predictions for ``agreement_with_fp32``. The row's private ``_pred`` holds this
-    artifact's predictions.
+    artifact's predictions. ``power``: (power source or None, idle W) — each latency entry then
+    carries ``power`` (:func:`.power.energy_figures`) and the row ``power``, its first batch size's.
     """
     row = _base_row(path, manifest, runtime)
     try:
@@ -277,10 +323,14 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                     continue
                 xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:]))
                 call = runner.timed_call(xb)  # inputs checked once; infer_impl is what is timed
-                with task(f"Latency {path.name} ({runtime}) b{b}", None):
+                src, idle_w = power or (None, None)
+                with task(f"Latency {path.name} ({runtime}) b{b}", None), sampling(src) as sampler:
                     stats = measure_latency(call, b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
                                             sync=runner.synchronize)
                 row["latency"].append(stats.to_dict())
+                if sampler is not None:
+                    row["latency"][-1]["power"] = energy_figures(sampler.watts, stats.mean_ms, b, idle_w)
+                    row.setdefault("power", {"batch_size": b, **row["latency"][-1]["power"]})
             if payloads and spec is not None:
                 with task(f"End-to-end {path.name} ({runtime}), JPEG -> top-k", None):
                     row["latency_e2e"] = measure_end_to_end(runner, spec, class_names, payloads, warmup=warmup,

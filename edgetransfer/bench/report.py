@@ -179,6 +179,17 @@ def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[s
     return list(HEADER), rows
 
 
+def _image_text(ds: dict) -> str:
+    """The image policy and its per-case counts, for the report's dataset line ('' when not recorded)."""
+    pol, cases, ign = ds.get("image_policy"), ds.get("image_cases") or {}, ds.get("ignored") or []
+    if not pol:
+        return ""
+    text = (f"; images decoded with EXIF orientation {'applied' if pol.get('exif_orientation') else 'ignored'}, "
+            f"16-bit scaled, alpha over RGB{tuple(pol.get('background', ()))}")
+    text += (" (" + ", ".join(f"{k}: {v}" for k, v in cases.items()) + ")") if cases else ""
+    return text + (f"; non-image files ignored: {len(ign)}" if ign else "")
+
+
 def _load_text(env: dict[str, Any]) -> str:
     la = env.get("load_average") or {}
     if not la.get("start") or not la.get("end"):
@@ -198,7 +209,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"threads {st.get('threads') or 'runtime default'}); measured on this host"
         + ("" if report.get("host_is_target", True) else " (a host measurement, not the target device)")
         + _load_text(env) + ".",
-        f"Validation set: {ds.get('num_images', '?')} images, classes {ds.get('class_names')}; skipped files: {len(ds.get('skipped') or [])}.",
+        f"Validation set: {ds.get('num_images', '?')} images, classes {ds.get('class_names')}; skipped files: {len(ds.get('skipped') or [])}"
+        + _image_text(ds) + ".",
         f"Latency: {st.get('warmup')} warm-up calls, then at least {st.get('min_iterations')} calls and {st.get('min_seconds')} s "
         "per figure; `e2e` = JPEG bytes in, decode + preprocess + inference + softmax/top-k, batch 1; "
         "`mem` = resident-set growth while loaded and running; `Pareto` `*` = on the accuracy/latency Pareto front (no other row both faster and more accurate).",
@@ -213,6 +225,9 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{r['name']} [{r['runtime']}] decode {r['latency_e2e']['decode_p50_ms']:.2f}, preprocess "
             f"{r['latency_e2e']['preprocess_p50_ms']:.2f}, infer {r['latency_e2e']['infer_p50_ms']:.2f}, "
             f"top-k {r['latency_e2e']['postprocess_p50_ms']:.3f}" for r in e2e_rows) + "."]
+    from .report_board import power_lines, sustained_lines  # additive sections (issue 14)
+
+    lines += power_lines(report) + sustained_lines(report)
     if report.get("plot"):
         lines += ["", f"![accuracy vs latency]({report['plot']})"]
     notes = report.get("notes") or []

@@ -168,6 +168,10 @@ BENCH_HELP = {
     "e2e": "also time JPEG bytes -> top-k (decode + preprocess + infer + softmax, batch 1)",
     "e2e_images": "distinct validation images the end-to-end timing cycles through",
     "allow_missing_classes": "accept a validation folder lacking some trained classes",
+    "power": "sample the board's power sensor (Jetson INA3221 / tegrastats, Pi 5 PMIC) during the timed loops: W and mJ per inference",
+    "sustained": "also run one artifact at batch 1 for SECONDS, sampling temperature, clocks, throttle flags and power: drift and throttle events",
+    "sustained_artifact": "the artifact file of the --sustained run (default: the first measured row)",
+    "idle_seconds": "seconds of idle-power measurement before the run (only on a board with a power sensor)",
 }
 
 

@@ -138,6 +138,14 @@ def benchmark_argv(device: Device, workdir: str, remote_bundle: str, target: str
         argv.append("--no-e2e")
     if settings.allow_missing_classes:
         argv.append("--allow-missing-classes")
+    if not settings.power:
+        argv.append("--no-power")
+    if settings.sustained:
+        argv += ["--sustained", str(settings.sustained)]
+    if settings.sustained_artifact:
+        argv += ["--sustained-artifact", settings.sustained_artifact]
+    if settings.idle_seconds != BenchSettings.idle_seconds:
+        argv += ["--idle-seconds", str(settings.idle_seconds)]
     return argv
 
 

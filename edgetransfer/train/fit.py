@@ -126,6 +126,7 @@ def prepare(train_set: ImageFolder, val_set: ImageFolder, out: Path, cfg: TrainC
         pre = info.preprocessing
         info.preprocessing = dataclasses.replace(
             pre, input_size=cfg.input_size, resize_size=max(cfg.input_size, round(cfg.input_size * pre.resize_size / pre.input_size)))
+    info.preprocessing = dataclasses.replace(info.preprocessing, image=cfg.image_policy())
     blocks = backbone_blocks(model, info.head_path)
     nb = len(blocks)
     if cfg.trainable_blocks > nb:

@@ -126,6 +126,9 @@ def test_remote_benchmark_matches_local_and_skips_unchanged(env, bundle, tmp_pat
     assert tr["files_sent"] == tr["files_total"] == 6 + 12 + 1 and tr["files_unchanged"] == 0  # 3 artifacts + manifests, 12 images, bundle.json
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| board-a | model.onnx | fp32 | onnxruntime | ok |" in md and "## board-a — ok" in md
+    # the loopback board has no INA3221/tegrastats/PMIC: the report says so, with no energy number
+    assert sec["report"]["power"]["sensor"] is None and "Power: no power sensor" in md
+    assert all(r.get("power") is None for r in sec["report"]["results"])
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["devices"][0]["device"] == "board-a"
     assert bundle_files(bundle) == before  # the local bundle is only read
 
