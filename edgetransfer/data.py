@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
+from .host import usable_cpus
 from .imagepolicy import DEFAULT_POLICY, ImagePolicy, count_cases, is_image_file
 
 _INTERPOLATION = {
@@ -232,7 +233,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
             return f"{type(exc).__name__}: {exc}", ()
 
     if verify:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
             reasons = list(pool.map(check, candidates))
     else:
         reasons = [(None, ())] * len(candidates)
@@ -301,7 +302,7 @@ def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None
 
 def iter_batches(samples: Sequence[Sample], spec: PreprocessSpec, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x, y)``: x float32 (B, 3, S, S) preprocessed, y int64 (B,) labels."""
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(4, usable_cpus())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
