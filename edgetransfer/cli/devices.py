@@ -15,11 +15,18 @@ app = typer.Typer(no_args_is_help=True, help="Your own boards, reached over SSH:
 
 
 @app.command("list")
-def devices_list(inventory: Optional[Path] = INVENTORY):
-    """The boards of the inventory, one table row each (on stdout)."""
+def devices_list(inventory: Optional[Path] = INVENTORY,
+                 holders: bool = typer.Option(False, "--holders", help="connect to every board and show who holds its benchmark lock")):
+    """The boards of the inventory, one table row each (on stdout); --holders: and who is using each."""
     from ..remote.inventory import Inventory
 
-    present.devices_table(Inventory.load(inventory))
+    inv = Inventory.load(inventory)
+    held = None
+    if holders and inv.devices:
+        from ..remote.fleet import board_holders
+
+        held = {h["device"]: h for h in board_holders(list(inv.devices.values()))}
+    present.devices_table(inv, held)
 
 
 @app.command("add")

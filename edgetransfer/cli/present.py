@@ -164,15 +164,19 @@ def targets_table(targets: list[tuple[str, Any]]) -> None:
     out().print(t)
 
 
-def devices_table(inv) -> None:
+def devices_table(inv, holders: dict | None = None) -> None:
     if not inv.devices:
         err.print(f"no devices in {inv.path}; add one with 'edgetransfer devices add NAME --host USER@HOST --target TARGET'")
         return
     t = Table(title=str(inv.path))
-    for c in ("name", "host", "target", "workdir", "runs in"):
+    for c in ("name", "host", "target", "class", "workdir", "runs in") + (("lock",) if holders is not None else ()):
         t.add_column(c)
     for d in inv.devices.values():
-        t.add_row(d.name, d.destination, d.target or "(bundle's)", d.workdir, d.runs_in)
+        cells = [d.name, d.destination, d.target or "(bundle's)", d.device_class or "—", d.workdir, d.runs_in]
+        if holders is not None:
+            h = holders.get(d.name) or {}
+            cells.append(escape(f"{h.get('state', '?')} {h.get('detail') or ''}".strip()))
+        t.add_row(*cells)
     out().print(t)
 
 

@@ -12,6 +12,7 @@ The combined report (one section per board and one table across boards) is writt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import re
@@ -29,6 +30,7 @@ from ..progress import log
 from ..targets import Target, load_target
 from .boardstate import BoardSnapshot, BoardState, parse_snapshot, snapshot_script, state_summary, state_warnings
 from .inventory import Device
+from .lock import acquire, holder_info
 from .ssh import asyncssh, connect, error_reason, is_connection_lost, run, shell_join
 from .sync import BundlePlan, SendItem, TransferStats, plan_bundle, sync
 
@@ -219,19 +221,23 @@ def resolve_target(device: Device, override: str | None, bundle_info: dict[str, 
     return tgt, (str(p) if p.suffix in (".yaml", ".yml") and p.is_file() else None)
 
 
-async def bench_device(device: Device, plan: BundlePlan, target: Target, target_file: str | None, settings: BenchSettings) -> dict[str, Any]:
-    """One board's section of the combined report (never raises for a board failure)."""
+async def bench_device(device: Device, plan: BundlePlan, target: Target, target_file: str | None, settings: BenchSettings,
+                       lock_wait_s: float = 0.0) -> dict[str, Any]:
+    """One board's section of the combined report (never raises for a board failure). The
+    board's lock (:mod:`.lock`) is held from before the board state to after the fetched report;
+    a board held by someone else fails at stage ``lock`` naming the holder, unless it frees up
+    within ``lock_wait_s``."""
     a = asyncssh()
     sec: dict[str, Any] = {"device": device.name, "host": device.destination, "target": target.name, "runs_in": device.runs_in,
                            "status": "failed", "stage": "connect", "error": None, "error_type": None, "remote": None, "version": None,
                            "board": {"before": None, "after": None}, "warnings": [], "transfer": None, "remote_bundle": None,
-                           "seconds": {}, "started_at": time.time(), "finished_at": None, "report": None}
+                           "seconds": {}, "started_at": time.time(), "finished_at": None, "report": None, "lock": None}
     t0 = time.perf_counter()
     before = after = None
     say = lambda msg: log(f"[bold]{device.name}[/]: {escape(msg)}")  # noqa: E731
     try:
         conn = await connect(device)
-        async with conn:
+        async with conn, contextlib.AsyncExitStack() as held:
             sec["seconds"]["connect"] = time.perf_counter() - t0
             sec["stage"] = "probe"
             info = await probe(conn, device)
@@ -242,6 +248,13 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                 workdir = await _workdir(sftp, device)
                 remote_dir = posixpath.join(workdir, "bundles", plan.key)
                 sec["remote_bundle"] = remote_dir
+                sec["stage"] = "lock"
+                lock = await acquire(conn, device.name, workdir, holder_info(str(plan.bundle)), wait_s=lock_wait_s,
+                                     on_wait=lambda who: say(f"waiting for the board: in use by {who}"))
+                held.push_async_callback(lock.release)
+                sec["lock"] = {k: v for k, v in lock.info.items() if k != "token"} | {"broke_stale_lock_age_s": lock.broke}
+                if lock.broke is not None:
+                    say(f"took over a stale lock (not refreshed for {lock.broke} s)")
                 sec["stage"] = "board state"
                 _, before = await board_state(conn, workdir)
                 sec["board"]["before"] = before.to_dict()
@@ -288,6 +301,8 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                 sec.update(status="ok", stage=None, report=report)
     except EdgeTransferError as exc:
         sec.update(error=str(exc), error_type=type(exc).__name__)
+        if getattr(exc, "who", None):
+            sec["held_by"] = exc.who  # BoardBusyError: the lock's holder
     except (a.Error, OSError, asyncio.TimeoutError) as exc:
         if is_connection_lost(exc) or isinstance(exc, asyncio.TimeoutError):
             msg = f"connection lost during {sec['stage']}: {error_reason(exc)}; re-run the same command"
@@ -305,17 +320,22 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
 
 
 def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | None = None, data: Path | None = None,
-                         settings: BenchSettings = BenchSettings(), report_dir: Path | None = None, write: bool = True) -> dict[str, Any]:
+                         settings: BenchSettings = BenchSettings(), report_dir: Path | None = None, write: bool = True,
+                         lock_wait_s: float = 0.0, device_class: str | None = None) -> dict[str, Any]:
     """Benchmark ``bundle`` on every device in parallel; returns the combined report (written to
     ``report_dir``, default ``<bundle>/devices/``, as report.json / report.md when ``write``).
 
     Local problems (not a bundle, an artifact not matching its manifest, validation images
     missing, an unknown target, a duplicate device) raise before any connection; board problems
-    become failed sections."""
+    become failed sections. ``lock_wait_s``: how long a board held by someone else is waited for.
+    ``device_class``: ``devices`` are the boards of that class; the first free one runs
+    (:func:`.fleet.bench_first_free`, waiting up to ``lock_wait_s`` when all are held)."""
     bundle = Path(bundle)
     names = [d.name for d in devices]
     if not devices:
         raise InventoryError("no device given; pass --device NAME (see 'edgetransfer devices list')")
+    if device_class is not None and not devices:
+        raise InventoryError(f"no device of class {device_class!r} in the inventory (set device_class: in devices.yaml)")
     if len(set(names)) != len(names):
         raise InventoryError(f"device names repeat in {names}; give each board once")
     plan = plan_bundle(bundle, data, settings.max_samples)
@@ -323,7 +343,11 @@ def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | N
     log(f"bundle {bundle}: {len(plan.items)} file(s), {sum(i.size for i in plan.items) / 2**20:.1f} MiB, {plan.num_val} validation images")
 
     async def all_devices():
-        return await asyncio.gather(*(bench_device(d, plan, *targets[d.name], settings) for d in devices))
+        if device_class is not None:
+            from .fleet import bench_first_free
+
+            return [await bench_first_free(device_class, devices, plan, targets, settings, lock_wait_s)]
+        return await asyncio.gather(*(bench_device(d, plan, *targets[d.name], settings, lock_wait_s) for d in devices))
 
     sections = asyncio.run(all_devices())
     combined = {

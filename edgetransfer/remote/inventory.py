@@ -15,6 +15,7 @@ Location: the ``--inventory`` flag, else ``$EDGETRANSFER_DEVICES``, else
         # or run inside a container built from Dockerfile.jetson:
         # docker_image: edgetransfer-jetson:latest
         # docker_args: [--runtime, nvidia]
+        device_class: orin-nano           # `benchmark --device-class orin-nano` runs on a free board of the class
 
 Authentication is by key or ssh-agent only: an entry may name an ``identity_file``; a
 ``password`` (or passphrase) key is refused. Host keys are checked against ``known_hosts``
@@ -74,6 +75,7 @@ class Device:
     known_hosts: str | None = None
     connect_timeout_s: float = 15.0
     timeout_s: float = 3600.0
+    device_class: str | None = None  # e.g. orin-nano: `benchmark --device-class orin-nano` picks a free board of the class
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
@@ -151,7 +153,7 @@ class Device:
         for k in ("connect_timeout_s", "timeout_s"):
             if k in kw:
                 kw[k] = float(kw[k])
-        for k in ("host", "user", "target", "workdir", "python", "docker_image", "identity_file", "known_hosts"):
+        for k in ("host", "user", "target", "workdir", "python", "docker_image", "identity_file", "known_hosts", "device_class"):
             if k in kw and kw[k] is not None:
                 kw[k] = str(kw[k])
         return cls(name=str(name), **kw)
@@ -208,6 +210,10 @@ class Inventory:
             raise InventoryError(f"device {device.name!r} is already in {self.path}; pass --replace to overwrite it "
                                  f"or 'edgetransfer devices remove {device.name}' first")
         self.devices[device.name] = device
+
+    def of_class(self, device_class: str) -> list[Device]:
+        """The boards whose ``device_class`` is ``device_class``, in file order."""
+        return [d for d in self.devices.values() if d.device_class == device_class]
 
     def remove(self, name: str) -> Device:
         dev = self.get(name)
