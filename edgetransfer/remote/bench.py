@@ -361,14 +361,20 @@ def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | N
     targets = {d.name: resolve_target(d, target, plan.bundle_info) for d in devices}
     log(f"bundle {bundle}: {len(plan.items)} file(s), {sum(i.size for i in plan.items) / 2**20:.1f} MiB, {plan.num_val} validation images")
 
-    async def all_devices():
-        if device_class is not None:
+    async def all_devices(devices, farm):
+        if device_class is not None and not farm:
             from .fleet import bench_first_free
 
             return [await bench_first_free(device_class, devices, plan, targets, settings, lock_wait_s)]
         return await asyncio.gather(*(bench_device(d, plan, *targets[d.name], settings, lock_wait_s) for d in devices))
 
-    sections = asyncio.run(all_devices())
+    from .labgrid import farm_places
+
+    with farm_places(devices, device_class, lock_wait_s) as (run_on, farm):
+        sections = asyncio.run(all_devices(run_on, farm))
+    for sec in sections:
+        if sec["device"] in farm:
+            sec["labgrid"] = farm[sec["device"]]
     combined = {
         "kind": "devices",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

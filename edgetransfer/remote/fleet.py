@@ -58,6 +58,14 @@ async def _holder(device: Device) -> dict[str, Any]:
     except Exception as exc:  # unreachable board: say so, the others still show
         return {"device": device.name, "state": "unreachable", "detail": f"{type(exc).__name__}: {exc}"[:160]}
     detail = describe_holder(st["holder"], st["age_s"]) if st["state"] != "free" else ""
+    if device.labgrid_coordinator and device.labgrid_place:
+        from .labgrid import holder_of
+
+        try:
+            who = holder_of(device.labgrid_coordinator, device.labgrid_place)
+        except Exception as exc:  # coordinator down or labgrid missing: say so
+            who = f"? ({type(exc).__name__})"
+        detail = (detail + "; " if detail else "") + f"labgrid place {device.labgrid_place}: {who or 'free'}"
     return {"device": device.name, "state": st["state"], "detail": detail, "holder": st["holder"]}
 
 

@@ -79,6 +79,8 @@ class Device:
     connect_timeout_s: float = 15.0
     timeout_s: float = 3600.0
     device_class: str | None = None  # e.g. orin-nano: `benchmark --device-class orin-nano` picks a free board of the class
+    labgrid_coordinator: str | None = None  # HOST:PORT of a labgrid coordinator holding this board's place (remote/labgrid.py)
+    labgrid_place: str | None = None  # the board's place there (tag it class=<device_class> for --device-class)
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
@@ -159,7 +161,8 @@ class Device:
         for k in ("connect_timeout_s", "timeout_s"):
             if k in kw:
                 kw[k] = float(kw[k])
-        for k in ("host", "user", "target", "workdir", "python", "docker_image", "identity_file", "known_hosts", "device_class"):
+        for k in ("host", "user", "target", "workdir", "python", "docker_image", "identity_file", "known_hosts", "device_class",
+                  "labgrid_coordinator", "labgrid_place"):
             if k in kw and kw[k] is not None:
                 kw[k] = str(kw[k])
         return cls(name=str(name), **kw)

@@ -125,3 +125,56 @@ def test_device_class_picks_the_free_board_and_devices_list_shows_holders(fleet,
     finally:
         free(a.workdir)
         free(b.workdir)
+
+
+@pytest.fixture
+def coordinator(tmp_path):
+    """A real labgrid-coordinator on 127.0.0.1:<free port> (state in tmp_path), stopped after the test."""
+    pytest.importorskip("labgrid", reason="labgrid not installed: pip install 'edgetransfer[farm]'")
+    from ..fixtures.sshboard import free_port
+    from edgetransfer.remote.labgrid import client_path
+
+    exe = Path(client_path()).with_name("labgrid-coordinator")
+    port = free_port()
+    proc = subprocess.Popen([str(exe), "-l", f"127.0.0.1:{port}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_labgrid_reservation_picks_the_free_place(fleet, coordinator, tmp_path):
+    import dataclasses
+
+    from edgetransfer.remote.labgrid import client, client_path, parse_reservations
+
+    for name in ("board-a", "board-b"):
+        client(coordinator, "-p", name, "create")
+        client(coordinator, "-p", name, "set-tags", "class=orin-nano")
+    other = {**os.environ, "LG_HOSTNAME": "ws1"}  # another workstation holds board-a's place
+    subprocess.run([client_path(), "-x", coordinator, "-p", "board-a", "acquire"], env=other, check=True,
+                   capture_output=True)
+    devs = [dataclasses.replace(d, labgrid_coordinator=coordinator, labgrid_place=d.name) for d in fleet["devices"]]
+    (sec,) = bench(fleet, devs, tmp_path / "lg", device_class="orin-nano")["devices"]
+    assert sec["device"] == "board-b" and sec["status"] == "ok", sec["error"]
+    lg = sec["labgrid"]
+    # while the benchmark ran, `labgrid-client reservations` listed our reservation as acquired, allocated board-b
+    assert lg["place"] == "board-b" and lg["reservations"]["state"] == "acquired"
+    assert lg["reservations"]["allocations"] == {"main": "board-b"} and lg["reservations"]["filters"] == {"main": "class=orin-nano"}
+    assert lg["acquired_by"] == f"{socket.gethostname()}/{getpass.getuser()}"
+    # released and cancelled after the run; board-a is still the other workstation's
+    assert lg["token"] not in parse_reservations(client(coordinator, "reservations").stdout)
+    assert "acquired: None" in client(coordinator, "-p", "board-b", "show").stdout
+    assert f"acquired: ws1/{getpass.getuser()}" in client(coordinator, "-p", "board-a", "show").stdout
+    # the held place named directly: refused at once, naming the holder
+    from edgetransfer.remote.lock import BoardBusyError
+
+    with pytest.raises(BoardBusyError, match=f"labgrid place board-a is acquired by ws1/{getpass.getuser()}"):
+        bench(fleet, devs[:1], tmp_path / "lg2")
