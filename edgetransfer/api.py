@@ -124,7 +124,8 @@ class Bundle(_bundle.Bundle):
 
     @classmethod
     def train(cls, data: str | Path, out: str | Path, *, model: str | None = None, target: str | None = None,
-              val: str | Path | None = None, val_fraction: float = 0.2, **config: Any) -> "Bundle":
+              val: str | Path | None = None, val_fraction: float = 0.2, test: str | Path | None = None,
+              test_fraction: float | None = None, **config: Any) -> "Bundle":
         """Transfer learning on the ImageFolder ``data`` into the new bundle ``out`` (``edgetransfer train``).
 
         ``model``: a model source (``efficientnet-lite0``, ``torchvision:resnet18``, ``timm:NAME``,
@@ -147,7 +148,7 @@ class Bundle(_bundle.Bundle):
             config["model"] = model
         tgt = load_target(_bundle.resolve_target_name(target))
         res = stage_train(Path(data), Path(out), TrainConfig(**config), val=Path(val) if val else None,
-                          val_fraction=val_fraction, target=tgt)
+                          val_fraction=val_fraction, test=Path(test) if test else None, test_fraction=test_fraction, target=tgt)
         b = cls(Path(out))
         object.__setattr__(b, "last_train", TrainSummary(Path(res.checkpoint), float(res.best_val_top1), int(res.best_epoch),
                                                          str(res.best_phase)))
