@@ -159,13 +159,14 @@ class Bundle(_bundle.Bundle):
         return Artifact(self.path(m.file), m)
 
     def export(self, *, target: str | None = None, opset: int | None = None, dynamo: bool = True,
-               simplify: bool = False) -> Artifact:
-        """PyTorch checkpoint -> fp32 ONNX with parity vs PyTorch (``edgetransfer export``)."""
+               simplify: bool = False, exporter: str = "auto") -> Artifact:
+        """PyTorch checkpoint -> fp32 ONNX with parity vs PyTorch (``edgetransfer export``);
+        ``exporter``: auto | optimum | torch (Optimum: Hugging Face models, the ``hf`` extra)."""
         from .export.onnx import ExportConfig
         from .pipeline import stage_export
 
         return self._artifact(stage_export(self.dir, self.resolve_target(target),
-                                           ExportConfig(opset=opset, dynamo=dynamo, simplify=simplify)))
+                                           ExportConfig(opset=opset, dynamo=dynamo, simplify=simplify, exporter=exporter)))
 
     def quantize(self, *, target: str | None = None, precision: str = "int8", calibration: str | None = None,
                  max_accuracy_drop: float | None = None, max_steps: int = 8, preset: str | None = None,
