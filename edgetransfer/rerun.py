@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import Manifest, sha256_file
-from .bundle import (BUNDLE_FILE, CHECKPOINT, GOLDEN_DIR, LOCK_FILE, ONNX_FP32, ONNX_INT8, REPORT_JSON, REPORT_MD, REPORT_PNG,
-                     STALE_DIR, Bundle)
+from .bundle import (BUNDLE_FILE, CALIBRATION_CACHE, CHECKPOINT, GOLDEN_DIR, LOCK_FILE, ONNX_FP32, ONNX_INT8, REPORT_JSON, REPORT_MD,
+                     REPORT_PNG, STALE_DIR, TRT_CACHE, Bundle)
 from .errors import ArtifactError, DataError
 from .progress import log
 
 STAGE_FILES = {"train": CHECKPOINT, "export": ONNX_FP32, "quantize": ONNX_INT8}
 _DERIVED_ALWAYS = (GOLDEN_DIR, REPORT_JSON, REPORT_MD, REPORT_PNG)
-_KEEP = {LOCK_FILE, STALE_DIR, "cache", ".trt-cache"}
+_KEEP = {LOCK_FILE, STALE_DIR, CALIBRATION_CACHE.split("/")[0], TRT_CACHE}
 
 
 def data_digest(*roots: str | os.PathLike | None) -> str:
