@@ -59,6 +59,7 @@ APP_DIR = "app"  # edgetransfer app: the sample app for the board
 LABELS_TXT = "labels.txt"  # one class name a line, the model's output order
 DEVICES_DIR = "devices"  # remote benchmark: the boards' combined report
 GOLDEN_DIR = "golden"
+HF_DIR = "hf"  # a Hugging Face model's save_pretrained folder (config.json, safetensors, preprocessor config)
 GOLDEN_FILE = "golden.json"
 BUILD_SCRIPT = "build_engine.sh"
 OPERATOR_CONFIG = "ort.required_operators.config"

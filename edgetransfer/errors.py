@@ -33,6 +33,12 @@ class TrainingError(EdgeTransferError):
     """Training cannot go on (non-finite loss, a resume that does not match the run)."""
 
 
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C (SIGINT) during training; the message says what was kept and how to continue. Exit code 130."""
+
+    exit_code = 130
+
+
 class ArtifactError(EdgeTransferError):
     """An artifact is missing, its manifest is missing, or its sha256 does not match."""
 

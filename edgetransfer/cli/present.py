@@ -188,11 +188,14 @@ def device_check(name: str, dev, res: dict[str, Any]) -> None:
             ("model", st.get("model") or "—"),
             ("L4T / JetPack", (f"L4T {st['l4t']}" + (f", JetPack {st['jetpack']}" if st.get("jetpack") else " (JetPack not in the table)"))
              if st.get("l4t") else "— (not a Jetson)"),
-            ("Python", f"{rem.get('python_version')} ({rem.get('python')})")]
+            ("Python", f"{rem.get('python_version')} ({rem.get('python')})"
+             + ("; externally managed (PEP 668): install into a venv" if rem.get("externally_managed") else ""))]
     if ver:
         missing = ver.get("device_extra_missing") or []
         rows += [("edgetransfer", f"{ver['remote']} ({ver['relation']}; this workstation has {ver['local']})"),
-                 ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")]
+                 ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: " + (
+                     "python3 -m venv ~/et && ~/et/bin/pip install 'edgetransfer[device]' (then python: ~/et/bin/python)"
+                     if rem.get("externally_managed") else "pip install 'edgetransfer[device]'"))]
     else:
         rows.append(("edgetransfer", f"ERROR: {res['version_error']}"))
     from ..runtime import probe_modules  # the registry is the only runtime list

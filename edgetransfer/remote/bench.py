@@ -38,6 +38,12 @@ REPORT_DIR = DEVICES_DIR
 PROBE_MARK = "@@edgetransfer:probe "
 DEVICE_EXTRA_MODULES = ("numpy", "PIL", "yaml", "typer", "rich", "onnxruntime")
 
+# Starts edgetransfer's command line in the board's Python with the working directory off the import
+# path (``python -m`` puts it first, so a folder named edgetransfer there would shadow the installed
+# package: "cannot import name '__version__' from 'edgetransfer' (unknown location)"). Python >= 3.6.
+CLEAN_PATH = "import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.', os.getcwd())]"
+BOOTSTRAP = CLEAN_PATH + "; import runpy; runpy.run_module('edgetransfer', run_name='__main__', alter_sys=True)"
+
 # Runs in the board's Python (any version >= 3.6): what is installed there. Constant text but for
 # MODULES, the (module, distribution) pairs of the core and of every registered runtime.
 _PROBE_TEMPLATE = r'''
@@ -53,6 +59,12 @@ def ver(d):
     except Exception:
         return "installed"
 out = {"python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine()}
+try:  # PEP 668: a system Python that refuses pip install outside a virtual environment
+    import os, sysconfig
+    out["externally_managed"] = (sys.prefix == getattr(sys, "base_prefix", sys.prefix)
+                                 and os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))
+except Exception:
+    out["externally_managed"] = None
 try:
     import edgetransfer
     out["edgetransfer"] = edgetransfer.__version__
@@ -85,7 +97,7 @@ def probe_script() -> str:
 
     core = [("numpy", "numpy"), ("PIL", "pillow"), ("yaml", "pyyaml"), ("typer", "typer"), ("rich", "rich")]
     mods = core + [(m, m.replace("_", "-")) for m in dict.fromkeys(probe_modules().values())]
-    return "MODULES = " + repr(tuple(mods)) + "\n" + _PROBE_TEMPLATE
+    return CLEAN_PATH + "\nMODULES = " + repr(tuple(mods)) + "\n" + _PROBE_TEMPLATE
 
 
 def version_tuple(v: str) -> tuple[int, int, int]:
@@ -103,10 +115,16 @@ def compare_versions(local: str, remote: str) -> str:
     return "compatible"
 
 
-def install_hint(device: Device) -> str:
+def install_hint(device: Device, info: dict[str, Any] | None = None) -> str:
+    """What to run on the board. A system Python marked EXTERNALLY-MANAGED (PEP 668: Debian 12,
+    Ubuntu 24.04, Raspberry Pi OS bookworm) refuses ``pip install``: then a virtual environment."""
     spec = f"'edgetransfer[device]=={__version__}'"
     if device.docker_image:
         return f"rebuild the image {device.docker_image} (Dockerfile.jetson) with {spec}"
+    if (info or {}).get("externally_managed"):
+        return (f"{info.get('python') or device.python} is externally managed (PEP 668: pip install is refused there); make a "
+                f"virtual environment on the board: python3 -m venv ~/et && ~/et/bin/pip install {spec}, then set python: ~/et/bin/python "
+                f"for {device.name} in the inventory")
     return f"install it on the board: {device.python} -m pip install {spec}"
 
 
@@ -126,8 +144,9 @@ def launcher(device: Device, workdir: str | None = None) -> list[str]:
 
 def benchmark_argv(device: Device, workdir: str, remote_bundle: str, target: str, settings: BenchSettings,
                    remote_data: str | None = None) -> list[str]:
-    """``python -m edgetransfer benchmark REMOTE_BUNDLE --target T --quiet ...`` for the board."""
-    argv = launcher(device, workdir) + ["-m", "edgetransfer", "benchmark", remote_bundle, "--target", target, "--quiet"]
+    """``python -c BOOTSTRAP benchmark REMOTE_BUNDLE --target T --quiet ...`` for the board
+    (:data:`BOOTSTRAP`: ``python -m edgetransfer`` with the working directory off the import path)."""
+    argv = launcher(device, workdir) + ["-c", BOOTSTRAP, "benchmark", remote_bundle, "--target", target, "--quiet"]
     if remote_data:
         argv += ["--data", remote_data]
     for b in settings.batch_sizes or ():
@@ -169,11 +188,11 @@ def check_version(device: Device, info: dict[str, Any]) -> dict[str, Any]:
     if not remote:
         raise RemoteVersionError(
             f"{device.name}: edgetransfer is not importable by {info.get('python') or device.runs_in} "
-            f"({info.get('edgetransfer_error', 'not installed')}); {install_hint(device)}")
+            f"({info.get('edgetransfer_error', 'not installed')}); {install_hint(device, info)}")
     rel = compare_versions(__version__, remote)
     if rel == "incompatible":
         raise RemoteVersionError(f"{device.name} has edgetransfer {remote}, this workstation {__version__}: incompatible; "
-                                 f"{install_hint(device)}")
+                                 f"{install_hint(device, info)}")
     missing = [m for m in DEVICE_EXTRA_MODULES if not (info.get("modules") or {}).get(m)]
     note = None
     if rel == "compatible":

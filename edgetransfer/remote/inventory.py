@@ -39,7 +39,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:%\[\]-]+$")  # DNS names, IPv4, IPv6 (optionally bracketed)
 SECRET_KEYS = ("password", "passwd", "passphrase", "secret")
-DEFAULT_WORKDIR = "edgetransfer"
+# not "edgetransfer": a folder of that name in the login directory, where SSH commands start, would be
+# imported as a namespace package and shadow the board's installed edgetransfer
+DEFAULT_WORKDIR = "edgetransfer-bench"
+_HOST_PORT_RE = re.compile(r"^(?P<host>[^:\[\]]+):(?P<port>\d+)$")
 
 
 def config_dir() -> Path:
@@ -83,6 +86,9 @@ class Device:
         where = f"device {self.name!r}"
         if not NAME_RE.match(self.name or ""):
             raise InventoryError(f"device name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+        if _HOST_PORT_RE.match(self.host or "") or (self.host or "").startswith("[") and "]:" in self.host:
+            raise InventoryError(f"{where}: host {self.host!r} carries a port; give the host alone and the port as port: "
+                                 "(on the command line: --host USER@HOST:PORT or --port)")
         if not self.host or not HOST_RE.match(self.host) or self.host.startswith("-"):
             raise InventoryError(f"{where}: host {self.host!r} is not a host name or IP address (give it as --host [USER@]HOST)")
         if self.user is not None and (not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", self.user)):
@@ -163,9 +169,31 @@ class Device:
 
 
 def parse_host(spec: str) -> tuple[str | None, str]:
-    """``"me@10.0.0.42"`` -> ``("me", "10.0.0.42")``; ``"board"`` -> ``(None, "board")``."""
+    """``"me@10.0.0.42"`` -> ``("me", "10.0.0.42")``; ``"board"`` -> ``(None, "board")`` (a port is
+    split off and dropped: :func:`parse_destination` keeps it)."""
+    user, host, _ = parse_destination(spec)
+    return user, host
+
+
+def parse_destination(spec: str) -> tuple[str | None, str, int | None]:
+    """``[USER@]HOST[:PORT]`` -> ``(user, host, port)``; IPv6 with a port in brackets
+    (``me@[fe80::1]:2222``), without one bare or bracketed (``fe80::1``, ``[fe80::1]``).
+    Raises :class:`InventoryError` for a port that is not 1-65535 or an unclosed bracket."""
     user, sep, host = spec.rpartition("@")
-    return (user or None) if sep else None, host
+    user_ = (user or None) if sep else None
+    port: str | None = None
+    if host.startswith("["):
+        inner, close, rest = host[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise InventoryError(f"host {spec!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
+        host, port = inner, (rest[1:] or None)
+    else:
+        m = _HOST_PORT_RE.match(host)
+        if m:
+            host, port = m["host"], m["port"]
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise InventoryError(f"host {spec!r}: the port must be a number in 1-65535")
+    return user_, host, int(port) if port is not None else None
 
 
 @dataclass
