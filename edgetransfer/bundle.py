@@ -75,7 +75,7 @@ FORMAT_FILES: dict[str, dict[str, str]] = {
 _NOT_MANIFESTS = {BUNDLE_FILE, REPORT_JSON, GOLDEN_FILE}
 
 PARITY_MAX_IMAGES = 256  # parity checks run on at most this many evenly spaced validation images
-SPLIT_KEYS = {"train": "train_files", "val": "val_files"}
+SPLIT_KEYS = {"train": "train_files", "val": "val_files", "test": "test_files"}  # bundle.json keys of the data roles
 
 
 def engine_file(target_name: str, label: str) -> str:
@@ -216,9 +216,15 @@ class Bundle:
         return out
 
     # -- the dataset -----------------------------------------------------------------------
+    @property
+    def has_test(self) -> bool:
+        """Whether bundle.json records a test split (bundles made before the data roles do not)."""
+        return bool((self.info.get("dataset") or {}).get(SPLIT_KEYS["test"]))
+
     def folder(self, split: str) -> "ImageFolder":
-        """The ``train`` or ``val`` split recorded in bundle.json, labels indexing its class names.
-        Raises :class:`DataError` when the images are not on this machine."""
+        """The ``train``, ``val`` or ``test`` split recorded in bundle.json, labels indexing its class
+        names. Raises :class:`DataError` when the images are not on this machine or the split is
+        not recorded (a bundle made before the test split has none: check :attr:`has_test`)."""
         from .data import ImageFolder, Sample
 
         ds = self.info.get("dataset") or {}
@@ -230,7 +236,7 @@ class Bundle:
         if missing:
             raise DataError(f"images recorded in the bundle are missing on this machine (e.g. {missing[0]}); re-run 'edgetransfer train' here")
         idx = {n: i for i, n in enumerate(names)}
-        return ImageFolder(Path(ds["train_root" if split == "train" else "val_root"]), names, [Sample(Path(f), idx[c]) for f, c in files])
+        return ImageFolder(Path(ds.get(f"{split}_root") or ""), names, [Sample(Path(f), idx[c]) for f, c in files])
 
     def validation(self, class_names: list[str], data: Path | None = None, *,
                    allow_missing_classes: bool = False) -> tuple["ImageFolder", str]:

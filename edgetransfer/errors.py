@@ -94,6 +94,11 @@ class BudgetExceededError(EdgeTransferError):
     exit_code = 3
 
 
+class GateFailedError(BudgetExceededError):
+    """An agreement gate (:mod:`edgetransfer.gates`) failed for an artifact that was still written
+    (status ``gate_failed``); raised after the report, exit code 3."""
+
+
 def require(module: str, extra: str, what: str = ""):
     """Import ``module`` lazily, or raise :class:`MissingExtraError` naming the extra.
 

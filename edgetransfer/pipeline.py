@@ -11,9 +11,9 @@ from typing import Any
 from . import __version__
 from .artifacts import read_manifest
 from .bench.benchmark import BenchSettings, benchmark_bundle
-from .bundle import Bundle
-from .data import PreprocessSpec, resolve_splits
-from .errors import BudgetExceededError, ConfigError, DataError, TargetError
+from .bundle import SPLIT_KEYS, Bundle
+from .data import PreprocessSpec
+from .errors import BudgetExceededError, ConfigError, DataError, GateFailedError, TargetError
 from .progress import log
 from .targets import Target, load_target
 from .types import Runtime
@@ -21,17 +21,27 @@ from .types import Runtime
 GOLDEN_COUNT = 8
 
 
-def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
-    """Resolve the split, write bundle.json, train, register the checkpoint."""
+def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, test: Path | None = None, val_fraction: float = 0.2,
+                test_fraction: float | None = None, target: Target | None = None):
+    """Resolve the data roles (:func:`edgetransfer.splits.resolve_data_roles`), write bundle.json,
+    train on train (best epoch on val; the test split never reaches the trainer), register the checkpoint."""
+    from .splits import resolve_data_roles
     from .train import process_rank, train
 
     out = Path(out)
-    train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
-    skipped = train_set.skipped + [s for s in val_set.skipped if s not in train_set.skipped]
-    log(f"data: {how}; {len(train_set)} training and {len(val_set)} validation images, classes {train_set.class_names}")
+    roles = resolve_data_roles(data, val, test, val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    train_set, val_set, test_set = roles.train, roles.val, roles.test
+    how = roles.how
+    skipped = roles.skipped
+    for r in roles.roles:
+        log(f"data: {r['role']:<7} {r['folder'] or '-'}: {r['note']}")
+    log(f"data: {len(train_set)} training, {len(val_set)} validation and {len(test_set) if test_set else 0} test images, "
+        f"classes {train_set.class_names}")
     for s in skipped:
         log(f"[yellow]skipped {s['path']}: {s['reason']}")
-    ignored = sorted(set(train_set.ignored + val_set.ignored))
+    names = train_set.class_names
+    present = [f for f in (train_set, val_set, test_set) if f is not None]
+    ignored = sorted({i for f in present for i in f.ignored})
     if ignored:
         log(f"ignored {len(ignored)} non-image file(s) (by extension), e.g. {ignored[0]}")
     info = {
@@ -44,10 +54,12 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
             "num_train": len(train_set), "num_val": len(val_set),
             "train_counts": train_set.counts(), "val_counts": val_set.counts(),
             "skipped": skipped, "num_skipped": len(skipped),
-            "image_cases": {"train": train_set.image_cases(), "val": val_set.image_cases()},
-            "ignored": sorted(set(train_set.ignored + val_set.ignored)),
-            "train_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in train_set.samples],
-            "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
+            "test_root": str(test_set.root) if test_set else None, "num_test": len(test_set) if test_set else 0,
+            "test_counts": test_set.counts() if test_set else {}, "roles": roles.roles, "carving": roles.carving,
+            "image_cases": {k: f.image_cases() for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
+            "ignored": ignored,
+            **{SPLIT_KEYS[k]: [[str(s.path.resolve()), names[s.label]] for s in f.samples]
+               for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
             "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
     }
@@ -155,6 +167,8 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max)
     b.register(m.file)
+    if m.details.get("status") == "gate_failed":
+        raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")
     if m.details.get("status") == "budget_exceeded":
         bd = m.details["budget"]
         raise BudgetExceededError(
@@ -224,7 +238,8 @@ def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, sett
     return benchmark_bundle(Path(bundle), target, data=data, settings=settings)
 
 
-def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, export_cfg=None,
+def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, test: Path | None = None,
+        test_fraction: float | None = None, export_cfg=None,
         recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2,
         max_accuracy_drop: float | None = None, max_steps: int = 8) -> dict[str, Any]:
     """The main job: train -> export -> quantize -> benchmark. Validates settings before work.
@@ -243,7 +258,8 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     check_build_backends(tgt)  # a missing mobile backend fails now, not after training
     times = {}
     t = time.perf_counter()
-    stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
+    stage_train(Path(data), Path(out), train_cfg, val=val, test=test, val_fraction=val_fraction, test_fraction=test_fraction,
+                target=tgt)
     times["train_s"] = time.perf_counter() - t
     from .train import process_rank
 

@@ -43,8 +43,10 @@ def json_option(what: str = "the report") -> Any:
 
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars or log lines (stderr)")
 INVENTORY = typer.Option(None, "--inventory", help="device inventory YAML (default $EDGETRANSFER_DEVICES or ~/.config/edgetransfer/devices.yaml)")
-VAL = typer.Option(None, "--val", help="validation ImageFolder (default DIR/val, else a seeded class-stratified split)", rich_help_panel="Data")
-VAL_FRACTION = typer.Option(0.2, "--val-fraction", help="share of the images held out for validation when there is no DIR/val and no --val", rich_help_panel="Data")
+VAL = typer.Option(None, "--val", help="validation ImageFolder: picks the best epoch and decides INT8 (default DIR/val, DIR/valid or DIR/validation, else carved from train)", rich_help_panel="Data")
+VAL_FRACTION = typer.Option(0.2, "--val-fraction", help="share of train's images carved (seeded, per class) for validation when there is no val folder", rich_help_panel="Data")
+TEST = typer.Option(None, "--test", help="test ImageFolder: the report's headline figures, seen by no decision (default DIR/test, else carved)", rich_help_panel="Data")
+TEST_FRACTION = typer.Option(None, "--test-fraction", help="share carved for test when there is no test folder: of val (default 0.5) when val is a folder, else of DIR (default 0.2); 0 = no test split", rich_help_panel="Data")
 OUT = typer.Option(..., "--out", help="bundle directory to write")
 CALIBRATION = typer.Option(None, "--calibration", help="calibration recipe name (calibration/*.yaml) or YAML path", rich_help_panel="Quantization")
 MAX_ACCURACY_DROP = typer.Option(None, "--max-accuracy-drop", rich_help_panel="Quantization",
