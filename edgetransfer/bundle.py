@@ -65,6 +65,8 @@ BUILD_SCRIPT = "build_engine.sh"
 OPERATOR_CONFIG = "ort.required_operators.config"
 CALIBRATION_CACHE = "cache/calibration"
 TRT_CACHE = ".trt-cache"
+LOCK_FILE = ".edgetransfer.lock"  # flock'ed by the command using the bundle (edgetransfer/locking.py)
+STALE_DIR = "stale"  # artifacts of an earlier generation, moved aside when what they derive from was replaced
 # the mobile formats' files per precision (the builders of edgetransfer.builders write them)
 FORMAT_FILES: dict[str, dict[str, str]] = {
     "tflite": {"fp32": "model.tflite", "int8": "model.int8.tflite"},
