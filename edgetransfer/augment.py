@@ -55,4 +55,4 @@ def augment_image(image: Image.Image, spec: PreprocessSpec, rng: np.random.Gener
 def augment_file(path: str | os.PathLike, spec: PreprocessSpec, key: Sequence[int]) -> np.ndarray:
     """:func:`augment_image` of the file at ``path`` with ``numpy.random.default_rng(key)``: the
     same ``key`` (e.g. ``(seed, epoch, image_index)``) always gives the same array."""
-    return augment_image(decode_rgb(path), spec, np.random.default_rng([int(k) for k in key]))
+    return augment_image(decode_rgb(path, spec.image), spec, np.random.default_rng([int(k) for k in key]))

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from .errors import DataError
+from .host import usable_cpus
+from .imagepolicy import DEFAULT_POLICY, ImagePolicy, count_cases, is_image_file
 
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -32,11 +34,20 @@ _INTERPOLATION = {
 class PreprocessSpec:
     """How an RGB image becomes a model input.
 
-    Steps: decode, convert to RGB, resize the shorter side to ``resize_size`` px with
-    ``interpolation``, center-crop ``input_size`` x ``input_size`` px, scale to [0, 1], subtract
-    ``mean`` and divide by ``std`` (per channel, RGB order), lay out as ``layout`` (NCHW),
+    Steps: decode and convert to 8-bit RGB by the image policy ``image``
+    (:class:`~edgetransfer.imagepolicy.ImagePolicy`: EXIF orientation, 16-bit scaling, alpha over a
+    background), resize the shorter side to ``resize_size`` px with
+    ``interpolation`` (``resize_mode='squash'``: both sides to ``resize_size``, aspect ratio not
+    kept), center-crop ``input_size`` x ``input_size`` px, scale to [0, 1], subtract
+    ``mean`` and divide by ``std`` (per channel, RGB order), reorder the channels to
+    ``channel_order`` (``BGR``: MobileViT's image processor), lay out as ``layout`` (NCHW),
     dtype float32. ``resize_size = round(input_size / crop_pct)`` (timm's eval transform; crop_pct
-    0.875 is the classic ImageNet 224/256 recipe).
+    0.875 is the classic ImageNet 224/256 recipe). ``resize_rounding``: the longer side after a
+    shorter-side resize is ``round`` (edgetransfer's own models) or ``floor`` of ``resize_size *
+    long / short`` (torchvision ``Resize`` and Hugging Face image processors); ``crop_rounding``:
+    the crop offset is ``round((size - crop) / 2)`` (torchvision ``CenterCrop``) or ``floor``
+    (Hugging Face ``center_crop``). :mod:`edgetransfer.preprocess` derives these from a model's
+    own eval config.
     """
 
     input_size: int = 224
@@ -47,6 +58,10 @@ class PreprocessSpec:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     dtype: str = "float32"
+    image: ImagePolicy = DEFAULT_POLICY
+    resize_mode: str = "shorter"
+    resize_rounding: str = "round"
+    crop_rounding: str = "round"
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATION:
@@ -55,8 +70,11 @@ class PreprocessSpec:
             raise DataError(f"resize_size ({self.resize_size}) must be >= input_size ({self.input_size})")
         if any(s <= 0 for s in self.std):
             raise DataError(f"std must be positive (got {self.std})")
-        if self.channel_order != "RGB" or self.layout != "NCHW" or self.dtype != "float32":
-            raise DataError("only RGB, NCHW, float32 inputs are implemented")
+        if self.channel_order not in ("RGB", "BGR") or self.layout != "NCHW" or self.dtype != "float32":
+            raise DataError("only RGB or BGR, NCHW, float32 inputs are implemented")
+        if self.resize_mode not in ("shorter", "squash") or {self.resize_rounding, self.crop_rounding} - {"round", "floor"}:
+            raise DataError(f"resize_mode must be 'shorter' or 'squash' and resize_rounding / crop_rounding 'round' or 'floor' "
+                            f"(got {self.resize_mode!r}, {self.resize_rounding!r}, {self.crop_rounding!r})")
 
     @classmethod
     def from_crop_pct(cls, input_size: int, crop_pct: float, **kw: Any) -> "PreprocessSpec":
@@ -65,6 +83,7 @@ class PreprocessSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["image"] = self.image.to_dict()
         return d
 
     @classmethod
@@ -73,19 +92,19 @@ class PreprocessSpec:
         for k in ("mean", "std"):
             if k in d:
                 d[k] = tuple(float(x) for x in d[k])
+        d["image"] = ImagePolicy.from_dict(d.get("image"))
         return cls(**d)
 
 
-def decode_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any image Pillow can decode (JPEG, PNG, GIF first frame, ...) as RGB.
+def decode_rgb(path, policy: ImagePolicy | None = None) -> Image.Image:
+    """Open any image Pillow can decode (JPEG, PNG, GIF first frame, ...; a path or a binary
+    stream) as 8-bit RGB by ``policy`` (default: EXIF orientation applied, 16-bit scaled, alpha
+    over white; :mod:`edgetransfer.imagepolicy`).
 
     Raises ``OSError``/``ValueError`` (from Pillow) when the file cannot be fully decoded; a
     truncated JPEG is an error, not a silently grey-padded image.
     """
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
+    return (policy or DEFAULT_POLICY).decode(path)
 
 
 def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -93,26 +112,38 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     w, h = image.size
-    scale = spec.resize_size / min(w, h)
-    nw, nh = max(spec.resize_size, round(w * scale)), max(spec.resize_size, round(h * scale))
+    r = spec.resize_size
+    if spec.resize_mode == "squash":
+        nw, nh = r, r
+    elif spec.resize_rounding == "floor":  # torchvision / transformers: int(size * long / short)
+        nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+    else:
+        scale = r / min(w, h)
+        nw, nh = max(r, round(w * scale)), max(r, round(h * scale))
     if (nw, nh) != (w, h):
         image = image.resize((nw, nh), _INTERPOLATION[spec.interpolation])
-    left = int(round((nw - spec.input_size) / 2.0))
-    top = int(round((nh - spec.input_size) / 2.0))
-    image = image.crop((left, top, left + spec.input_size, top + spec.input_size))
+    c = spec.input_size
+    if spec.crop_rounding == "floor":
+        left, top = (nw - c) // 2, (nh - c) // 2
+    else:
+        left, top = int(round((nw - c) / 2.0)), int(round((nh - c) / 2.0))
+    image = image.crop((left, top, left + c, top + c))
     arr = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.channel_order == "BGR":
+        arr = arr[..., ::-1]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec) -> np.ndarray:
-    return preprocess_image(decode_rgb(path), spec)
+    return preprocess_image(decode_rgb(path, spec.image), spec)
 
 
 @dataclass
 class Sample:
     path: Path
     label: int
+    cases: tuple[str, ...] = ()  # image-policy cases found when the file was scanned (imagepolicy.CASES)
 
 
 @dataclass
@@ -123,6 +154,7 @@ class ImageFolder:
     class_names: list[str]
     samples: list[Sample]
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+    ignored: list[str] = field(default_factory=list)  # files that are not images by extension (notes.txt)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -137,8 +169,12 @@ class ImageFolder:
             c[self.class_names[s.label]] += 1
         return c
 
+    def image_cases(self) -> dict[str, int]:
+        """Images per image-policy case (16bit, alpha, exif_oriented, cmyk ...; empty when not scanned)."""
+        return count_cases(s.cases for s in self.samples)
+
     def subset(self, indices: Sequence[int]) -> "ImageFolder":
-        return ImageFolder(self.root, list(self.class_names), [self.samples[i] for i in indices], list(self.skipped))
+        return ImageFolder(self.root, list(self.class_names), [self.samples[i] for i in indices], list(self.skipped), list(self.ignored))
 
 
 def _is_hidden(p: Path) -> bool:
@@ -152,8 +188,10 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     must be one of them (a folder unknown to training is an error naming it) and labels follow
     that order, whatever the folder order on disk; classes missing here are allowed.
     When ``None``, classes are the sorted sub-folder names.
-    With ``verify``, every candidate file is fully decoded once; files that fail are listed in
-    ``skipped`` with the reason and left out. Raises :class:`DataError` for a missing root, no
+    Files whose extension Pillow does not open (``notes.txt``) are listed in ``ignored``, not
+    decoded. With ``verify``, every image file is fully decoded once (by the default image
+    policy; each sample records its cases); files that fail are listed in ``skipped`` with the
+    reason and left out. Raises :class:`DataError` for a missing root, no
     class folders, an empty class folder, or an unknown class.
     """
     root = Path(root)
@@ -178,27 +216,30 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     samples: list[Sample] = []
     skipped: list[dict[str, str]] = []
     candidates: list[tuple[Path, int]] = []
+    ignored: list[str] = []
     for d in dirs:
         files = sorted(f for f in d.rglob("*") if f.is_file() and not any(part.startswith(".") for part in f.relative_to(d).parts))
-        if not files:
-            raise DataError(f"class folder {d} is empty; add images to it or remove the folder")
-        candidates.extend((f, index[d.name]) for f in files)
+        images = [f for f in files if is_image_file(f)]
+        ignored.extend(str(f) for f in files if not is_image_file(f))
+        if not images:
+            what = f"only non-image files ({', '.join(f.name for f in files[:3])})" if files else "empty"
+            raise DataError(f"class folder {d} is {what}; add images to it or remove the folder")
+        candidates.extend((f, index[d.name]) for f in images)
 
-    def check(item: tuple[Path, int]) -> str | None:
+    def check(item: tuple[Path, int]) -> tuple[str | None, tuple[str, ...]]:
         try:
-            decode_rgb(item[0])
-            return None
+            return None, DEFAULT_POLICY.decode_case(item[0])[1]
         except Exception as exc:  # Pillow raises OSError, ValueError, DecompressionBombError...
-            return f"{type(exc).__name__}: {exc}"
+            return f"{type(exc).__name__}: {exc}", ()
 
     if verify:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
             reasons = list(pool.map(check, candidates))
     else:
-        reasons = [None] * len(candidates)
-    for (f, label), reason in zip(candidates, reasons):
+        reasons = [(None, ())] * len(candidates)
+    for (f, label), (reason, cases) in zip(candidates, reasons):
         if reason is None:
-            samples.append(Sample(f, label))
+            samples.append(Sample(f, label, cases))
         else:
             skipped.append({"path": str(f), "reason": reason})
     per_class = defaultdict(int)
@@ -207,7 +248,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
     for d in dirs:
         if per_class[index[d.name]] == 0:
             raise DataError(f"class folder {d} has no decodable image (all {sum(1 for c in candidates if c[1] == index[d.name])} files failed); see the skipped list")
-    return ImageFolder(root, names, samples, skipped)
+    return ImageFolder(root, names, samples, skipped, ignored)
 
 
 def stratified_split(folder: ImageFolder, val_fraction: float, seed: int) -> tuple[ImageFolder, ImageFolder]:
@@ -261,7 +302,7 @@ def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None
 
 def iter_batches(samples: Sequence[Sample], spec: PreprocessSpec, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x, y)``: x float32 (B, 3, S, S) preprocessed, y int64 (B,) labels."""
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(4, usable_cpus())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]

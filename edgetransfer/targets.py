@@ -403,8 +403,12 @@ def load_target(name_or_path: str | os.PathLike, directory: Path | None = None) 
     else:
         path = (directory or targets_dir()) / f"{name_or_path}.yaml"
         if not path.is_file():
+            import difflib
+
+            near = difflib.get_close_matches(str(name_or_path), list_targets(directory), n=1)
             raise TargetError(
-                f"unknown target {str(name_or_path)!r}; known targets: {', '.join(list_targets(directory)) or '(none)'}"
+                f"unknown target {str(name_or_path)!r}{' (did you mean ' + repr(near[0]) + '?)' if near else ''}; "
+                f"known targets: {', '.join(list_targets(directory)) or '(none)'}"
                 " (or pass the path of a target YAML file)"
             )
     try:

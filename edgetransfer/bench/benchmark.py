@@ -4,6 +4,7 @@ turns its row into ``unavailable``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..artifacts import Manifest, read_manifest
-from ..bundle import BUILD_SCRIPT, Bundle, subsample
-from ..host import cpu_info, cuda_device, load_average  # noqa: F401 (cpu_info: re-exported)
+from ..bundle import BUILD_SCRIPT, SUSTAINED_PNG, Bundle, subsample
+from ..host import cpu_budget, cpu_info, cuda_device, load_average, usable_cpus  # noqa: F401 (cpu_info: re-exported)
 from ..data import ImageFolder, PreprocessSpec, load_arrays
 from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
@@ -25,9 +26,11 @@ from ..runtime import get_runner_class, runtimes_for
 from ..targets import Target
 from ..types import Format, Precision, Runtime, Status
 from .accuracy import accuracy, predict
+from .judgement import judge_rows, recommend, split_accuracy
 from .e2e import encoded_payloads, measure_end_to_end
 from .latency import measure_latency
 from .memory import PeakMemory
+from .power import energy_figures, power_setup, sampling
 from .report import write_report
 
 @dataclass(frozen=True)
@@ -43,11 +46,16 @@ class BenchSettings:
     e2e: bool = True  # also time JPEG bytes -> top-k (batch 1)
     e2e_images: int = 16  # distinct validation images cycled through by the end-to-end timing
     allow_missing_classes: bool = False  # a validation folder lacking a trained class is an error unless True
+    power: bool = True  # sample the board's power sensor during the timed loops (bench/power.py)
+    idle_seconds: float = 2.0  # idle-power measurement before the run (only where a sensor exists)
+    sustained: float | None = None  # seconds of one artifact at batch 1 with board sensors sampled (bench/sustained.py)
+    sustained_artifact: str | None = None  # its file name (default: the first measured row)
 
 
 def environment(threads: int) -> dict[str, Any]:
-    """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
-    count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
+    """Host facts for the report. ``threads``: the intra-op threads each runtime was given, or
+    the usable CPUs when 0; ``usable_cpus``: min(affinity mask, cgroup quota) (:func:`edgetransfer.host.cpu_budget`),
+    ``cpu_count``: the host's logical CPUs; ``threads_requested``: as asked."""
     versions = {}
     from ..runtime import runtime_distributions
 
@@ -56,7 +64,7 @@ def environment(threads: int) -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {**cpu_info(), "threads": threads or os.cpu_count(), "threads_requested": threads, "cpu_count": os.cpu_count(),
+    return {**cpu_info(), **cpu_budget(), "threads": threads or usable_cpus(), "threads_requested": threads,
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
 
 
@@ -68,6 +76,37 @@ def discover_artifacts(bundle: Path) -> list[tuple[Path, Manifest]]:
 def load_validation(bundle: Path, class_names: list[str], data: Path | None, *, allow_missing_classes: bool = False) -> tuple[ImageFolder, str]:
     """The labelled validation set (:meth:`edgetransfer.bundle.Bundle.validation`)."""
     return Bundle(bundle).validation(class_names, data, allow_missing_classes=allow_missing_classes)
+
+
+def evaluation_sets(bundle: Path, class_names: list[str], data: Path | None, *, allow_missing_classes: bool = False,
+                    max_samples: int | None = None) -> tuple[list[tuple[str, ImageFolder, str]], list[str]]:
+    """The labelled sets the report measures, headline first: ``[(role, folder, root)]`` and notes.
+
+    ``data`` given: that folder alone (role ``data``). Else the bundle's test split (the headline
+    figures, seen by no decision) then its val split; a bundle without a test split (made before
+    the data roles, or ``--test-fraction 0``), or whose test images are not on this machine,
+    measures val alone and the notes say that its figures are optimistic."""
+    b = Bundle(bundle)
+    if data is not None:
+        folder, root = b.validation(class_names, data, allow_missing_classes=allow_missing_classes)
+        return [("data", _cap(folder, max_samples), root)], []
+    val, val_root = b.validation(class_names, None)
+    sets, notes = [], []
+    if b.has_test:
+        try:
+            test = b.folder("test")
+            sets.append(("test", _cap(test, max_samples), str(test.root)))
+        except DataError as exc:
+            notes.append(f"figures are on val: the bundle's test images are not on this machine ({exc})")
+    elif b.exists:
+        notes.append("this bundle has no test split (made before train/val/test data roles, or with --test-fraction 0): "
+                     "its figures are on val, which chose the best epoch and the INT8 model, so they are optimistic")
+    sets.append(("val", _cap(val, max_samples), val_root))
+    return sets, notes
+
+
+def _cap(folder: ImageFolder, max_samples: int | None) -> ImageFolder:
+    return dataclasses.replace(folder, samples=subsample(folder.samples, max_samples))
 
 
 def runtimes_for_target(fmt: Format, target: Target) -> list[Runtime]:
@@ -106,13 +145,18 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         if m.class_names != class_names:
             raise ArtifactError(f"{p.name} has classes {m.class_names}, {arts[0][0].name} has {class_names}: mixed bundles are not supported")
     spec = PreprocessSpec.from_dict(arts[0][1].preprocessing)
-    val, val_root = load_validation(bundle, class_names, data, allow_missing_classes=settings.allow_missing_classes)
-    samples = subsample(val.samples, settings.max_samples)
-    if not samples:
-        raise DataError(f"validation set {val_root} has no usable images")
-    log(f"preprocessing {len(samples)} validation images")
+    sets, notes = evaluation_sets(bundle, class_names, data, allow_missing_classes=settings.allow_missing_classes,
+                                  max_samples=settings.max_samples)
+    role, val, val_root = sets[0]
+    samples = [s for _, f, _ in sets for s in f.samples]
+    splits, at = {}, 0
+    for r, f, _ in sets:
+        splits[r], at = slice(at, at + len(f.samples)), at + len(f.samples)
+    if not len(val.samples):
+        raise DataError(f"{role} set {val_root} has no usable images")
+    log(f"preprocessing {len(samples)} images ({', '.join(f'{r} {len(f.samples)}' for r, f, _ in sets)})")
     x, y = load_arrays(samples, spec)
-    payloads = encoded_payloads(samples, settings.e2e_images) if settings.e2e else []
+    payloads = encoded_payloads(samples, settings.e2e_images, policy=spec.image) if settings.e2e else []
     tb = target.benchmark
     batch_sizes = tuple(settings.batch_sizes or tb.batch_sizes)
     warmup = tb.warmup if settings.warmup is None else settings.warmup
@@ -120,33 +164,49 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     min_s = tb.min_seconds if settings.min_seconds is None else settings.min_seconds
     threads = tb.threads if settings.threads is None else settings.threads
     on_target = host_is_target(target)
-    notes = []
     if not on_target:
         notes.append(f"host measurement: this {platform.machine()} host is not the target {target.name} "
                      f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
-        if threads and os.cpu_count() and threads > os.cpu_count():
-            notes.append(f"{target.name} runs {threads} threads; this host has {os.cpu_count()} cores, so {os.cpu_count()} were used")
-            threads = os.cpu_count()
+    usable, requested_threads = usable_cpus(), threads
+    if threads and threads > usable:
+        notes.append(f"{target.name} runs {threads} threads; this process may use {usable} CPU(s) (affinity mask / cgroup quota "
+                     f"of a host with {os.cpu_count()} logical CPUs), so {usable} were used")
+        threads = usable
+    threads = threads or usable  # a runtime's own default (ONNX Runtime: physical cores) ignores affinity and quotas
     timing = dict(batch_sizes=batch_sizes, warmup=warmup, iters=iters, min_s=min_s, threads=threads)
 
     load_start = load_average()
+    power_src, power_info = power_setup(settings.power, settings.idle_seconds)
+    timing["power"] = (power_src, power_info.get("idle_w"))
     plan, ref_item = plan_rows(arts, target)
     order = [ref_item] + [it for it in plan if it is not ref_item] if ref_item else plan
     results, ref_pred = [], None
     for p, m, rt in order:
         row = measure_artifact(p, m, rt, x, y, class_names, target=target, ref_pred=ref_pred, payloads=payloads, spec=spec,
-                               cache_dir=Bundle(bundle).trt_cache / "ort" / (m.sha256 or "unknown")[:16], **timing)
+                               splits=splits, cache_dir=Bundle(bundle).trt_cache / "ort" / (m.sha256 or "unknown")[:16], **timing)
         if (p, m, rt) == ref_item and row["status"] == Status.OK:
             ref_pred = row["_pred"]
             row["accuracy"]["agreement_with_fp32"] = 1.0
+            for a in row["accuracy_by_split"].values():
+                a["agreement_with_fp32"] = 1.0
             row["reference"] = True
-        row.pop("_pred", None)
         results.append(row)
+    sustained = None
+    if settings.sustained:
+        sustained = measure_sustained(results, order, x, target, threads, settings, power_src, Bundle(bundle).trt_cache)
+    if power_src is not None:
+        power_src.close()
     # keep bundle order in the report
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
+    notes += judge_rows(results, {p.name: m for p, m in arts}, y, splits, target.max_top1_drop, class_names,
+                        host_is_target=on_target)
+    for r in results:
+        r.pop("_pred", None)
+        r.pop("_logits", None)
     results += not_built_rows(bundle, target)
     env = environment(threads)
+    env["threads_requested"] = requested_threads
     env["load_average"] = {"start": load_start, "end": load_average()}
     busy = max([v[0] for v in env["load_average"].values() if v] or [0.0])
     if busy > (os.cpu_count() or 1):
@@ -163,6 +223,8 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             b = m.details.get("budget", {})
             notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
                          f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
+        elif m.details.get("status") == Status.GATE_FAILED:
+            notes.append(f"{p.name}: gate failed: {m.details.get('gate_failed_reason') or 'see its manifest'}")
     for r in results:
         if r.get("fallback"):
             notes.append(f"{r['name']} [{r['runtime']}]: {r['fallback']}")
@@ -175,16 +237,54 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         "environment": env,
         "settings": {"batch_sizes": list(batch_sizes), "warmup": warmup, "min_iterations": iters, "min_seconds": min_s,
                      "threads": threads, "e2e_images": len(payloads)},
-        "dataset": {"val_root": val_root, "class_names": class_names, "num_images": len(samples),
-                    "counts": {n: int((y == i).sum()) for i, n in enumerate(class_names)},
-                    "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training")},
+        "dataset": {"val_root": val_root, "split": role, "class_names": class_names, "num_images": len(val.samples),
+                    "counts": {n: int((y[splits[role]] == i).sum()) for i, n in enumerate(class_names)},
+                    "splits": {r: {"root": root, "num_images": len(f.samples),
+                                   "counts": {n: int((y[splits[r]] == i).sum()) for i, n in enumerate(class_names)}}
+                               for r, f, root in sets},
+                    "roles": bundle_info.get("dataset", {}).get("roles"),
+                    "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training"),
+                    "image_policy": spec.image.to_dict(), "ignored": val.ignored,
+                    "image_cases": val.image_cases() or (bundle_info.get("dataset", {}).get("image_cases") or {}).get("val", {})},
+        "budget": {"max_top1_drop": target.max_top1_drop, "judged_on": role, "rule": "edgetransfer.stats.budget_judge"},
+        "recommended": recommend(results),
         "results": results,
+        "power": power_info,
+        **({"sustained": sustained} if sustained else {}),
         "notes": notes,
         **(extra or {}),
     }
     if write:
+        if sustained and not sustained.get("error"):
+            from .report_board import write_sustained_plot
+
+            sustained["plot"] = SUSTAINED_PNG if write_sustained_plot(sustained, Path(bundle) / SUSTAINED_PNG) else None
         write_report(report, bundle)
     return report
+
+
+def measure_sustained(results, order, x, target: Target, threads: int, settings: BenchSettings, power_src, trt_cache: Path) -> dict[str, Any]:
+    """The ``--sustained`` run (:func:`.sustained.run_sustained`) of one measured row at batch 1:
+    ``settings.sustained_artifact`` or the first ``ok`` row; ``{"error": ...}`` when there is none."""
+    from .sustained import BoardSensors, run_sustained
+
+    ok = [r for r in results if r["status"] == Status.OK and (not settings.sustained_artifact or r["name"] == settings.sustained_artifact)]
+    if not ok:
+        return {"error": f"no measured row named {settings.sustained_artifact}" if settings.sustained_artifact else "no measured row"}
+    row = ok[0]
+    p, m, rt = next(it for it in order if str(it[0]) == row["path"] and str(it[2]) == row["runtime"])
+    cls = get_runner_class(m.format, rt)
+    runner = cls(p, m, threads=threads, options=cls.options_for(target, m, trt_cache / "ort" / (m.sha256 or "unknown")[:16]))
+    try:
+        runner.activate()
+        call = runner.timed_call(np.ascontiguousarray(x[:1]))
+        for _ in range(5):
+            call()
+        with task(f"Sustained {p.name} ({rt}), {settings.sustained:g} s", None):
+            out = run_sustained(call, float(settings.sustained), sensors=BoardSensors(), power=power_src, sync=runner.synchronize)
+    finally:
+        deactivate_quietly(runner)
+    return {"name": row["name"], "runtime": row["runtime"], "batch_size": 1, **out}
 
 
 def host_is_target(target: Target) -> bool:
@@ -232,13 +332,18 @@ def _base_row(path: Path, manifest: Manifest, runtime: Runtime) -> dict[str, Any
 
 def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.ndarray, y: np.ndarray, class_names: list[str], *,
                      batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred=None, target: Target | None = None,
-                     payloads: list[bytes] | None = None, spec: PreprocessSpec | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
+                     payloads: list[bytes] | None = None, spec: PreprocessSpec | None = None, cache_dir: Path | None = None,
+                     splits: dict[str, slice] | None = None, power: tuple | None = None) -> dict[str, Any]:
     """One report row. Never raises for a runtime/artifact failure: the row carries the error.
 
     ``x`` float32 (N, 3, S, S) / ``y`` int64 (N,): the preprocessed validation set; ``payloads``:
     encoded images for the end-to-end figure (none: skipped); ``ref_pred`` int64 (N,): the fp32
-    reference's predictions for ``agreement_with_fp32``. The row's private ``_pred`` holds this
-    artifact's predictions.
+    reference's predictions for ``agreement_with_fp32``; ``splits``: the data roles' slices of
+    ``x``, headline first (None: one role, ``data``): ``accuracy`` is the headline role's (with
+    ``split`` and its Wilson interval), ``accuracy_by_split`` each role's. The row's private
+    ``_pred`` / ``_logits`` hold this artifact's predictions and logits over all of ``x``.
+    ``power``: (power source or None, idle W) — each latency entry then
+    carries ``power`` (:func:`.power.energy_figures`) and the row ``power``, its first batch size's.
     """
     row = _base_row(path, manifest, runtime)
     try:
@@ -269,18 +374,28 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                     advance(len(b))
                     return out
                 logits = predict(fn, x, batch_size=static_batch or max(batch_sizes))
-            row["accuracy"] = accuracy(logits, y, class_names, ref_pred).to_dict()
-            row["_pred"] = logits.argmax(1)
+            splits = splits or {"data": slice(0, len(y))}
+            head = next(iter(splits))
+            hs = splits[head]
+            row["accuracy"] = {**accuracy(logits[hs], y[hs], class_names, None if ref_pred is None else ref_pred[hs]).to_dict(),
+                               "split": head, "top1_interval95": split_accuracy(logits[hs], y[hs], None)["top1_interval95"]}
+            row["accuracy_by_split"] = {r: split_accuracy(logits[sl], y[sl], None if ref_pred is None else ref_pred[sl])
+                                        for r, sl in splits.items()}
+            row["_pred"], row["_logits"] = logits.argmax(1), logits
             for b in batch_sizes:
                 if static_batch is not None and b != static_batch:
                     row.setdefault("latency_skipped", []).append(f"batch {b}: the artifact has a static batch of {static_batch}")
                     continue
                 xb = np.ascontiguousarray(np.resize(x, (b,) + x.shape[1:]))
                 call = runner.timed_call(xb)  # inputs checked once; infer_impl is what is timed
-                with task(f"Latency {path.name} ({runtime}) b{b}", None):
+                src, idle_w = power or (None, None)
+                with task(f"Latency {path.name} ({runtime}) b{b}", None), sampling(src) as sampler:
                     stats = measure_latency(call, b, warmup=warmup, min_iterations=iters, min_seconds=min_s,
                                             sync=runner.synchronize)
                 row["latency"].append(stats.to_dict())
+                if sampler is not None:
+                    row["latency"][-1]["power"] = energy_figures(sampler.watts, stats.mean_ms, b, idle_w)
+                    row.setdefault("power", {"batch_size": b, **row["latency"][-1]["power"]})
             if payloads and spec is not None:
                 with task(f"End-to-end {path.name} ({runtime}), JPEG -> top-k", None):
                     row["latency_e2e"] = measure_end_to_end(runner, spec, class_names, payloads, warmup=warmup,
@@ -288,9 +403,12 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
         row["memory"] = mem.stats.to_dict()
         if manifest.details.get("status") == Status.BUDGET_EXCEEDED:  # measured, but never reported as fine
             row.update(status=str(Status.BUDGET_EXCEEDED), error="over the target's accuracy budget (see its manifest)")
+        elif manifest.details.get("status") == Status.GATE_FAILED:  # an agreement gate failed: measured, flagged
+            row.update(status=str(Status.GATE_FAILED), error=manifest.details.get("gate_failed_reason") or "an agreement gate failed")
     except Exception as exc:  # a failing artifact is a row with its error, never a crash
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
         row.pop("_pred", None)
+        row.pop("_logits", None)
         if mem.stats is not None:
             row["memory"] = mem.stats.to_dict()
     finally:

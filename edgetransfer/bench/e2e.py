@@ -1,6 +1,7 @@
 """End-to-end classification of encoded images (JPEG bytes in, top-k out) and its latency.
 
-``ImageClassifier`` is what an application on the device runs: decode (Pillow) -> the manifest's
+``ImageClassifier`` is what an application on the device runs: decode (Pillow, by the manifest's
+image policy: EXIF orientation, 16-bit scaling, alpha over the stated background) -> the manifest's
 preprocessing (:func:`edgetransfer.data.preprocess_image`, the same function training, calibration
 and the accuracy pass use) -> the runner -> softmax -> top-k. The benchmark times it next to the
 compute-only figure (prepared tensor in, logits out) because on small devices pre- and
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data import PreprocessSpec, Sample, decode_rgb, preprocess_image
+from ..imagepolicy import ImagePolicy
 from .latency import LatencyStats, measure_latency
 
 
@@ -49,16 +51,17 @@ class ImageClassifier:
 
     def preprocess(self, data: bytes) -> np.ndarray:
         """float32 (1, 3, S, S)."""
-        return preprocess_image(decode_rgb(io.BytesIO(data)), self.spec)[None]
+        return preprocess_image(decode_rgb(io.BytesIO(data), self.spec.image), self.spec)[None]
 
     def __call__(self, data: bytes) -> list[tuple[str, float]]:
         idx, p = top_k(softmax(self.runner(self.preprocess(data))), self.k)
         return [(self.class_names[i], float(v)) for i, v in zip(idx[0], p[0])]
 
 
-def encoded_payloads(samples: Sequence[Sample], n: int = 16, quality: int = 95) -> list[bytes]:
-    """Up to ``n`` evenly spaced samples as JPEG bytes: a JPEG file's own bytes, any other format
-    decoded and re-encoded as JPEG (``quality``) once, before timing."""
+def encoded_payloads(samples: Sequence[Sample], n: int = 16, quality: int = 95, policy: ImagePolicy | None = None) -> list[bytes]:
+    """Up to ``n`` evenly spaced samples as JPEG bytes: a JPEG file's own bytes (EXIF included: the
+    timed decode applies the image policy), any other format decoded by ``policy`` and re-encoded
+    as JPEG (``quality``) once, before timing."""
     if not samples:
         return []
     step = max(1, len(samples) // n)
@@ -69,7 +72,7 @@ def encoded_payloads(samples: Sequence[Sample], n: int = 16, quality: int = 95) 
             out.append(raw)
         else:
             buf = io.BytesIO()
-            decode_rgb(s.path).save(buf, format="JPEG", quality=quality)
+            decode_rgb(s.path, policy).save(buf, format="JPEG", quality=quality)
             out.append(buf.getvalue())
     return out
 
@@ -110,7 +113,7 @@ def measure_end_to_end(runner, spec: PreprocessSpec, class_names: Sequence[str],
         data = payloads[state["i"] % len(payloads)]
         state["i"] += 1
         t0 = clock()
-        img = decode_rgb(io.BytesIO(data))
+        img = decode_rgb(io.BytesIO(data), spec.image)
         t1 = clock()
         x = preprocess_image(img, spec)[None]
         t2 = clock()

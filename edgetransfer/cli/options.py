@@ -43,8 +43,10 @@ def json_option(what: str = "the report") -> Any:
 
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars or log lines (stderr)")
 INVENTORY = typer.Option(None, "--inventory", help="device inventory YAML (default $EDGETRANSFER_DEVICES or ~/.config/edgetransfer/devices.yaml)")
-VAL = typer.Option(None, "--val", help="validation ImageFolder (default DIR/val, else a seeded class-stratified split)", rich_help_panel="Data")
-VAL_FRACTION = typer.Option(0.2, "--val-fraction", help="share of the images held out for validation when there is no DIR/val and no --val", rich_help_panel="Data")
+VAL = typer.Option(None, "--val", help="validation ImageFolder: picks the best epoch and decides INT8 (default DIR/val, DIR/valid or DIR/validation, else carved from train)", rich_help_panel="Data")
+VAL_FRACTION = typer.Option(0.2, "--val-fraction", help="share of train's images carved (seeded, per class) for validation when there is no val folder", rich_help_panel="Data")
+TEST = typer.Option(None, "--test", help="test ImageFolder: the report's headline figures, seen by no decision (default DIR/test, else carved)", rich_help_panel="Data")
+TEST_FRACTION = typer.Option(None, "--test-fraction", help="share carved for test when there is no test folder: of val (default 0.5) when val is a folder, else of DIR (default 0.2); 0 = no test split", rich_help_panel="Data")
 OUT = typer.Option(..., "--out", help="bundle directory to write")
 CALIBRATION = typer.Option(None, "--calibration", help="calibration recipe name (calibration/*.yaml) or YAML path", rich_help_panel="Quantization")
 MAX_ACCURACY_DROP = typer.Option(None, "--max-accuracy-drop", rich_help_panel="Quantization",
@@ -170,6 +172,10 @@ BENCH_HELP = {
     "e2e": "also time JPEG bytes -> top-k (decode + preprocess + infer + softmax, batch 1)",
     "e2e_images": "distinct validation images the end-to-end timing cycles through",
     "allow_missing_classes": "accept a validation folder lacking some trained classes",
+    "power": "sample the board's power sensor (Jetson INA3221 / tegrastats, Pi 5 PMIC) during the timed loops: W and mJ per inference",
+    "sustained": "also run one artifact at batch 1 for SECONDS, sampling temperature, clocks, throttle flags and power: drift and throttle events",
+    "sustained_artifact": "the artifact file of the --sustained run (default: the first measured row)",
+    "idle_seconds": "seconds of idle-power measurement before the run (only on a board with a power sensor)",
 }
 
 
@@ -185,6 +191,7 @@ EXPORT_HELP = {
     "dynamo": "the dynamo exporter first, the TorchScript exporter as a recorded fallback (no: TorchScript only)",
     "trace_batch": "batch size of the example input of the export (>= 2)",
     "simplify": "simplify with onnxslim (parity-checked against the unsimplified graph)",
+    "exporter": "auto (Optimum for hf: models when the hf extra is installed, else torch) | optimum | torch",
     "max_abs": "fp32 parity tolerance: max |logit diff| vs PyTorch (default: edgetransfer/parity.py's)",
     "mean_abs": "fp32 parity tolerance: mean |logit diff| vs PyTorch (default: edgetransfer/parity.py's)",
     "min_agreement": "fp32 parity tolerance: minimum top-1 agreement with PyTorch (default: edgetransfer/parity.py's)",

@@ -16,7 +16,8 @@ import typer
 from ..bundle import REPORT_MD
 from ..progress import set_quiet
 from . import present
-from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_FLOAT_SHARE, MAX_STEPS, OUT, QUIET, VAL, VAL_FRACTION,
+from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_FLOAT_SHARE, MAX_STEPS, OUT, QUIET, TEST,
+                      TEST_FRACTION, VAL, VAL_FRACTION,
                       bench_group, export_group, json_option, target_option, train_group, with_config)
 
 
@@ -29,26 +30,32 @@ def target_for(bundle: Path, target: Optional[str]):
 
 @with_config(train_group, bench_group, export_group, save_to="out")
 def run(
-    data: Path = typer.Option(..., "--data", help="ImageFolder: DIR/<class>/<images> or DIR/{train,val}/<class>/<images>"),
+    data: Path = typer.Option(..., "--data", help="ImageFolder: DIR/<class>/<images> or DIR/{train,val,test}/<class>/<images>"),
     out: Path = OUT,
     target: str = target_option(DEFAULT_TARGET),
     val: Optional[Path] = VAL,
     val_fraction: float = VAL_FRACTION,
+    test: Optional[Path] = TEST,
+    test_fraction: Optional[float] = TEST_FRACTION,
     calibration: Optional[str] = CALIBRATION,
     max_accuracy_drop: Optional[float] = MAX_ACCURACY_DROP,
     max_steps: int = MAX_STEPS,
     as_json: bool = json_option(),
     quiet: bool = QUIET,
+    force: bool = typer.Option(False, "--force", help="redo every stage, and replace an --out holding another dataset's bundle (moved to OUT/stale/)"),
     *, recipe=None, settings=None, export_cfg=None,
 ):
     """Train, export, quantize, build and benchmark in one go; writes the bundle to --out.
 
-    The resolved options are saved as OUT/config.yaml (reuse with --config)."""
+    Run again into the same --out, it skips train / export / quantize when their inputs and
+    artifacts are unchanged (--force redoes them). The resolved options are saved as
+    OUT/config.yaml (reuse with --config)."""
     from ..pipeline import run as run_pipeline
 
     set_quiet(quiet or as_json)
     report = run_pipeline(data, out, recipe, target=target, val=val, recipe=calibration, settings=settings, export_cfg=export_cfg,
-                          val_fraction=val_fraction, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+                          val_fraction=val_fraction, test=test, test_fraction=test_fraction, max_accuracy_drop=max_accuracy_drop,
+                          max_steps=max_steps, force=force)
     if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
         return
     present.report(report, as_json)
@@ -58,11 +65,13 @@ def run(
 
 @with_config(train_group, save_to="out")
 def train(
-    data: Path = typer.Argument(..., help="ImageFolder: DIR/<class>/<images> or DIR/{train,val}/<class>/<images>"),
+    data: Path = typer.Argument(..., help="ImageFolder: DIR/<class>/<images> or DIR/{train,val,test}/<class>/<images>"),
     out: Path = OUT,
     target: str = target_option(DEFAULT_TARGET),
     val: Optional[Path] = VAL,
     val_fraction: float = VAL_FRACTION,
+    test: Optional[Path] = TEST,
+    test_fraction: Optional[float] = TEST_FRACTION,
     quiet: bool = QUIET,
     *, recipe=None,
 ):
@@ -76,7 +85,7 @@ def train(
 
     set_quiet(quiet)
     tgt = load_target(target)
-    res = stage_train(data, out, recipe, val=val, val_fraction=val_fraction, target=tgt)
+    res = stage_train(data, out, recipe, val=val, val_fraction=val_fraction, test=test, test_fraction=test_fraction, target=tgt)
     if process_rank() == 0:
         present.trained(res)
 
@@ -132,6 +141,8 @@ def benchmark(
     device: Optional[List[str]] = typer.Option(None, "--device", help="run on this board of the inventory instead (repeat for several, in parallel)", rich_help_panel="Devices"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", help=INVENTORY.help, rich_help_panel="Devices"),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="with --device: where the combined report goes (default BUNDLE/devices)", rich_help_panel="Devices"),
+    device_class: Optional[str] = typer.Option(None, "--device-class", help="run on the first free board of this device_class of the inventory", rich_help_panel="Devices"),
+    wait_lock: float = typer.Option(0.0, "--wait-lock", min=0, help="seconds to wait for a board (or a board of --device-class) that another benchmark holds; 0: fail at once naming the holder", rich_help_panel="Devices"),
     as_json: bool = json_option(),
     quiet: bool = QUIET,
     *, settings=None,
@@ -143,22 +154,27 @@ def benchmark(
     --device (repeatable): the boards of the inventory run the benchmark in parallel; the combined
     report goes to BUNDLE/devices/ (or --report-dir). --target overrides the devices' targets."""
     set_quiet(quiet or as_json)
-    if device:
-        _benchmark_devices(bundle, device, inventory, target, data, settings, report_dir, as_json)
+    if device or device_class:
+        _benchmark_devices(bundle, device, inventory, target, data, settings, report_dir, as_json, wait_lock, device_class)
         return
     from ..pipeline import stage_benchmark
 
     present.report(stage_benchmark(bundle, target_for(bundle, target), data, settings), as_json)
 
 
-def _benchmark_devices(bundle, names, inventory, target, data, settings, report_dir, as_json):
+def _benchmark_devices(bundle, names, inventory, target, data, settings, report_dir, as_json, wait_lock=0.0, device_class=None):
     from ..errors import RemoteError
     from ..remote.bench import REPORT_DIR, benchmark_on_devices
     from ..remote.inventory import Inventory
 
     inv = Inventory.load(inventory)
-    devices = [inv.get(n) for n in names]
-    combined = benchmark_on_devices(bundle, devices, target=target, data=data, settings=settings, report_dir=report_dir)
+    if device_class and names:
+        from ..errors import ConfigError
+
+        raise ConfigError("give --device NAME or --device-class CLASS, not both")
+    devices = inv.of_class(device_class) if device_class else [inv.get(n) for n in names]
+    combined = benchmark_on_devices(bundle, devices, target=target, data=data, settings=settings, report_dir=report_dir,
+                                    lock_wait_s=wait_lock, device_class=device_class)
     out = Path(report_dir) if report_dir else Path(bundle) / REPORT_DIR
     present.devices_report(combined, out, as_json)
     failed = [s for s in combined["devices"] if s["status"] != "ok"]

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..artifacts import atomic_write_json, atomic_write_text
 from ..bench.report import SCHEMA_VERSION, _fmt, md_table, table_rows
+from ..bench.report_board import power_lines, sustained_lines
 from ..bundle import REPORT_JSON, REPORT_MD
 from ..runtime import probe_modules
 from .boardstate import BoardState, state_summary
@@ -80,6 +81,7 @@ def devices_to_markdown(combined: dict[str, Any]) -> str:
             ds = rep.get("dataset", {})
             lines += ["", f"CPU {env.get('cpu', '?')} ({env.get('threads', '?')} threads); {ds.get('num_images', '?')} validation images.", ""]
             lines += md_table(*table_rows(rep))
+            lines += power_lines(rep) + sustained_lines(rep)
             errs = [f"- `{r['name']}` [{r['runtime']}] {r['status']}: {r['error']}" for r in rep.get("results", []) if r.get("error")]
             notes = [f"- {n}" for n in rep.get("notes") or []]
             if errs or notes:

@@ -137,6 +137,11 @@ _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(dou
            "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
+def owned(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Each output as a numpy array of its own (a copy: never a view of a runtime's buffer)."""
+    return {k: np.array(v, copy=True) for k, v in outputs.items()}
+
+
 class Runner(ABC):
     """Runs one artifact. Life cycle: ``activate()`` -> ``infer(feeds)`` ... -> ``deactivate()``
     (also a context manager). ``feeds``/outputs map tensor names to numpy arrays.
@@ -197,6 +202,12 @@ class Runner(ABC):
     def infer(self, feeds: dict[str, np.ndarray], *, check_inputs: bool = True) -> dict[str, np.ndarray]:
         """Outputs (name -> numpy array) for ``feeds`` (input name -> numpy array).
 
+        The arrays belong to the caller: they stay valid after the next call. Runtimes may hand
+        back views into output buffers they reuse for the next inference (Polygraphy's TrtRunner;
+        ROCm/torch_migraphx#247 is the same trap), so every output is copied here — the logits of
+        a batch are a few KiB, the copy costs microseconds. (:meth:`timed_call`, which times the
+        runtime alone, does not copy.)
+
         Raises :class:`ConfigError` before the runtime sees anything when the runner is not active
         or a feed is wrong (:meth:`validate`: missing or unknown name, dtype, NHWC instead of NCHW,
         a static dimension, not C-contiguous). ``check_inputs=False`` skips the checks (the latency
@@ -206,7 +217,7 @@ class Runner(ABC):
                               "(or use it as a context manager: with Runner(...) as r)")
         if check_inputs:
             self.validate(feeds)
-        return self.infer_impl(feeds)
+        return owned(self.infer_impl(feeds))
 
     def deactivate(self) -> None:
         self.active = False

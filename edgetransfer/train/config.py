@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..imagepolicy import ImagePolicy, parse_colour
 from ..models import DEFAULT_MODEL, ModelInfo
 
 # config fields that may differ between an interrupted run and its --resume (they do not change the result)
@@ -35,8 +36,8 @@ class TrainConfig:
     Raises :class:`ConfigError` on a bad value or combination.
     """
 
-    model: str = _opt(DEFAULT_MODEL, "efficientnet-lite0 (offline ImageNet weights) | timm:NAME | torchvision:NAME[:WEIGHTS] | file:PATH", _MODEL)
-    arch: str | None = _opt(None, "architecture of a plain state dict given with file:PATH (timm:NAME or torchvision:NAME)", _MODEL)
+    model: str = _opt(DEFAULT_MODEL, "efficientnet-lite0 (offline ImageNet weights) | timm:NAME | torchvision:NAME[:WEIGHTS] | hf:ID_OR_DIR | file:PATH", _MODEL)
+    arch: str | None = _opt(None, "architecture of a plain state dict given with file:PATH (timm:NAME, torchvision:NAME or hf:ID_OR_DIR)", _MODEL)
     epochs: int = _opt(10, "epochs of the first phase (the head, or what --freeze / --trainable-blocks leave trainable)", _OPT)
     batch_size: int = _opt(32, "training batch size (split over the processes under torchrun)", _OPT)
     lr: float = _opt(1e-3, "AdamW learning rate of the head in the first phase", _OPT)
@@ -64,6 +65,8 @@ class TrainConfig:
     views: int = _opt(1, "cached feature views per image (view 0 plain, the others augmented)", _DATA)
     early_stopping: int | None = _opt(None, "end a phase after N epochs without a better validation result (default: off)", _OPT)
     strict: bool = _opt(False, "an undecodable image is an error instead of being listed and skipped", _DATA)
+    exif_orientation: bool = _opt(True, "apply photos' EXIF Orientation tag (phone portraits upright, as viewers show them); no: keep the stored pixel order", _DATA)
+    image_background: str = _opt("white", "colour transparent pixels are composited over (RGBA, LA, P with transparency): a name, #rrggbb or R,G,B", _DATA)
     resume: bool = _opt(False, "continue the interrupted run in --out (OUT/last.pt) with the same settings", _RUN)
     cache_dir: str | None = _opt(None, "on-disk feature cache directory, keyed by weights + files + preprocessing (default: memory only)", _DATA)
     amp: str = _opt("auto", "autocast: auto | off | bf16 | fp16 (auto: bf16 on CUDA where supported, else fp16; off on CPU)", _RUN)
@@ -120,6 +123,10 @@ class TrainConfig:
             bad(f"--early-stopping must be >= 1 epoch (got {self.early_stopping})")
         if self.input_size is not None and not (16 <= self.input_size <= 1024):
             bad(f"--input-size must be in [16, 1024] px (got {self.input_size})")
+        try:
+            parse_colour(self.image_background)
+        except ValueError as exc:
+            bad(f"--image-background: {exc}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             bad(f"--amp must be auto, off, bf16 or fp16 (got {self.amp!r})")
 
@@ -131,6 +138,10 @@ class TrainConfig:
         if u.startswith("last:") and u[5:].isdigit() and int(u[5:]) >= 1:
             return min(int(u[5:]), num_blocks)
         raise ConfigError(f"--unfreeze must be 'last:K' (K >= 1) or 'all' (got {u!r})")
+
+    def image_policy(self) -> ImagePolicy:
+        """The image policy every decode of this run's images follows (recorded in the manifests' preprocessing)."""
+        return ImagePolicy(exif_orientation=self.exif_orientation, background=parse_colour(self.image_background))
 
     def head_lr_finetune(self) -> float:
         return self.finetune_lr if self.finetune_lr is not None else self.lr / 10
