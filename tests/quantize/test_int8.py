@@ -342,7 +342,8 @@ def test_a_failing_on_off_gate_writes_the_model_with_gate_failed_and_exit_3(data
     recipe = tmp_path / "r.yaml"
     recipe.write_text("num_samples: 16\nbatch_size: 8\n")
     with pytest.raises(SystemExit) as e:
-        main_with(main, ["edgetransfer", "quantize", str(bundle), "--calibration", str(recipe), "--max-accuracy-drop", "1.0", "-q"])
+        main_with(main, ["edgetransfer", "quantize", str(bundle), "--calibration", str(recipe), "--max-accuracy-drop", "1.0", "-q",
+                         "--max-float-share", "1.0"])
     assert e.value.code == 3
     man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
     assert man["details"]["status"] == "gate_failed" and "on vs off: failed" in man["details"]["gate_failed_reason"]
