@@ -187,9 +187,10 @@ def speed(path: Path, ref: Path, x: np.ndarray, args) -> dict:
 
     x1, x8 = np.ascontiguousarray(x[:1]), np.ascontiguousarray(np.resize(x, (8,) + x.shape[1:]))
     s_ref, s = make_session(ref), make_session(path)
-    core = ov.Core()
-    ovm = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
-    req = ovm.create_infer_request()
+    try:
+        req, ov_error = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request(), None
+    except RuntimeError as exc:  # OpenVINO's CPU plugin refuses some QDQ layouts
+        req, ov_error = None, str(exc).strip().splitlines()[-1][:200]
     name = s.get_inputs()[0].name
 
     def lat(fn, batch, iters):
@@ -201,11 +202,12 @@ def speed(path: Path, ref: Path, x: np.ndarray, args) -> dict:
         f8 = lat(lambda: s_ref.run(None, {name: x8}), 8, args.b8_iters).throughput_ips
         q1 = lat(lambda: s.run(None, {name: x1}), 1, args.b1_iters).p50_ms
         q8 = lat(lambda: s.run(None, {name: x8}), 8, args.b8_iters).throughput_ips
-        o1 = lat(lambda: req.infer({0: x1}), 1, args.b1_iters).p50_ms
+        o1 = lat(lambda: req.infer({0: x1}), 1, args.b1_iters).p50_ms if req is not None else float("nan")
         rounds.append({"ort": q1 / f1, "ov": o1 / f1, "b8": q8 / f8, "fp32_b1_p50_ms": f1, "ort_b1_p50_ms": q1,
                        "openvino_b1_p50_ms": o1})
     med = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
-    return {"ort_p50_ratio": med["ort"], "openvino_p50_ratio": med["ov"], "ort_b8_throughput_ratio": med["b8"],
+    return {"ort_p50_ratio": med["ort"], "openvino_p50_ratio": None if ov_error else med["ov"],
+            **({"openvino_error": ov_error} if ov_error else {}), "ort_b8_throughput_ratio": med["b8"],
             "fp32_b1_p50_ms": med["fp32_b1_p50_ms"], "ort_b1_p50_ms": med["ort_b1_p50_ms"],
             "openvino_b1_p50_ms": med["openvino_b1_p50_ms"]}
 
@@ -269,6 +271,10 @@ def child(argv) -> None:
     print(json.dumps(info))
 
 
+def _x(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--_child":
         return child(sys.argv[2:])
@@ -301,7 +307,7 @@ def main() -> None:
             dlo, dhi = r["drop_interval95"]
             print(f"| {ds} | {q} | {r['test_top1_fp32']:.4f} | {r['test_top1_int8']:.4f} [{lo:.3f}, {hi:.3f}] | "
                   f"{r['test_top1_drop'] * 100:.2f} [{dlo * 100:.1f}, {dhi * 100:.1f}] | {r['agreement']:.3f} | "
-                  f"{r['float_node_share']:.0%} | {r['ort_p50_ratio']:.2f}x | {r['openvino_p50_ratio']:.2f}x | "
+                  f"{r['float_node_share']:.0%} | {r['ort_p50_ratio']:.2f}x | {_x(r['openvino_p50_ratio'])} | "
                   f"{r['ort_b8_throughput_ratio']:.2f}x | {r['seconds']:.0f} |")
         print(f"\n{ds}: {d['split']}; {d['test_images']} test, {d['decision_images']} decision, "
               f"{d['calibration_images']} calibration images; load average {d['load_average']:.1f}", file=sys.stderr)

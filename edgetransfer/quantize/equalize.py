@@ -146,3 +146,26 @@ def equalize(float_path: Path, out: Path, iterations: int = 4, channel_min: dict
     return {"pairs": len(pairs), "clip_pairs_skipped": skipped, "high_bias_absorbed": absorbed,
             "conv1_range_spread_before": float(np.mean(before)) if before else None,
             "conv1_range_spread_after": float(np.mean(after)) if after else None, "seconds": time.perf_counter() - t0}
+
+
+def channel_min(float_path: Path, x: np.ndarray, input_name: str, batch: int = 8) -> dict[str, np.ndarray]:
+    """Per-channel minimum over the images ``x`` (float32 (N, 3, S, S)) of the output of every
+    conv1 of a Relu pair of :func:`find_pairs` (the pre-activation): {tensor: float64 (C,)}, the
+    ``channel_min`` that :func:`equalize` absorbs high biases from."""
+    onnx = require("onnx", "export")
+    ort = require("onnxruntime", "export")
+    m = onnx.load(str(float_path))
+    names = [c1.output[0] for c1, act, _ in find_pairs(m)[0] if act is not None and act.op_type == "Relu"]
+    if not names:
+        return {}
+    for t in names:
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    mins: dict[str, np.ndarray] = {}
+    for i in range(0, len(x), batch):
+        for t, v in zip(names, sess.run(names, {input_name: np.ascontiguousarray(x[i: i + batch])})):
+            v = np.asarray(v, np.float64).min(axis=(0, 2, 3))
+            mins[t] = np.minimum(mins[t], v) if t in mins else v
+    return mins

@@ -214,7 +214,7 @@ class Ladder:
         return held[0] if held else self.best()
 
     def rung_equalize(self) -> None:
-        from .equalize import equalize
+        from .equalize import channel_min, equalize
 
         dw = depthwise_convs(self.pre)
         per_tensor = not self.preset.per_channel
@@ -225,8 +225,9 @@ class Ladder:
             return
         best = self.best()
         s0 = time.perf_counter()
-        eq = self.td / "equalized.onnx"
-        summary = equalize(self.pre, eq)
+        eq0, eq = self.td / "equalized0.onnx", self.td / "equalized.onnx"
+        equalize(self.pre, eq0)  # CLE, then high biases absorbed from the equalized conv1 outputs' minima
+        summary = equalize(eq0, eq, channel_min=channel_min(eq0, self.calib_x, self.input_name))
         est = best.get("estimator") or "minmax"
         ranges, rs = self.ranges_file(eq, est)
         self.candidate("b:equalize", eq, ranges, self.excluded0, estimator=est,

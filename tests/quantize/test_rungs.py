@@ -70,6 +70,13 @@ def test_equalization_keeps_fp32_logits_and_cuts_per_tensor_error_tenfold(tmp_pa
     x = _x()
     ref = onnx_logits(pre, x)
     np.testing.assert_allclose(onnx_logits(eq, x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    # high-bias absorption (conv1 -> Relu -> dw is not 1x1: nothing to absorb there; dw -> Relu -> conv3 is)
+    from edgetransfer.quantize.equalize import channel_min
+
+    hba = tmp_path / "hba.onnx"
+    s2 = equalize(eq, hba, channel_min=channel_min(eq, x, "input"))
+    np.testing.assert_allclose(onnx_logits(hba, x), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert s2["high_bias_absorbed"] <= 1
     q0, _ = _quantize(pre, tmp_path, x, "plain")
     q1, _ = _quantize(eq, tmp_path, x, "equalized")
     e0 = float(np.mean((onnx_logits(q0, x) - ref) ** 2))
