@@ -55,6 +55,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 SUSTAINED_PNG = "sustained.png"  # --sustained: latency and temperature over time
+APP_DIR = "app"  # edgetransfer app: the sample app for the board
+LABELS_TXT = "labels.txt"  # one class name a line, the model's output order
 DEVICES_DIR = "devices"  # remote benchmark: the boards' combined report
 GOLDEN_DIR = "golden"
 HF_DIR = "hf"  # a Hugging Face model's save_pretrained folder (config.json, safetensors, preprocessor config)
@@ -63,6 +65,8 @@ BUILD_SCRIPT = "build_engine.sh"
 OPERATOR_CONFIG = "ort.required_operators.config"
 CALIBRATION_CACHE = "cache/calibration"
 TRT_CACHE = ".trt-cache"
+LOCK_FILE = ".edgetransfer.lock"  # flock'ed by the command using the bundle (edgetransfer/locking.py)
+STALE_DIR = "stale"  # artifacts of an earlier generation, moved aside when what they derive from was replaced
 # the mobile formats' files per precision (the builders of edgetransfer.builders write them)
 FORMAT_FILES: dict[str, dict[str, str]] = {
     "tflite": {"fp32": "model.tflite", "int8": "model.int8.tflite"},
@@ -317,6 +321,6 @@ def as_bundle(bundle: "Bundle | str | Path") -> Bundle:
 def names() -> Iterable[str]:
     """Every fixed file name of the bundle layout (the layering test checks that no other module spells them)."""
     yield from (BUNDLE_FILE, CHECKPOINT, LAST_CHECKPOINT, ONNX_FP32, ONNX_INT8, ONNX_FP16, REPORT_JSON, REPORT_MD,
-                REPORT_PNG, SUSTAINED_PNG, GOLDEN_FILE, BUILD_SCRIPT, OPERATOR_CONFIG, CALIBRATION_CACHE)
+                REPORT_PNG, SUSTAINED_PNG, LABELS_TXT, GOLDEN_FILE, BUILD_SCRIPT, OPERATOR_CONFIG, CALIBRATION_CACHE)
     for files in FORMAT_FILES.values():
         yield from files.values()

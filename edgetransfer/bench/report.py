@@ -237,9 +237,9 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{r['name']} [{r['runtime']}] decode {r['latency_e2e']['decode_p50_ms']:.2f}, preprocess "
             f"{r['latency_e2e']['preprocess_p50_ms']:.2f}, infer {r['latency_e2e']['infer_p50_ms']:.2f}, "
             f"top-k {r['latency_e2e']['postprocess_p50_ms']:.3f}" for r in e2e_rows) + "."]
-    from .report_board import power_lines, sustained_lines  # additive sections (issue 14)
+    from .report_board import early_stopping_lines, power_lines, sustained_lines  # additive sections (issue 14)
 
-    lines += power_lines(report) + sustained_lines(report)
+    lines += early_stopping_lines(report) + power_lines(report) + sustained_lines(report)
     if report.get("plot"):
         lines += ["", f"![accuracy vs latency]({report['plot']})"]
     notes = report.get("notes") or []

@@ -10,9 +10,9 @@ from __future__ import annotations
 import typer
 
 from ..errors import EdgeTransferError
-from . import checks, devices, present, stages, targets
+from . import checks, deploy, devices, present, stages, targets
 
-STAGES, CHECKS, TARGETS, DEVICES = "Stages", "Checks", "Targets", "Devices"
+STAGES, CHECKS, TARGETS, DEVICES, DEPLOY = "Stages", "Checks", "Targets", "Devices", "Deploy"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Pretrained image model -> measured, deployable edge artifact.")
@@ -20,7 +20,7 @@ for fn in (stages.run, stages.train, stages.export, stages.quantize, stages.buil
     app.command(rich_help_panel=STAGES)(fn)
 for fn in (checks.selftest, checks.compare):
     app.command(rich_help_panel=CHECKS)(fn)
-
+app.command("app", rich_help_panel=DEPLOY)(deploy.app)
 
 
 def _version(value: bool) -> None:

@@ -41,16 +41,20 @@ def run(
     max_steps: int = MAX_STEPS,
     as_json: bool = json_option(),
     quiet: bool = QUIET,
+    force: bool = typer.Option(False, "--force", help="redo every stage, and replace an --out holding another dataset's bundle (moved to OUT/stale/)"),
     *, recipe=None, settings=None, export_cfg=None,
 ):
     """Train, export, quantize, build and benchmark in one go; writes the bundle to --out.
 
-    The resolved options are saved as OUT/config.yaml (reuse with --config)."""
+    Run again into the same --out, it skips train / export / quantize when their inputs and
+    artifacts are unchanged (--force redoes them). The resolved options are saved as
+    OUT/config.yaml (reuse with --config)."""
     from ..pipeline import run as run_pipeline
 
     set_quiet(quiet or as_json)
     report = run_pipeline(data, out, recipe, target=target, val=val, recipe=calibration, settings=settings, export_cfg=export_cfg,
-                          val_fraction=val_fraction, test=test, test_fraction=test_fraction, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+                          val_fraction=val_fraction, test=test, test_fraction=test_fraction, max_accuracy_drop=max_accuracy_drop,
+                          max_steps=max_steps, force=force)
     if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
         return
     present.report(report, as_json)
