@@ -203,7 +203,7 @@ def check_build_backends(target: Target) -> None:
 
 @locked("bundle", "build")
 def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, formats: list[str] | None = None,
-                threads: int | None = None) -> list[Any]:
+                threads: int | None = None, raise_on_gate: bool = True) -> list[Any]:
     """Build the target's non-ONNX formats into the bundle and register them; returns their manifests.
 
     Dispatch is by format through the converter registry (:func:`edgetransfer.builders.get_builder`).
@@ -236,6 +236,10 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
     made = []
     for cls in builders.values():
         made += cls.build_into_bundle(b, target, inputs)
+    failed = [m for m in made if m.details.get("status") == "gate_failed"]
+    if failed and raise_on_gate:
+        raise GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed)
+                              + " (written with status gate_failed)")
     return made
 
 
@@ -314,7 +318,10 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         times["quantize_s"] = time.perf_counter() - t
     if build_formats(tgt):
         t = time.perf_counter()
-        stage_build(Path(out), tgt, recipe)
+        made = stage_build(Path(out), tgt, recipe, raise_on_gate=False)
+        failed = [m for m in made if m.details.get("status") == "gate_failed"]
+        if failed and over_budget is None:  # reported first, exit 3 after the report
+            over_budget = GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed))
         times["build_s"] = time.perf_counter() - t
     if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
         from .builders.tensorrt import write_build_script
