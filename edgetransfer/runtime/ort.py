@@ -144,6 +144,11 @@ class OnnxRuntimeRunner(Runner):
                                 "install the onnxruntime-gpu / Jetson wheel with those providers")
         return info
 
+    def end_to_end_variant(self) -> "OnnxRuntimeRunner | None":
+        if self.options.get("spinning") is False:
+            return None
+        return type(self)(self.path, self.manifest, threads=self.threads, options={**self.options, "spinning": False})
+
     def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outs))
