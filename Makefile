@@ -9,12 +9,13 @@ PY     := $(VENV)/bin/python
 # torch pins that install from this machine kind's local disk (x86_64, Python 3.11); override
 # with `make TORCH_PINS="torch==X torchvision==Y"` elsewhere.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-# remote: SSH benchmark tests; openvino and plot: the benchmark tests measure OpenVINO rows and draw report.png
-EXTRAS ?= train,export,demo,remote,openvino,plot,dev
+# remote: SSH benchmark tests; farm: labgrid (the board-farm coordinator tests); openvino and plot: the benchmark tests measure OpenVINO rows and draw report.png;
+# hf: the Hugging Face model / Optimum exporter tests (not in MOBILE_EXTRAS: litert-torch needs transformers 5)
+EXTRAS ?= train,export,demo,remote,farm,openvino,plot,dev,hf
 # The mobile extras (litert, executorch, coreml: ~1.6 GB more, jax/transformers/executorch from the
 # registry, several minutes of conversions in the tests) stay out of `make test`; their tests skip
 # there with the extra to install. `make test-mobile` runs the whole suite with them, in .venv-mobile.
-MOBILE_EXTRAS ?= train,export,demo,remote,openvino,plot,dev,mobile
+MOBILE_EXTRAS ?= train,export,demo,remote,farm,openvino,plot,dev,mobile
 
 .PHONY: venv demo test test-mobile clean
 

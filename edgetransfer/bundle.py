@@ -57,6 +57,7 @@ REPORT_PNG = "report.png"
 SUSTAINED_PNG = "sustained.png"  # --sustained: latency and temperature over time
 DEVICES_DIR = "devices"  # remote benchmark: the boards' combined report
 GOLDEN_DIR = "golden"
+HF_DIR = "hf"  # a Hugging Face model's save_pretrained folder (config.json, safetensors, preprocessor config)
 GOLDEN_FILE = "golden.json"
 BUILD_SCRIPT = "build_engine.sh"
 OPERATOR_CONFIG = "ort.required_operators.config"

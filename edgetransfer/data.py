@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
+from .host import usable_cpus
 from .imagepolicy import DEFAULT_POLICY, ImagePolicy, count_cases, is_image_file
 
 _INTERPOLATION = {
@@ -36,10 +37,17 @@ class PreprocessSpec:
     Steps: decode and convert to 8-bit RGB by the image policy ``image``
     (:class:`~edgetransfer.imagepolicy.ImagePolicy`: EXIF orientation, 16-bit scaling, alpha over a
     background), resize the shorter side to ``resize_size`` px with
-    ``interpolation``, center-crop ``input_size`` x ``input_size`` px, scale to [0, 1], subtract
-    ``mean`` and divide by ``std`` (per channel, RGB order), lay out as ``layout`` (NCHW),
+    ``interpolation`` (``resize_mode='squash'``: both sides to ``resize_size``, aspect ratio not
+    kept), center-crop ``input_size`` x ``input_size`` px, scale to [0, 1], subtract
+    ``mean`` and divide by ``std`` (per channel, RGB order), reorder the channels to
+    ``channel_order`` (``BGR``: MobileViT's image processor), lay out as ``layout`` (NCHW),
     dtype float32. ``resize_size = round(input_size / crop_pct)`` (timm's eval transform; crop_pct
-    0.875 is the classic ImageNet 224/256 recipe).
+    0.875 is the classic ImageNet 224/256 recipe). ``resize_rounding``: the longer side after a
+    shorter-side resize is ``round`` (edgetransfer's own models) or ``floor`` of ``resize_size *
+    long / short`` (torchvision ``Resize`` and Hugging Face image processors); ``crop_rounding``:
+    the crop offset is ``round((size - crop) / 2)`` (torchvision ``CenterCrop``) or ``floor``
+    (Hugging Face ``center_crop``). :mod:`edgetransfer.preprocess` derives these from a model's
+    own eval config.
     """
 
     input_size: int = 224
@@ -51,6 +59,9 @@ class PreprocessSpec:
     layout: str = "NCHW"
     dtype: str = "float32"
     image: ImagePolicy = DEFAULT_POLICY
+    resize_mode: str = "shorter"
+    resize_rounding: str = "round"
+    crop_rounding: str = "round"
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATION:
@@ -59,8 +70,11 @@ class PreprocessSpec:
             raise DataError(f"resize_size ({self.resize_size}) must be >= input_size ({self.input_size})")
         if any(s <= 0 for s in self.std):
             raise DataError(f"std must be positive (got {self.std})")
-        if self.channel_order != "RGB" or self.layout != "NCHW" or self.dtype != "float32":
-            raise DataError("only RGB, NCHW, float32 inputs are implemented")
+        if self.channel_order not in ("RGB", "BGR") or self.layout != "NCHW" or self.dtype != "float32":
+            raise DataError("only RGB or BGR, NCHW, float32 inputs are implemented")
+        if self.resize_mode not in ("shorter", "squash") or {self.resize_rounding, self.crop_rounding} - {"round", "floor"}:
+            raise DataError(f"resize_mode must be 'shorter' or 'squash' and resize_rounding / crop_rounding 'round' or 'floor' "
+                            f"(got {self.resize_mode!r}, {self.resize_rounding!r}, {self.crop_rounding!r})")
 
     @classmethod
     def from_crop_pct(cls, input_size: int, crop_pct: float, **kw: Any) -> "PreprocessSpec":
@@ -98,15 +112,26 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     if image.mode != "RGB":
         image = image.convert("RGB")
     w, h = image.size
-    scale = spec.resize_size / min(w, h)
-    nw, nh = max(spec.resize_size, round(w * scale)), max(spec.resize_size, round(h * scale))
+    r = spec.resize_size
+    if spec.resize_mode == "squash":
+        nw, nh = r, r
+    elif spec.resize_rounding == "floor":  # torchvision / transformers: int(size * long / short)
+        nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+    else:
+        scale = r / min(w, h)
+        nw, nh = max(r, round(w * scale)), max(r, round(h * scale))
     if (nw, nh) != (w, h):
         image = image.resize((nw, nh), _INTERPOLATION[spec.interpolation])
-    left = int(round((nw - spec.input_size) / 2.0))
-    top = int(round((nh - spec.input_size) / 2.0))
-    image = image.crop((left, top, left + spec.input_size, top + spec.input_size))
+    c = spec.input_size
+    if spec.crop_rounding == "floor":
+        left, top = (nw - c) // 2, (nh - c) // 2
+    else:
+        left, top = int(round((nw - c) / 2.0)), int(round((nh - c) / 2.0))
+    image = image.crop((left, top, left + c, top + c))
     arr = np.asarray(image, dtype=np.float32) * np.float32(1.0 / 255.0)
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.channel_order == "BGR":
+        arr = arr[..., ::-1]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
@@ -208,7 +233,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] | None
             return f"{type(exc).__name__}: {exc}", ()
 
     if verify:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(8, usable_cpus())) as pool:
             reasons = list(pool.map(check, candidates))
     else:
         reasons = [(None, ())] * len(candidates)
@@ -277,7 +302,7 @@ def resolve_splits(data: str | os.PathLike, val: str | os.PathLike | None = None
 
 def iter_batches(samples: Sequence[Sample], spec: PreprocessSpec, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(x, y)``: x float32 (B, 3, S, S) preprocessed, y int64 (B,) labels."""
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(4, usable_cpus())
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]

@@ -2,6 +2,13 @@
 load average, CUDA GPU (through the driver library, no Python GPU package), Jetson module,
 TensorRT version.
 
+Usable CPUs (:func:`usable_cpus`) are what this process may run on: the affinity mask
+(``os.sched_getaffinity``: ``taskset``, ``docker --cpuset-cpus``) and the cgroup CPU quota
+(``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` of v1: ``docker --cpus``,
+Kubernetes limits), the smaller of the two — not ``os.cpu_count()``, the host's logical CPUs.
+Thread counts follow it: ONNX Runtime's default pool (one thread per physical core) ignores both
+and OMP_NUM_THREADS (microsoft/onnxruntime#29510), so an unpinned default oversubscribes a quota.
+
 Torch-free and import-light: the device benchmark, the INT8 stage (which records the CPU it was
 calibrated on) and the TensorRT runner use it. Sources: ``/proc/cpuinfo`` (Linux), ``os.getloadavg``
 (Unix), the CUDA driver API (``cuInit``, ``cuDeviceGetName``, ``cuDeviceGetAttribute`` with
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import math
 import os
 import platform
 from pathlib import Path
@@ -35,6 +43,51 @@ def cpu_info() -> dict[str, Any]:
         pass
     keep = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "f16c", "fma", "asimd", "asimddp", "i8mm", "sve"]
     return {"cpu": name, "cpu_features": [f for f in keep if f in flags], "arch": platform.machine()}
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """CPUs the cgroup quota allows (quota / period, e.g. 1.5), or None when unlimited or unreadable.
+    Reads cgroup v2 ``ROOT/cpu.max`` ("max 100000" or "150000 100000"), else v1
+    ``ROOT/cpu/cpu.cfs_quota_us`` (-1 = unlimited) and ``cpu.cfs_period_us``."""
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for d in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota_us = int((d / "cpu.cfs_quota_us").read_text())
+            period_us = int((d / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (``os.sched_getaffinity``; ``os.cpu_count()`` where
+    the platform has no affinity call)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def usable_cpus(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """CPUs this process may use: min(affinity mask, ceil(cgroup quota)), at least 1."""
+    n = affinity_cpus()
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota - 1e-9)))
+    return max(1, n)
+
+
+def cpu_budget() -> dict[str, Any]:
+    """What the report records: ``usable_cpus``, ``affinity_cpus``, ``cgroup_cpu_quota`` (None:
+    none), ``cpu_count`` (the host's logical CPUs)."""
+    return {"usable_cpus": usable_cpus(), "affinity_cpus": affinity_cpus(), "cgroup_cpu_quota": cgroup_cpu_quota(),
+            "cpu_count": os.cpu_count()}
 
 
 def load_average() -> list[float] | None:

@@ -9,9 +9,13 @@ A model spec string says where the backbone and its pretrained weights come from
 * ``timm:NAME``: ``timm.create_model(NAME, pretrained=True)`` through timm's own cache/hub.
 * ``torchvision:NAME[:WEIGHTS]``: ``torchvision.models.get_model``; WEIGHTS is an enum member name
   (``IMAGENET1K_V1``), default ``DEFAULT``; downloaded into torch's own cache.
+* ``hf:ID_OR_DIR``: a Hugging Face ``AutoModelForImageClassification`` (Hub id or local folder;
+  :mod:`edgetransfer.models_hf`, the ``hf`` extra).
 * ``file:PATH``: an edgetransfer checkpoint (architecture inside), or a plain state dict / timm /
-  torchvision checkpoint together with ``arch`` (``timm:NAME`` or ``torchvision:NAME``). Always
-  loaded with ``torch.load(weights_only=True)``.
+  torchvision / transformers checkpoint together with ``arch`` (``timm:NAME``, ``torchvision:NAME``
+  or ``hf:ID_OR_DIR``). Always loaded with ``torch.load(weights_only=True)``.
+
+Preprocessing is the model's own eval transform (:mod:`edgetransfer.preprocess`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 from .data import PreprocessSpec
 from .errors import ModelSourceError, require
+from .preprocess import from_timm_config, from_torchvision_weights
 
 DEFAULT_MODEL = "efficientnet-lite0"
 
@@ -75,8 +80,10 @@ class ModelInfo:
 
 def parse_arch(spec: str) -> dict[str, str]:
     src, _, rest = spec.partition(":")
+    if src == "hf" and rest:
+        return {"source": "hf", "name": rest}
     if src not in ("timm", "torchvision") or not rest:
-        raise ModelSourceError(f"architecture {spec!r} must be 'timm:NAME' or 'torchvision:NAME'")
+        raise ModelSourceError(f"architecture {spec!r} must be 'timm:NAME', 'torchvision:NAME' or 'hf:ID_OR_DIR'")
     name, _, weights = rest.partition(":")
     out = {"source": src, "name": name}
     if weights:
@@ -260,25 +267,6 @@ def backbone_blocks(model, head_path: str) -> list[list[str]]:
     return [b for b in blocks if b]
 
 
-def _timm_preprocessing(model) -> PreprocessSpec:
-    timm = require("timm", "train")
-    cfg = timm.data.resolve_data_config({}, model=model)
-    size = int(cfg["input_size"][-1])
-    interp = cfg.get("interpolation", "bicubic")
-    return PreprocessSpec.from_crop_pct(size, float(cfg.get("crop_pct", 0.875)), interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic",
-                                        mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
-
-
-def _torchvision_preprocessing(weights) -> PreprocessSpec:
-    if weights is None:
-        return PreprocessSpec()
-    t = weights.transforms()
-    crop = t.crop_size[0] if isinstance(t.crop_size, (list, tuple)) else t.crop_size
-    resize = t.resize_size[0] if isinstance(t.resize_size, (list, tuple)) else t.resize_size
-    interp = str(getattr(t.interpolation, "value", t.interpolation)).lower()
-    return PreprocessSpec(int(crop), int(resize), interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear", tuple(t.mean), tuple(t.std))
-
-
 def _build_arch(arch: dict[str, str], pretrained: bool):
     """Return ``(model, preprocessing, description)`` for a timm/torchvision architecture."""
     if arch["source"] == "timm":
@@ -291,7 +279,7 @@ def _build_arch(arch: dict[str, str], pretrained: bool):
             raise ModelSourceError(_offline_hint(f"timm:{arch['name']}", exc)) from exc
         except Exception as exc:
             raise ModelSourceError(_offline_hint(f"timm:{arch['name']}", exc)) from exc
-        return model, _timm_preprocessing(model), f"timm:{arch['name']}" + (" (pretrained)" if pretrained else "")
+        return model, from_timm_config(timm.data.resolve_data_config({}, model=model)), f"timm:{arch['name']}" + (" (pretrained)" if pretrained else "")
     tv = require("torchvision", "train", "torchvision models")
     name = arch["name"]
     if name not in tv.models.list_models():
@@ -307,7 +295,7 @@ def _build_arch(arch: dict[str, str], pretrained: bool):
         model = tv.models.get_model(name, weights=weights if pretrained else None)
     except Exception as exc:
         raise ModelSourceError(_offline_hint(f"torchvision:{name}:{weights.name}", exc)) from exc
-    return model, _torchvision_preprocessing(weights), f"torchvision:{name}:{weights.name}" + ("" if pretrained else " (architecture only)")
+    return model, from_torchvision_weights(weights), f"torchvision:{name}:{weights.name}" + ("" if pretrained else " (architecture only)")
 
 
 def _offline_hint(spec: str, exc: Exception) -> str:
@@ -347,15 +335,24 @@ def is_checkpoint(obj: Any) -> bool:
 
 
 def build_model(spec: str = DEFAULT_MODEL, num_classes: int = 2, *, head: str = "linear", hidden: int = 512,
-                dropout: float = 0.2, pretrained: bool = True, arch: str | None = None):
-    """Build a pretrained backbone with a fresh head for ``num_classes`` classes.
+                dropout: float = 0.2, pretrained: bool = True, arch: str | None = None, class_names: list[str] | None = None):
+    """Build a pretrained backbone with a fresh head for ``num_classes`` classes (``class_names``:
+    their names in label order, written into Hugging Face configs; default ``class_0``...).
 
     Returns ``(model, ModelInfo)``; the model is an ``nn.Module`` taking float32 (B, 3, S, S)
     normalised images and returning float32 logits (B, num_classes).
     Raises :class:`ModelSourceError` for unknown specs, unreachable weights or unknown heads.
     """
     torch = require("torch", "train")
-    if spec in OFFLINE_PRETRAINED:
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+    hf_src = spec[3:] if spec.startswith("hf:") else (arch[3:] if spec.startswith("file:") and (arch or "").startswith("hf:") else None)
+    if hf_src is not None and head != "linear":
+        raise ModelSourceError(f"Hugging Face models keep their own classifier (a linear layer); --head {head} is not available for them")
+    if spec.startswith("hf:"):
+        from . import models_hf
+
+        model, pre, arch_d, desc = models_hf.build(hf_src, names, pretrained=pretrained)
+    elif spec in OFFLINE_PRETRAINED:
         model, pre, desc = _load_offline(spec)
         arch_d = {"source": "timm", "name": OFFLINE_PRETRAINED[spec][2]}
     elif spec.startswith(("timm:", "torchvision:")):
@@ -379,22 +376,32 @@ def build_model(spec: str = DEFAULT_MODEL, num_classes: int = 2, *, head: str = 
             if arch is None:
                 raise ModelSourceError(f"{path} is a plain state dict: say which architecture it fits with --arch timm:NAME or torchvision:NAME")
             arch_d = parse_arch(arch)
-            model, pre, _ = _build_arch(arch_d, pretrained=False)
             sd = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
             if not isinstance(sd, dict):
                 raise ModelSourceError(f"{path}: no state dict found")
-            sd = {k.removeprefix("module."): v for k, v in sd.items()}
-            missing, unexpected = model.load_state_dict(sd, strict=False)
-            missing = [k for k in missing if not k.startswith(find_head(model)[0])]
-            if missing:
-                raise ModelSourceError(f"{path} does not fit {arch}: {len(missing)} backbone tensors missing (e.g. {missing[:3]})")
+            if hf_src is not None:
+                from . import models_hf
+
+                model, pre, arch_d, _ = models_hf.build(hf_src, names, state_dict=sd)
+            else:
+                model, pre, _ = _build_arch(arch_d, pretrained=False)
+                sd = {k.removeprefix("module."): v for k, v in sd.items()}
+                missing, unexpected = model.load_state_dict(sd, strict=False)
+                missing = [k for k in missing if not k.startswith(find_head(model)[0])]
+                if missing:
+                    raise ModelSourceError(f"{path} does not fit {arch}: {len(missing)} backbone tensors missing (e.g. {missing[:3]})")
             desc = f"{arch} weights from {path}"
     else:
         raise ModelSourceError(
             f"unknown model {spec!r}; use {DEFAULT_MODEL!r} (offline ImageNet weights), 'timm:NAME', "
-            "'torchvision:NAME[:WEIGHTS]' or 'file:PATH'"
+            "'torchvision:NAME[:WEIGHTS]', 'hf:ID_OR_DIR' or 'file:PATH'"
         )
-    head_path, feat = replace_head(model, num_classes, head, hidden, dropout)
+    if arch_d["source"] == "hf":
+        from .models_hf import HEAD as head_path
+
+        feat = head_in_features(model.get_submodule(head_path))
+    else:
+        head_path, feat = replace_head(model, num_classes, head, hidden, dropout)
     model.eval()
     info = ModelInfo(arch=arch_d, head_path=head_path, feature_dim=feat, num_classes=num_classes, head=head,
                      hidden=hidden, dropout=dropout, preprocessing=pre, source=desc)
@@ -404,8 +411,16 @@ def build_model(spec: str = DEFAULT_MODEL, num_classes: int = 2, *, head: str = 
 def load_checkpoint_model(ckpt: dict[str, Any]):
     """Rebuild the ``nn.Module`` stored in an edgetransfer checkpoint dict (eval mode)."""
     info = ckpt["model"]
+    if info["arch"]["source"] == "hf":
+        from .models_hf import from_arch
+
+        return _loaded(from_arch(info["arch"]), ckpt)
     model, _, _ = _build_arch(info["arch"], pretrained=False)
     replace_head(model, int(info["num_classes"]), info.get("head", "linear"), int(info.get("hidden", 512)), float(info.get("dropout", 0.2)))
+    return _loaded(model, ckpt)
+
+
+def _loaded(model, ckpt: dict[str, Any]):
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -71,3 +71,13 @@ def bundle_copy(tiny_bundle, tmp_path) -> Path:
     dst = tmp_path / "b"
     shutil.copytree(tiny_bundle, dst)
     return dst
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how to run the SSH board tests when they were skipped for a missing OpenSSH server (a
+    fresh machine's ``make test``; ``.ci/run`` installs it)."""
+    ssh = [r for r in terminalreporter.stats.get("skipped", []) if "openssh-server" in str(getattr(r, "longrepr", ""))]
+    if ssh:
+        terminalreporter.write_line(f"{len(ssh)} SSH board test(s) skipped: no OpenSSH server here. To run them: "
+                                    "sudo apt-get install -y openssh-server openssh-client, then make test again (.ci/run does this)",
+                                    yellow=True)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..artifacts import Manifest, read_manifest
 from ..bundle import BUILD_SCRIPT, SUSTAINED_PNG, Bundle, subsample
-from ..host import cpu_info, cuda_device, load_average  # noqa: F401 (cpu_info: re-exported)
+from ..host import cpu_budget, cpu_info, cuda_device, load_average, usable_cpus  # noqa: F401 (cpu_info: re-exported)
 from ..data import ImageFolder, PreprocessSpec, load_arrays
 from ..errors import ArtifactError, DataError, MissingExtraError
 from ..progress import log, task
@@ -51,8 +51,9 @@ class BenchSettings:
 
 
 def environment(threads: int) -> dict[str, Any]:
-    """Host facts for the report. ``threads``: the requested intra-op threads, or the logical CPU
-    count when 0 (each runtime's default, at most that many); ``threads_requested``: as asked."""
+    """Host facts for the report. ``threads``: the intra-op threads each runtime was given, or
+    the usable CPUs when 0; ``usable_cpus``: min(affinity mask, cgroup quota) (:func:`edgetransfer.host.cpu_budget`),
+    ``cpu_count``: the host's logical CPUs; ``threads_requested``: as asked."""
     versions = {}
     from ..runtime import runtime_distributions
 
@@ -61,7 +62,7 @@ def environment(threads: int) -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {**cpu_info(), "threads": threads or os.cpu_count(), "threads_requested": threads, "cpu_count": os.cpu_count(),
+    return {**cpu_info(), **cpu_budget(), "threads": threads or usable_cpus(), "threads_requested": threads,
             "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
 
 
@@ -129,9 +130,12 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     if not on_target:
         notes.append(f"host measurement: this {platform.machine()} host is not the target {target.name} "
                      f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
-        if threads and os.cpu_count() and threads > os.cpu_count():
-            notes.append(f"{target.name} runs {threads} threads; this host has {os.cpu_count()} cores, so {os.cpu_count()} were used")
-            threads = os.cpu_count()
+    usable, requested_threads = usable_cpus(), threads
+    if threads and threads > usable:
+        notes.append(f"{target.name} runs {threads} threads; this process may use {usable} CPU(s) (affinity mask / cgroup quota "
+                     f"of a host with {os.cpu_count()} logical CPUs), so {usable} were used")
+        threads = usable
+    threads = threads or usable  # a runtime's own default (ONNX Runtime: physical cores) ignores affinity and quotas
     timing = dict(batch_sizes=batch_sizes, warmup=warmup, iters=iters, min_s=min_s, threads=threads)
 
     load_start = load_average()
@@ -159,6 +163,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
     results += not_built_rows(bundle, target)
     env = environment(threads)
+    env["threads_requested"] = requested_threads
     env["load_average"] = {"start": load_start, "end": load_average()}
     busy = max([v[0] for v in env["load_average"].values() if v] or [0.0])
     if busy > (os.cpu_count() or 1):

@@ -205,7 +205,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgetransfer report — target `{report.get('target')}`",
         "",
-        f"Host: {env.get('cpu', '?')} ({env.get('arch', '?')}, {env.get('cpu_count', '?')} logical CPUs, "
+        f"Host: {env.get('cpu', '?')} ({env.get('arch', '?')}, {env.get('cpu_count', '?')} logical CPUs"
+        + (f", {env['usable_cpus']} usable by this process" if env.get("usable_cpus") not in (None, env.get("cpu_count")) else "") + ", "
         f"threads {st.get('threads') or 'runtime default'}); measured on this host"
         + ("" if report.get("host_is_target", True) else " (a host measurement, not the target device)")
         + _load_text(env) + ".",

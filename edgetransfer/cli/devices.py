@@ -9,17 +9,25 @@ from typing import List, Optional
 import typer
 
 from . import present
+from ..remote.inventory import DEFAULT_WORKDIR
 from .options import INVENTORY, json_option
 
 app = typer.Typer(no_args_is_help=True, help="Your own boards, reached over SSH: list, add, remove, check, trust.")
 
 
 @app.command("list")
-def devices_list(inventory: Optional[Path] = INVENTORY):
-    """The boards of the inventory, one table row each (on stdout)."""
+def devices_list(inventory: Optional[Path] = INVENTORY,
+                 holders: bool = typer.Option(False, "--holders", help="connect to every board and show who holds its benchmark lock")):
+    """The boards of the inventory, one table row each (on stdout); --holders: and who is using each."""
     from ..remote.inventory import Inventory
 
-    present.devices_table(Inventory.load(inventory))
+    inv = Inventory.load(inventory)
+    held = None
+    if holders and inv.devices:
+        from ..remote.fleet import board_holders
+
+        held = {h["device"]: h for h in board_holders(list(inv.devices.values()))}
+    present.devices_table(inv, held)
 
 
 @app.command("add")
@@ -29,7 +37,7 @@ def devices_add(
     port: int = typer.Option(22, "--port"),
     user: Optional[str] = typer.Option(None, "--user", help="login (or give it as USER@HOST)"),
     target: Optional[str] = typer.Option(None, "--target", help="target profile of the board (default: the bundle's)"),
-    workdir: str = typer.Option("edgetransfer", "--workdir", help="directory on the board (relative = under the login's home)"),
+    workdir: str = typer.Option(DEFAULT_WORKDIR, "--workdir", help="directory on the board (relative = under the login's home)"),
     python: str = typer.Option("python3", "--python", help="the board's Python with edgetransfer[device] installed"),
     env: Optional[List[str]] = typer.Option(None, "--env", help="NAME=VALUE for the remote benchmark (repeat)"),
     docker_image: Optional[str] = typer.Option(None, "--docker-image", help="run the benchmark in this image (built from Dockerfile.jetson)"),
@@ -41,12 +49,15 @@ def devices_add(
 ):
     """Add a board to the inventory (no connection is made; 'devices check NAME' tests it)."""
     from ..errors import InventoryError
-    from ..remote.inventory import Device, Inventory, parse_host
+    from ..remote.inventory import Device, Inventory, parse_destination
     from ..targets import load_target
 
-    u, h = parse_host(host)
+    u, h, p = parse_destination(host)
     if u and user and u != user:
         raise InventoryError(f"--host says user {u!r} but --user says {user!r}; give the login once")
+    if p is not None and port not in (22, p):
+        raise InventoryError(f"--host says port {p} but --port says {port}; give the port once")
+    port = p if p is not None else port
     envd = {}
     for e in env or []:
         k, sep, v = e.partition("=")

@@ -187,6 +187,7 @@ EXPORT_HELP = {
     "dynamo": "the dynamo exporter first, the TorchScript exporter as a recorded fallback (no: TorchScript only)",
     "trace_batch": "batch size of the example input of the export (>= 2)",
     "simplify": "simplify with onnxslim (parity-checked against the unsimplified graph)",
+    "exporter": "auto (Optimum for hf: models when the hf extra is installed, else torch) | optimum | torch",
     "max_abs": "fp32 parity tolerance: max |logit diff| vs PyTorch (default: edgetransfer/parity.py's)",
     "mean_abs": "fp32 parity tolerance: mean |logit diff| vs PyTorch (default: edgetransfer/parity.py's)",
     "min_agreement": "fp32 parity tolerance: minimum top-1 agreement with PyTorch (default: edgetransfer/parity.py's)",

@@ -164,15 +164,19 @@ def targets_table(targets: list[tuple[str, Any]]) -> None:
     out().print(t)
 
 
-def devices_table(inv) -> None:
+def devices_table(inv, holders: dict | None = None) -> None:
     if not inv.devices:
         err.print(f"no devices in {inv.path}; add one with 'edgetransfer devices add NAME --host USER@HOST --target TARGET'")
         return
     t = Table(title=str(inv.path))
-    for c in ("name", "host", "target", "workdir", "runs in"):
+    for c in ("name", "host", "target", "class", "workdir", "runs in") + (("lock",) if holders is not None else ()):
         t.add_column(c)
     for d in inv.devices.values():
-        t.add_row(d.name, d.destination, d.target or "(bundle's)", d.workdir, d.runs_in)
+        cells = [d.name, d.destination, d.target or "(bundle's)", d.device_class or "—", d.workdir, d.runs_in]
+        if holders is not None:
+            h = holders.get(d.name) or {}
+            cells.append(escape(f"{h.get('state', '?')} {h.get('detail') or ''}".strip()))
+        t.add_row(*cells)
     out().print(t)
 
 
@@ -184,11 +188,14 @@ def device_check(name: str, dev, res: dict[str, Any]) -> None:
             ("model", st.get("model") or "—"),
             ("L4T / JetPack", (f"L4T {st['l4t']}" + (f", JetPack {st['jetpack']}" if st.get("jetpack") else " (JetPack not in the table)"))
              if st.get("l4t") else "— (not a Jetson)"),
-            ("Python", f"{rem.get('python_version')} ({rem.get('python')})")]
+            ("Python", f"{rem.get('python_version')} ({rem.get('python')})"
+             + ("; externally managed (PEP 668): install into a venv" if rem.get("externally_managed") else ""))]
     if ver:
         missing = ver.get("device_extra_missing") or []
         rows += [("edgetransfer", f"{ver['remote']} ({ver['relation']}; this workstation has {ver['local']})"),
-                 ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: pip install 'edgetransfer[device]'")]
+                 ("edgetransfer[device]", "installed" if not missing else f"missing {', '.join(missing)}: " + (
+                     "python3 -m venv ~/et && ~/et/bin/pip install 'edgetransfer[device]' (then python: ~/et/bin/python)"
+                     if rem.get("externally_managed") else "pip install 'edgetransfer[device]'"))]
     else:
         rows.append(("edgetransfer", f"ERROR: {res['version_error']}"))
     from ..runtime import probe_modules  # the registry is the only runtime list

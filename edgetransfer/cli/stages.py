@@ -131,6 +131,8 @@ def benchmark(
     device: Optional[List[str]] = typer.Option(None, "--device", help="run on this board of the inventory instead (repeat for several, in parallel)", rich_help_panel="Devices"),
     inventory: Optional[Path] = typer.Option(None, "--inventory", help=INVENTORY.help, rich_help_panel="Devices"),
     report_dir: Optional[Path] = typer.Option(None, "--report-dir", help="with --device: where the combined report goes (default BUNDLE/devices)", rich_help_panel="Devices"),
+    device_class: Optional[str] = typer.Option(None, "--device-class", help="run on the first free board of this device_class of the inventory", rich_help_panel="Devices"),
+    wait_lock: float = typer.Option(0.0, "--wait-lock", min=0, help="seconds to wait for a board (or a board of --device-class) that another benchmark holds; 0: fail at once naming the holder", rich_help_panel="Devices"),
     as_json: bool = json_option(),
     quiet: bool = QUIET,
     *, settings=None,
@@ -142,22 +144,27 @@ def benchmark(
     --device (repeatable): the boards of the inventory run the benchmark in parallel; the combined
     report goes to BUNDLE/devices/ (or --report-dir). --target overrides the devices' targets."""
     set_quiet(quiet or as_json)
-    if device:
-        _benchmark_devices(bundle, device, inventory, target, data, settings, report_dir, as_json)
+    if device or device_class:
+        _benchmark_devices(bundle, device, inventory, target, data, settings, report_dir, as_json, wait_lock, device_class)
         return
     from ..pipeline import stage_benchmark
 
     present.report(stage_benchmark(bundle, target_for(bundle, target), data, settings), as_json)
 
 
-def _benchmark_devices(bundle, names, inventory, target, data, settings, report_dir, as_json):
+def _benchmark_devices(bundle, names, inventory, target, data, settings, report_dir, as_json, wait_lock=0.0, device_class=None):
     from ..errors import RemoteError
     from ..remote.bench import REPORT_DIR, benchmark_on_devices
     from ..remote.inventory import Inventory
 
     inv = Inventory.load(inventory)
-    devices = [inv.get(n) for n in names]
-    combined = benchmark_on_devices(bundle, devices, target=target, data=data, settings=settings, report_dir=report_dir)
+    if device_class and names:
+        from ..errors import ConfigError
+
+        raise ConfigError("give --device NAME or --device-class CLASS, not both")
+    devices = inv.of_class(device_class) if device_class else [inv.get(n) for n in names]
+    combined = benchmark_on_devices(bundle, devices, target=target, data=data, settings=settings, report_dir=report_dir,
+                                    lock_wait_s=wait_lock, device_class=device_class)
     out = Path(report_dir) if report_dir else Path(bundle) / REPORT_DIR
     present.devices_report(combined, out, as_json)
     failed = [s for s in combined["devices"] if s["status"] != "ok"]

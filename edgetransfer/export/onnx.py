@@ -51,6 +51,8 @@ class ExportConfig:
     unsimplified one within the fp32 tolerances, else :class:`ParityError`.
     ``max_abs`` / ``mean_abs`` / ``min_agreement``: fp32 parity tolerances vs PyTorch (logit units,
     fraction); None = :data:`~edgetransfer.parity.TOLERANCES` ``["fp32"]``.
+    ``exporter``: ``auto`` (Optimum for a Hugging Face model when the ``hf`` extra is installed,
+    else torch), ``optimum`` or ``torch`` (:func:`edgetransfer.export.hf.choose_exporter`).
     """
 
     opset: int | None = None
@@ -60,8 +62,11 @@ class ExportConfig:
     max_abs: float | None = None
     mean_abs: float | None = None
     min_agreement: float | None = None
+    exporter: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.exporter not in ("auto", "optimum", "torch"):
+            raise ConfigError(f"exporter must be auto, optimum or torch (got {self.exporter!r})")
         if self.trace_batch < 2:
             raise ConfigError("trace_batch must be >= 2: a batch-1 trace can freeze the batch size")
         if self.opset is not None and not 13 <= self.opset <= 23:
@@ -192,13 +197,15 @@ def verify_dynamic_batch(path: Path, num_classes: int, input_size: int, batches=
 
 
 def export_module(model, path: Path, *, input_size: int, class_names: list[str], preprocessing: dict[str, Any],
-                  parity_x: np.ndarray, opset: int, cfg: ExportConfig = ExportConfig()) -> dict[str, Any]:
+                  parity_x: np.ndarray, opset: int, cfg: ExportConfig = ExportConfig(), export_fn=None) -> dict[str, Any]:
     """``OnnxFromTorch`` on an ``nn.Module``: write the checked fp32 ONNX file ``path``.
 
     ``model`` takes float32 (B, 3, S, S) with S = ``input_size`` and returns logits (B, C), C =
     ``len(class_names)``. It is exported in eval mode whatever mode it is handed over in (its mode
     is restored afterwards), from a batch of ``cfg.trace_batch`` seeded random images.
     ``parity_x``: float32 (N, 3, S, S), N >= 1, preprocessed real validation images.
+    ``export_fn``: another exporter, ``fn(model, x, path, opset, dynamo) -> description`` (the
+    Optimum one: :func:`edgetransfer.export.hf.optimum_export_fn`); the same gates follow.
 
     Returns the manifest details (exporter, fallback errors, opset, parity figures, node counts).
     Raises :class:`ParityError` beyond tolerance, :class:`EdgeTransferError` when every exporter
@@ -214,10 +221,10 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
     try:
         x = torch.randn(cfg.trace_batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
         exporter, errors = None, []
-        for dynamo in ([True, False] if cfg.dynamo else [False]):
+        for dynamo in ([True, False] if cfg.dynamo and export_fn is None else [False]):
             try:
                 with task(f"Exporting ONNX (opset {opset}, {'dynamo' if dynamo else 'TorchScript'})", None):
-                    exporter = _export(model, x, path, opset, dynamo)
+                    exporter = (export_fn or _export)(model, x, path, opset, dynamo)
                 break
             except Exception as exc:  # the dynamo exporter fails on some models: fall back, recorded
                 errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc)[:500]}")
@@ -277,9 +284,21 @@ def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_
     model, ckpt = load_checkpoint(checkpoint)
     size = int(ckpt["preprocessing"]["input_size"])
     class_names = list(ckpt["class_names"])
+    from . import hf
+
+    which, why = hf.choose_exporter(cfg.exporter, hf.is_hf(ckpt))
+    extra: dict[str, Any] = {"exporter_choice": {"exporter": which, "reason": why, **({"versions": hf.versions()} if which == "optimum" else {})}}
+    export_fn = None
+    if hf.is_hf(ckpt):
+        from ..bundle import HF_DIR
+
+        extra["hf_folder"] = hf.write_hf_folder(model, ckpt["model"]["arch"], out.parent / HF_DIR, parity_x)
+        if which == "optimum":
+            export_fn = hf.optimum_export_fn(out.parent / HF_DIR, INPUT_NAME, size)
     with atomic_path(out, suffix=".onnx") as tmp:
         details = export_module(model, tmp, input_size=size, class_names=class_names, preprocessing=ckpt["preprocessing"],
-                                parity_x=parity_x, opset=opset, cfg=cfg)
+                                parity_x=parity_x, opset=opset, cfg=cfg, export_fn=export_fn)
+    details.update(extra)
     onnx = require("onnx", "export")
     details["opset_choice"] = (f"--opset {cfg.opset}" if cfg.opset else
                                f"min({DEFAULT_OPSET}, target opset_max {opset_max})")
@@ -290,6 +309,7 @@ def onnx_from_torch(checkpoint: Path, out: Path, parity_x: np.ndarray, *, opset_
         inputs=[{"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32"}],
         outputs=[{"name": OUTPUT_NAME, "shape": ["batch", len(class_names)], "dtype": "float32"}],
         producer="edgetransfer.export.onnx",
-        tool_versions=tool_versions("torch", "onnx", "onnxruntime", "onnxscript", *(["onnxslim"] if cfg.simplify else [])),
+        tool_versions=tool_versions("torch", "onnx", "onnxruntime", "onnxscript", *(["onnxslim"] if cfg.simplify else []),
+                                    *(["transformers"] if hf.is_hf(ckpt) else [])),
         details=details,
     ))

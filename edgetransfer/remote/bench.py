@@ -12,6 +12,7 @@ The combined report (one section per board and one table across boards) is writt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import posixpath
 import re
@@ -29,12 +30,19 @@ from ..progress import log
 from ..targets import Target, load_target
 from .boardstate import BoardSnapshot, BoardState, parse_snapshot, snapshot_script, state_summary, state_warnings
 from .inventory import Device
+from .lock import acquire, holder_info
 from .ssh import asyncssh, connect, error_reason, is_connection_lost, run, shell_join
 from .sync import BundlePlan, SendItem, TransferStats, plan_bundle, sync
 
 REPORT_DIR = DEVICES_DIR
 PROBE_MARK = "@@edgetransfer:probe "
 DEVICE_EXTRA_MODULES = ("numpy", "PIL", "yaml", "typer", "rich", "onnxruntime")
+
+# Starts edgetransfer's command line in the board's Python with the working directory off the import
+# path (``python -m`` puts it first, so a folder named edgetransfer there would shadow the installed
+# package: "cannot import name '__version__' from 'edgetransfer' (unknown location)"). Python >= 3.6.
+CLEAN_PATH = "import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.', os.getcwd())]"
+BOOTSTRAP = CLEAN_PATH + "; import runpy; runpy.run_module('edgetransfer', run_name='__main__', alter_sys=True)"
 
 # Runs in the board's Python (any version >= 3.6): what is installed there. Constant text but for
 # MODULES, the (module, distribution) pairs of the core and of every registered runtime.
@@ -51,6 +59,12 @@ def ver(d):
     except Exception:
         return "installed"
 out = {"python": sys.executable, "python_version": platform.python_version(), "machine": platform.machine()}
+try:  # PEP 668: a system Python that refuses pip install outside a virtual environment
+    import os, sysconfig
+    out["externally_managed"] = (sys.prefix == getattr(sys, "base_prefix", sys.prefix)
+                                 and os.path.isfile(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))
+except Exception:
+    out["externally_managed"] = None
 try:
     import edgetransfer
     out["edgetransfer"] = edgetransfer.__version__
@@ -83,7 +97,7 @@ def probe_script() -> str:
 
     core = [("numpy", "numpy"), ("PIL", "pillow"), ("yaml", "pyyaml"), ("typer", "typer"), ("rich", "rich")]
     mods = core + [(m, m.replace("_", "-")) for m in dict.fromkeys(probe_modules().values())]
-    return "MODULES = " + repr(tuple(mods)) + "\n" + _PROBE_TEMPLATE
+    return CLEAN_PATH + "\nMODULES = " + repr(tuple(mods)) + "\n" + _PROBE_TEMPLATE
 
 
 def version_tuple(v: str) -> tuple[int, int, int]:
@@ -101,10 +115,16 @@ def compare_versions(local: str, remote: str) -> str:
     return "compatible"
 
 
-def install_hint(device: Device) -> str:
+def install_hint(device: Device, info: dict[str, Any] | None = None) -> str:
+    """What to run on the board. A system Python marked EXTERNALLY-MANAGED (PEP 668: Debian 12,
+    Ubuntu 24.04, Raspberry Pi OS bookworm) refuses ``pip install``: then a virtual environment."""
     spec = f"'edgetransfer[device]=={__version__}'"
     if device.docker_image:
         return f"rebuild the image {device.docker_image} (Dockerfile.jetson) with {spec}"
+    if (info or {}).get("externally_managed"):
+        return (f"{info.get('python') or device.python} is externally managed (PEP 668: pip install is refused there); make a "
+                f"virtual environment on the board: python3 -m venv ~/et && ~/et/bin/pip install {spec}, then set python: ~/et/bin/python "
+                f"for {device.name} in the inventory")
     return f"install it on the board: {device.python} -m pip install {spec}"
 
 
@@ -124,8 +144,9 @@ def launcher(device: Device, workdir: str | None = None) -> list[str]:
 
 def benchmark_argv(device: Device, workdir: str, remote_bundle: str, target: str, settings: BenchSettings,
                    remote_data: str | None = None) -> list[str]:
-    """``python -m edgetransfer benchmark REMOTE_BUNDLE --target T --quiet ...`` for the board."""
-    argv = launcher(device, workdir) + ["-m", "edgetransfer", "benchmark", remote_bundle, "--target", target, "--quiet"]
+    """``python -c BOOTSTRAP benchmark REMOTE_BUNDLE --target T --quiet ...`` for the board
+    (:data:`BOOTSTRAP`: ``python -m edgetransfer`` with the working directory off the import path)."""
+    argv = launcher(device, workdir) + ["-c", BOOTSTRAP, "benchmark", remote_bundle, "--target", target, "--quiet"]
     if remote_data:
         argv += ["--data", remote_data]
     for b in settings.batch_sizes or ():
@@ -167,11 +188,11 @@ def check_version(device: Device, info: dict[str, Any]) -> dict[str, Any]:
     if not remote:
         raise RemoteVersionError(
             f"{device.name}: edgetransfer is not importable by {info.get('python') or device.runs_in} "
-            f"({info.get('edgetransfer_error', 'not installed')}); {install_hint(device)}")
+            f"({info.get('edgetransfer_error', 'not installed')}); {install_hint(device, info)}")
     rel = compare_versions(__version__, remote)
     if rel == "incompatible":
         raise RemoteVersionError(f"{device.name} has edgetransfer {remote}, this workstation {__version__}: incompatible; "
-                                 f"{install_hint(device)}")
+                                 f"{install_hint(device, info)}")
     missing = [m for m in DEVICE_EXTRA_MODULES if not (info.get("modules") or {}).get(m)]
     note = None
     if rel == "compatible":
@@ -219,19 +240,23 @@ def resolve_target(device: Device, override: str | None, bundle_info: dict[str, 
     return tgt, (str(p) if p.suffix in (".yaml", ".yml") and p.is_file() else None)
 
 
-async def bench_device(device: Device, plan: BundlePlan, target: Target, target_file: str | None, settings: BenchSettings) -> dict[str, Any]:
-    """One board's section of the combined report (never raises for a board failure)."""
+async def bench_device(device: Device, plan: BundlePlan, target: Target, target_file: str | None, settings: BenchSettings,
+                       lock_wait_s: float = 0.0) -> dict[str, Any]:
+    """One board's section of the combined report (never raises for a board failure). The
+    board's lock (:mod:`.lock`) is held from before the board state to after the fetched report;
+    a board held by someone else fails at stage ``lock`` naming the holder, unless it frees up
+    within ``lock_wait_s``."""
     a = asyncssh()
     sec: dict[str, Any] = {"device": device.name, "host": device.destination, "target": target.name, "runs_in": device.runs_in,
                            "status": "failed", "stage": "connect", "error": None, "error_type": None, "remote": None, "version": None,
                            "board": {"before": None, "after": None}, "warnings": [], "transfer": None, "remote_bundle": None,
-                           "seconds": {}, "started_at": time.time(), "finished_at": None, "report": None}
+                           "seconds": {}, "started_at": time.time(), "finished_at": None, "report": None, "lock": None}
     t0 = time.perf_counter()
     before = after = None
     say = lambda msg: log(f"[bold]{device.name}[/]: {escape(msg)}")  # noqa: E731
     try:
         conn = await connect(device)
-        async with conn:
+        async with conn, contextlib.AsyncExitStack() as held:
             sec["seconds"]["connect"] = time.perf_counter() - t0
             sec["stage"] = "probe"
             info = await probe(conn, device)
@@ -242,6 +267,13 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                 workdir = await _workdir(sftp, device)
                 remote_dir = posixpath.join(workdir, "bundles", plan.key)
                 sec["remote_bundle"] = remote_dir
+                sec["stage"] = "lock"
+                lock = await acquire(conn, device.name, workdir, holder_info(str(plan.bundle)), wait_s=lock_wait_s,
+                                     on_wait=lambda who: say(f"waiting for the board: in use by {who}"))
+                held.push_async_callback(lock.release)
+                sec["lock"] = {k: v for k, v in lock.info.items() if k != "token"} | {"broke_stale_lock_age_s": lock.broke}
+                if lock.broke is not None:
+                    say(f"took over a stale lock (not refreshed for {lock.broke} s)")
                 sec["stage"] = "board state"
                 _, before = await board_state(conn, workdir)
                 sec["board"]["before"] = before.to_dict()
@@ -288,6 +320,8 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
                 sec.update(status="ok", stage=None, report=report)
     except EdgeTransferError as exc:
         sec.update(error=str(exc), error_type=type(exc).__name__)
+        if getattr(exc, "who", None):
+            sec["held_by"] = exc.who  # BoardBusyError: the lock's holder
     except (a.Error, OSError, asyncio.TimeoutError) as exc:
         if is_connection_lost(exc) or isinstance(exc, asyncio.TimeoutError):
             msg = f"connection lost during {sec['stage']}: {error_reason(exc)}; re-run the same command"
@@ -305,27 +339,42 @@ async def bench_device(device: Device, plan: BundlePlan, target: Target, target_
 
 
 def benchmark_on_devices(bundle: Path, devices: list[Device], *, target: str | None = None, data: Path | None = None,
-                         settings: BenchSettings = BenchSettings(), report_dir: Path | None = None, write: bool = True) -> dict[str, Any]:
+                         settings: BenchSettings = BenchSettings(), report_dir: Path | None = None, write: bool = True,
+                         lock_wait_s: float = 0.0, device_class: str | None = None) -> dict[str, Any]:
     """Benchmark ``bundle`` on every device in parallel; returns the combined report (written to
     ``report_dir``, default ``<bundle>/devices/``, as report.json / report.md when ``write``).
 
     Local problems (not a bundle, an artifact not matching its manifest, validation images
     missing, an unknown target, a duplicate device) raise before any connection; board problems
-    become failed sections."""
+    become failed sections. ``lock_wait_s``: how long a board held by someone else is waited for.
+    ``device_class``: ``devices`` are the boards of that class; the first free one runs
+    (:func:`.fleet.bench_first_free`, waiting up to ``lock_wait_s`` when all are held)."""
     bundle = Path(bundle)
     names = [d.name for d in devices]
     if not devices:
         raise InventoryError("no device given; pass --device NAME (see 'edgetransfer devices list')")
+    if device_class is not None and not devices:
+        raise InventoryError(f"no device of class {device_class!r} in the inventory (set device_class: in devices.yaml)")
     if len(set(names)) != len(names):
         raise InventoryError(f"device names repeat in {names}; give each board once")
     plan = plan_bundle(bundle, data, settings.max_samples)
     targets = {d.name: resolve_target(d, target, plan.bundle_info) for d in devices}
     log(f"bundle {bundle}: {len(plan.items)} file(s), {sum(i.size for i in plan.items) / 2**20:.1f} MiB, {plan.num_val} validation images")
 
-    async def all_devices():
-        return await asyncio.gather(*(bench_device(d, plan, *targets[d.name], settings) for d in devices))
+    async def all_devices(devices, farm):
+        if device_class is not None and not farm:
+            from .fleet import bench_first_free
 
-    sections = asyncio.run(all_devices())
+            return [await bench_first_free(device_class, devices, plan, targets, settings, lock_wait_s)]
+        return await asyncio.gather(*(bench_device(d, plan, *targets[d.name], settings, lock_wait_s) for d in devices))
+
+    from .labgrid import farm_places
+
+    with farm_places(devices, device_class, lock_wait_s) as (run_on, farm):
+        sections = asyncio.run(all_devices(run_on, farm))
+    for sec in sections:
+        if sec["device"] in farm:
+            sec["labgrid"] = farm[sec["device"]]
     combined = {
         "kind": "devices",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -15,6 +15,7 @@ Location: the ``--inventory`` flag, else ``$EDGETRANSFER_DEVICES``, else
         # or run inside a container built from Dockerfile.jetson:
         # docker_image: edgetransfer-jetson:latest
         # docker_args: [--runtime, nvidia]
+        device_class: orin-nano           # `benchmark --device-class orin-nano` runs on a free board of the class
 
 Authentication is by key or ssh-agent only: an entry may name an ``identity_file``; a
 ``password`` (or passphrase) key is refused. Host keys are checked against ``known_hosts``
@@ -38,7 +39,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:%\[\]-]+$")  # DNS names, IPv4, IPv6 (optionally bracketed)
 SECRET_KEYS = ("password", "passwd", "passphrase", "secret")
-DEFAULT_WORKDIR = "edgetransfer"
+# not "edgetransfer": a folder of that name in the login directory, where SSH commands start, would be
+# imported as a namespace package and shadow the board's installed edgetransfer
+DEFAULT_WORKDIR = "edgetransfer-bench"
+_HOST_PORT_RE = re.compile(r"^(?P<host>[^:\[\]]+):(?P<port>\d+)$")
 
 
 def config_dir() -> Path:
@@ -74,11 +78,17 @@ class Device:
     known_hosts: str | None = None
     connect_timeout_s: float = 15.0
     timeout_s: float = 3600.0
+    device_class: str | None = None  # e.g. orin-nano: `benchmark --device-class orin-nano` picks a free board of the class
+    labgrid_coordinator: str | None = None  # HOST:PORT of a labgrid coordinator holding this board's place (remote/labgrid.py)
+    labgrid_place: str | None = None  # the board's place there (tag it class=<device_class> for --device-class)
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}"
         if not NAME_RE.match(self.name or ""):
             raise InventoryError(f"device name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+        if _HOST_PORT_RE.match(self.host or "") or (self.host or "").startswith("[") and "]:" in self.host:
+            raise InventoryError(f"{where}: host {self.host!r} carries a port; give the host alone and the port as port: "
+                                 "(on the command line: --host USER@HOST:PORT or --port)")
         if not self.host or not HOST_RE.match(self.host) or self.host.startswith("-"):
             raise InventoryError(f"{where}: host {self.host!r} is not a host name or IP address (give it as --host [USER@]HOST)")
         if self.user is not None and (not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", self.user)):
@@ -151,16 +161,39 @@ class Device:
         for k in ("connect_timeout_s", "timeout_s"):
             if k in kw:
                 kw[k] = float(kw[k])
-        for k in ("host", "user", "target", "workdir", "python", "docker_image", "identity_file", "known_hosts"):
+        for k in ("host", "user", "target", "workdir", "python", "docker_image", "identity_file", "known_hosts", "device_class",
+                  "labgrid_coordinator", "labgrid_place"):
             if k in kw and kw[k] is not None:
                 kw[k] = str(kw[k])
         return cls(name=str(name), **kw)
 
 
 def parse_host(spec: str) -> tuple[str | None, str]:
-    """``"me@10.0.0.42"`` -> ``("me", "10.0.0.42")``; ``"board"`` -> ``(None, "board")``."""
+    """``"me@10.0.0.42"`` -> ``("me", "10.0.0.42")``; ``"board"`` -> ``(None, "board")`` (a port is
+    split off and dropped: :func:`parse_destination` keeps it)."""
+    user, host, _ = parse_destination(spec)
+    return user, host
+
+
+def parse_destination(spec: str) -> tuple[str | None, str, int | None]:
+    """``[USER@]HOST[:PORT]`` -> ``(user, host, port)``; IPv6 with a port in brackets
+    (``me@[fe80::1]:2222``), without one bare or bracketed (``fe80::1``, ``[fe80::1]``).
+    Raises :class:`InventoryError` for a port that is not 1-65535 or an unclosed bracket."""
     user, sep, host = spec.rpartition("@")
-    return (user or None) if sep else None, host
+    user_ = (user or None) if sep else None
+    port: str | None = None
+    if host.startswith("["):
+        inner, close, rest = host[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise InventoryError(f"host {spec!r}: write an IPv6 address as [ADDRESS] or [ADDRESS]:PORT")
+        host, port = inner, (rest[1:] or None)
+    else:
+        m = _HOST_PORT_RE.match(host)
+        if m:
+            host, port = m["host"], m["port"]
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise InventoryError(f"host {spec!r}: the port must be a number in 1-65535")
+    return user_, host, int(port) if port is not None else None
 
 
 @dataclass
@@ -208,6 +241,10 @@ class Inventory:
             raise InventoryError(f"device {device.name!r} is already in {self.path}; pass --replace to overwrite it "
                                  f"or 'edgetransfer devices remove {device.name}' first")
         self.devices[device.name] = device
+
+    def of_class(self, device_class: str) -> list[Device]:
+        """The boards whose ``device_class`` is ``device_class``, in file order."""
+        return [d for d in self.devices.values() if d.device_class == device_class]
 
     def remove(self, name: str) -> Device:
         dev = self.get(name)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..host import usable_cpus
 from ..errors import require
 from ..types import Format, Precision, Runtime
 from .base import _DTYPES, Runner, register_runner
@@ -50,10 +51,13 @@ def resolve_providers(requested: list[Any] | None, available: list[str]) -> tupl
     return chain, missing
 
 
-def make_session(path, threads: int = 0, providers: list[Any] | None = None, optimize: bool = True):
+def make_session(path, threads: int = 0, providers: list[Any] | None = None, optimize: bool = True, spinning: bool | None = None):
     """An ``onnxruntime.InferenceSession`` with ``threads`` intra-op threads (0 = ONNX Runtime's
-    default: one per physical core), graph optimisations ALL (or none with ``optimize=False``)
-    and the requested providers that this build has (see :func:`resolve_providers`)."""
+    default: one per physical core, whatever the affinity mask or cgroup quota), graph
+    optimisations ALL (or none with ``optimize=False``) and the requested providers that this
+    build has (see :func:`resolve_providers`). ``spinning=False`` sets
+    ``session.intra_op.allow_spinning`` to 0 (idle pool threads sleep instead of busy-waiting, so
+    they do not steal a core from the image decoder; None: ONNX Runtime's default, spinning on)."""
     ort = require("onnxruntime", "device", "ONNX Runtime inference")
     so = ort.SessionOptions()
     if threads:
@@ -62,6 +66,8 @@ def make_session(path, threads: int = 0, providers: list[Any] | None = None, opt
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     chain, _ = resolve_providers(providers, ort.get_available_providers())
     return ort.InferenceSession(str(path), sess_options=so, providers=chain)
 
@@ -77,7 +83,8 @@ def onnx_logits(path: Path, x: np.ndarray, batch: int = 32, **session_kw) -> np.
 @register_runner(Format.ONNX, Runtime.ONNXRUNTIME)
 class OnnxRuntimeRunner(Runner):
     """``options``: ``providers`` (names or ``(name, options)`` pairs, priority order),
-    ``optimize`` (graph optimisations, default True)."""
+    ``optimize`` (graph optimisations, default True), ``spinning`` (intra-op thread spinning;
+    default: ONNX Runtime's, on)."""
 
     backend_module = "onnxruntime"
     distributions = ("onnxruntime", "onnxruntime-gpu")
@@ -106,7 +113,7 @@ class OnnxRuntimeRunner(Runner):
         requested = self.options.get("providers")
         self._missing = resolve_providers(requested, ort.get_available_providers())[1]
         self._requested = [p[0] if isinstance(p, (tuple, list)) else p for p in (requested or [CPU_EP])]
-        self.session = make_session(self.path, self.threads, requested, self.options.get("optimize", True))
+        self.session = make_session(self.path, self.threads, requested, self.options.get("optimize", True), self.options.get("spinning"))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.active = True
 
@@ -133,7 +140,10 @@ class OnnxRuntimeRunner(Runner):
         info["providers"] = sess.get_providers() if sess is not None else None
         info["requested_providers"] = getattr(self, "_requested", None)
         if self.threads_used is None:
-            info["threads_note"] = f"onnxruntime default (one per physical core; {os.cpu_count()} logical CPUs)"
+            info["threads_note"] = (f"onnxruntime default (one per physical core of {os.cpu_count()} logical CPUs, "
+                                    f"whatever the {usable_cpus()} usable: pass --threads)")
+        spin = self.options.get("spinning")
+        info["intra_op_spinning"] = "on (onnxruntime default)" if spin is None else ("on" if spin else "off")
         if self.options.get("optimize") is False:
             info["graph_optimizations"] = "off (reference Q/DQ semantics)"
         if getattr(self, "_missing", None):

@@ -36,8 +36,8 @@ class TrainConfig:
     Raises :class:`ConfigError` on a bad value or combination.
     """
 
-    model: str = _opt(DEFAULT_MODEL, "efficientnet-lite0 (offline ImageNet weights) | timm:NAME | torchvision:NAME[:WEIGHTS] | file:PATH", _MODEL)
-    arch: str | None = _opt(None, "architecture of a plain state dict given with file:PATH (timm:NAME or torchvision:NAME)", _MODEL)
+    model: str = _opt(DEFAULT_MODEL, "efficientnet-lite0 (offline ImageNet weights) | timm:NAME | torchvision:NAME[:WEIGHTS] | hf:ID_OR_DIR | file:PATH", _MODEL)
+    arch: str | None = _opt(None, "architecture of a plain state dict given with file:PATH (timm:NAME, torchvision:NAME or hf:ID_OR_DIR)", _MODEL)
     epochs: int = _opt(10, "epochs of the first phase (the head, or what --freeze / --trainable-blocks leave trainable)", _OPT)
     batch_size: int = _opt(32, "training batch size (split over the processes under torchrun)", _OPT)
     lr: float = _opt(1e-3, "AdamW learning rate of the head in the first phase", _OPT)

@@ -121,7 +121,7 @@ def prepare(train_set: ImageFolder, val_set: ImageFolder, out: Path, cfg: TrainC
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(cfg.seed)
     model, info = build_model(cfg.model, len(train_set.class_names), head=cfg.head, hidden=cfg.hidden,
-                              dropout=cfg.dropout, arch=cfg.arch, pretrained=cfg.pretrained)
+                              dropout=cfg.dropout, arch=cfg.arch, pretrained=cfg.pretrained, class_names=train_set.class_names)
     if cfg.input_size:
         pre = info.preprocessing
         info.preprocessing = dataclasses.replace(

@@ -25,6 +25,7 @@ import numpy as np
 from ..augment import augment_file
 from ..data import PreprocessSpec, Sample, preprocess_file
 from ..errors import TrainingError
+from ..host import usable_cpus
 from ..progress import task
 from .device import Distributed, _torch
 from .freeze import set_train_mode
@@ -60,7 +61,7 @@ def decode_batches(samples: list[Sample], spec: PreprocessSpec, batch_size: int,
     the next batch in background threads while the current one is used. ``aug_key(i)`` gives
     the augmentation seed of sample ``i`` (None: plain preprocessing)."""
     idx = list(range(len(samples))) if indices is None else list(indices)
-    workers = min(4, os.cpu_count() or 1)
+    workers = min(4, usable_cpus())
 
     def one(i: int) -> np.ndarray:
         return preprocess_file(samples[i].path, spec) if aug_key is None else augment_file(samples[i].path, spec, aug_key(i))

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from edgetransfer.errors import ConfigError
 from edgetransfer.artifacts import read_manifest
 from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
 from edgetransfer.builders import get_builder
@@ -147,7 +148,11 @@ def test_executorch(bees, val, reference):
     strided = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # same values, NHWC strides
     assert not strided.flags["C_CONTIGUOUS"]
     with get_runner_class("pte", "executorch")(bees / fp32.file, fp32, threads=1) as r:
-        a, b = r(x), r(strided)
+        with pytest.raises(ConfigError, match="not C-contiguous"):
+            r(strided)  # Runner.infer refuses it with the fix in the message ...
+        name = r.input_specs[0]["name"]
+        a = r(x)
+        b = next(iter(r.infer_impl({name: strided}).values()))  # ... and infer_impl (unchecked timing path) copies
     assert np.abs(a - b).max() == 0.0  # the runner hands the runtime a dense copy
     assert np.abs(a - reference[:1]).max() <= 1e-3
 

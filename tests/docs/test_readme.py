@@ -18,7 +18,8 @@ from ..fixtures import REPO
 README = (REPO / "README.md").read_text()
 ROOT = typer.main.get_command(app)
 # options of other programs the README shows in inline code, and whose they are
-FOREIGN_OPTIONS = {"--runtime": "docker run's (a docker_args entry)"}
+FOREIGN_OPTIONS = {"--runtime": "docker run's (a docker_args entry)", "--cpus": "docker run's (CPU quota)",
+                   "--cpuset-cpus": "docker run's (CPU affinity)"}
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
 

@@ -13,7 +13,7 @@ from edgetransfer.artifacts import Manifest, sha256_file, write_manifest
 from edgetransfer.bench.benchmark import BenchSettings
 from edgetransfer.data import PreprocessSpec
 from edgetransfer.errors import ArtifactError, DataError, InventoryError
-from edgetransfer.remote.bench import benchmark_argv, benchmark_on_devices, compare_versions, launcher
+from edgetransfer.remote.bench import BOOTSTRAP, benchmark_argv, benchmark_on_devices, compare_versions, launcher
 from edgetransfer.remote.inventory import Device
 from edgetransfer.remote.ssh import shell_join
 from edgetransfer.remote.sync import parse_sha256sum, part_name, plan_bundle, safe_name
@@ -85,7 +85,7 @@ def test_remote_commands_are_quoted_argument_lists():
     dev = Device("b", "h", python="/opt/my env/bin/python", env={"OMP_NUM_THREADS": "4", "X": evil})
     argv = benchmark_argv(dev, "/w d", "/w d/bundles/b'1", "x86-cpu", BenchSettings(batch_sizes=(1, 8), warmup=2, max_samples=10))
     assert argv[:4] == ["env", "OMP_NUM_THREADS=4", f"X={evil}", "/opt/my env/bin/python"]
-    assert argv[4:] == ["-m", "edgetransfer", "benchmark", "/w d/bundles/b'1", "--target", "x86-cpu", "--quiet", "--bench-batch", "1",
+    assert argv[4:] == ["-c", BOOTSTRAP, "benchmark", "/w d/bundles/b'1", "--target", "x86-cpu", "--quiet", "--bench-batch", "1",
                         "--bench-batch", "8", "--warmup", "2", "--max-samples", "10"]
     assert shlex.split(shell_join(argv)) == argv  # what the remote shell parses is exactly the list
     assert launcher(Device("b", "h", python="~/venv/bin/python")) == ["venv/bin/python"]  # relative to the login's home
