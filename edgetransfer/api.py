@@ -124,7 +124,8 @@ class Bundle(_bundle.Bundle):
 
     @classmethod
     def train(cls, data: str | Path, out: str | Path, *, model: str | None = None, target: str | None = None,
-              val: str | Path | None = None, val_fraction: float = 0.2, **config: Any) -> "Bundle":
+              val: str | Path | None = None, val_fraction: float = 0.2, test: str | Path | None = None,
+              test_fraction: float | None = None, **config: Any) -> "Bundle":
         """Transfer learning on the ImageFolder ``data`` into the new bundle ``out`` (``edgetransfer train``).
 
         ``model``: a model source (``efficientnet-lite0``, ``torchvision:resnet18``, ``timm:NAME``,
@@ -147,7 +148,7 @@ class Bundle(_bundle.Bundle):
             config["model"] = model
         tgt = load_target(_bundle.resolve_target_name(target))
         res = stage_train(Path(data), Path(out), TrainConfig(**config), val=Path(val) if val else None,
-                          val_fraction=val_fraction, target=tgt)
+                          val_fraction=val_fraction, test=Path(test) if test else None, test_fraction=test_fraction, target=tgt)
         b = cls(Path(out))
         object.__setattr__(b, "last_train", TrainSummary(Path(res.checkpoint), float(res.best_val_top1), int(res.best_epoch),
                                                          str(res.best_phase)))
@@ -158,13 +159,14 @@ class Bundle(_bundle.Bundle):
         return Artifact(self.path(m.file), m)
 
     def export(self, *, target: str | None = None, opset: int | None = None, dynamo: bool = True,
-               simplify: bool = False) -> Artifact:
-        """PyTorch checkpoint -> fp32 ONNX with parity vs PyTorch (``edgetransfer export``)."""
+               simplify: bool = False, exporter: str = "auto") -> Artifact:
+        """PyTorch checkpoint -> fp32 ONNX with parity vs PyTorch (``edgetransfer export``);
+        ``exporter``: auto | optimum | torch (Optimum: Hugging Face models, the ``hf`` extra)."""
         from .export.onnx import ExportConfig
         from .pipeline import stage_export
 
         return self._artifact(stage_export(self.dir, self.resolve_target(target),
-                                           ExportConfig(opset=opset, dynamo=dynamo, simplify=simplify)))
+                                           ExportConfig(opset=opset, dynamo=dynamo, simplify=simplify, exporter=exporter)))
 
     def quantize(self, *, target: str | None = None, precision: str = "int8", calibration: str | None = None,
                  max_accuracy_drop: float | None = None, max_steps: int = 8, preset: str | None = None,

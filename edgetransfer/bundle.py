@@ -55,6 +55,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 SUSTAINED_PNG = "sustained.png"  # --sustained: latency and temperature over time
+APP_DIR = "app"  # edgetransfer app: the sample app for the board
+LABELS_TXT = "labels.txt"  # one class name a line, the model's output order
 DEVICES_DIR = "devices"  # remote benchmark: the boards' combined report
 GOLDEN_DIR = "golden"
 HF_DIR = "hf"  # a Hugging Face model's save_pretrained folder (config.json, safetensors, preprocessor config)
@@ -63,6 +65,8 @@ BUILD_SCRIPT = "build_engine.sh"
 OPERATOR_CONFIG = "ort.required_operators.config"
 CALIBRATION_CACHE = "cache/calibration"
 TRT_CACHE = ".trt-cache"
+LOCK_FILE = ".edgetransfer.lock"  # flock'ed by the command using the bundle (edgetransfer/locking.py)
+STALE_DIR = "stale"  # artifacts of an earlier generation, moved aside when what they derive from was replaced
 # the mobile formats' files per precision (the builders of edgetransfer.builders write them)
 FORMAT_FILES: dict[str, dict[str, str]] = {
     "tflite": {"fp32": "model.tflite", "int8": "model.int8.tflite"},
@@ -73,7 +77,7 @@ FORMAT_FILES: dict[str, dict[str, str]] = {
 _NOT_MANIFESTS = {BUNDLE_FILE, REPORT_JSON, GOLDEN_FILE}
 
 PARITY_MAX_IMAGES = 256  # parity checks run on at most this many evenly spaced validation images
-SPLIT_KEYS = {"train": "train_files", "val": "val_files"}
+SPLIT_KEYS = {"train": "train_files", "val": "val_files", "test": "test_files"}  # bundle.json keys of the data roles
 
 
 def engine_file(target_name: str, label: str) -> str:
@@ -214,9 +218,15 @@ class Bundle:
         return out
 
     # -- the dataset -----------------------------------------------------------------------
+    @property
+    def has_test(self) -> bool:
+        """Whether bundle.json records a test split (bundles made before the data roles do not)."""
+        return bool((self.info.get("dataset") or {}).get(SPLIT_KEYS["test"]))
+
     def folder(self, split: str) -> "ImageFolder":
-        """The ``train`` or ``val`` split recorded in bundle.json, labels indexing its class names.
-        Raises :class:`DataError` when the images are not on this machine."""
+        """The ``train``, ``val`` or ``test`` split recorded in bundle.json, labels indexing its class
+        names. Raises :class:`DataError` when the images are not on this machine or the split is
+        not recorded (a bundle made before the test split has none: check :attr:`has_test`)."""
         from .data import ImageFolder, Sample
 
         ds = self.info.get("dataset") or {}
@@ -228,7 +238,7 @@ class Bundle:
         if missing:
             raise DataError(f"images recorded in the bundle are missing on this machine (e.g. {missing[0]}); re-run 'edgetransfer train' here")
         idx = {n: i for i, n in enumerate(names)}
-        return ImageFolder(Path(ds["train_root" if split == "train" else "val_root"]), names, [Sample(Path(f), idx[c]) for f, c in files])
+        return ImageFolder(Path(ds.get(f"{split}_root") or ""), names, [Sample(Path(f), idx[c]) for f, c in files])
 
     def validation(self, class_names: list[str], data: Path | None = None, *,
                    allow_missing_classes: bool = False) -> tuple["ImageFolder", str]:
@@ -311,6 +321,6 @@ def as_bundle(bundle: "Bundle | str | Path") -> Bundle:
 def names() -> Iterable[str]:
     """Every fixed file name of the bundle layout (the layering test checks that no other module spells them)."""
     yield from (BUNDLE_FILE, CHECKPOINT, LAST_CHECKPOINT, ONNX_FP32, ONNX_INT8, ONNX_FP16, REPORT_JSON, REPORT_MD,
-                REPORT_PNG, SUSTAINED_PNG, GOLDEN_FILE, BUILD_SCRIPT, OPERATOR_CONFIG, CALIBRATION_CACHE)
+                REPORT_PNG, SUSTAINED_PNG, LABELS_TXT, GOLDEN_FILE, BUILD_SCRIPT, OPERATOR_CONFIG, CALIBRATION_CACHE)
     for files in FORMAT_FILES.values():
         yield from files.values()

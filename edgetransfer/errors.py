@@ -33,6 +33,12 @@ class TrainingError(EdgeTransferError):
     """Training cannot go on (non-finite loss, a resume that does not match the run)."""
 
 
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C (SIGINT) during training; the message says what was kept and how to continue. Exit code 130."""
+
+    exit_code = 130
+
+
 class ArtifactError(EdgeTransferError):
     """An artifact is missing, its manifest is missing, or its sha256 does not match."""
 
@@ -86,6 +92,11 @@ class BudgetExceededError(EdgeTransferError):
     """A quantized model breaks the accuracy budget of its target (exit code 3)."""
 
     exit_code = 3
+
+
+class GateFailedError(BudgetExceededError):
+    """An agreement gate (:mod:`edgetransfer.gates`) failed for an artifact that was still written
+    (status ``gate_failed``); raised after the report, exit code 3."""
 
 
 def require(module: str, extra: str, what: str = ""):

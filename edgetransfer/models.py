@@ -399,6 +399,8 @@ def build_model(spec: str = DEFAULT_MODEL, num_classes: int = 2, *, head: str = 
     if arch_d["source"] == "hf":
         from .models_hf import HEAD as head_path
 
+        if model.hf.config.num_labels != num_classes:
+            raise ModelSourceError(f"{spec} has {model.hf.config.num_labels} classes, the data {num_classes}: start from the hf: model")
         feat = head_in_features(model.get_submodule(head_path))
     else:
         head_path, feat = replace_head(model, num_classes, head, hidden, dropout)

@@ -11,9 +11,10 @@ from typing import Any
 from . import __version__
 from .artifacts import read_manifest
 from .bench.benchmark import BenchSettings, benchmark_bundle
-from .bundle import Bundle
-from .data import PreprocessSpec, resolve_splits
-from .errors import BudgetExceededError, ConfigError, DataError, TargetError
+from .bundle import SPLIT_KEYS, Bundle
+from .data import PreprocessSpec
+from .errors import BudgetExceededError, ConfigError, DataError, GateFailedError, TargetError
+from .locking import locked
 from .progress import log
 from .targets import Target, load_target
 from .types import Runtime
@@ -21,17 +22,28 @@ from .types import Runtime
 GOLDEN_COUNT = 8
 
 
-def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_fraction: float = 0.2, target: Target | None = None):
-    """Resolve the split, write bundle.json, train, register the checkpoint."""
+@locked("out", "train")
+def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, test: Path | None = None, val_fraction: float = 0.2,
+                test_fraction: float | None = None, target: Target | None = None):
+    """Resolve the data roles (:func:`edgetransfer.splits.resolve_data_roles`), write bundle.json,
+    train on train (best epoch on val; the test split never reaches the trainer), register the checkpoint."""
+    from .splits import resolve_data_roles
     from .train import process_rank, train
 
     out = Path(out)
-    train_set, val_set, how = resolve_splits(data, val, val_fraction=val_fraction, seed=cfg.seed)
-    skipped = train_set.skipped + [s for s in val_set.skipped if s not in train_set.skipped]
-    log(f"data: {how}; {len(train_set)} training and {len(val_set)} validation images, classes {train_set.class_names}")
+    roles = resolve_data_roles(data, val, test, val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    train_set, val_set, test_set = roles.train, roles.val, roles.test
+    how = roles.how
+    skipped = roles.skipped
+    for r in roles.roles:
+        log(f"data: {r['role']:<7} {r['folder'] or '-'}: {r['note']}")
+    log(f"data: {len(train_set)} training, {len(val_set)} validation and {len(test_set) if test_set else 0} test images, "
+        f"classes {train_set.class_names}")
     for s in skipped:
         log(f"[yellow]skipped {s['path']}: {s['reason']}")
-    ignored = sorted(set(train_set.ignored + val_set.ignored))
+    names = train_set.class_names
+    present = [f for f in (train_set, val_set, test_set) if f is not None]
+    ignored = sorted({i for f in present for i in f.ignored})
     if ignored:
         log(f"ignored {len(ignored)} non-image file(s) (by extension), e.g. {ignored[0]}")
     info = {
@@ -44,10 +56,12 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
             "num_train": len(train_set), "num_val": len(val_set),
             "train_counts": train_set.counts(), "val_counts": val_set.counts(),
             "skipped": skipped, "num_skipped": len(skipped),
-            "image_cases": {"train": train_set.image_cases(), "val": val_set.image_cases()},
-            "ignored": sorted(set(train_set.ignored + val_set.ignored)),
-            "train_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in train_set.samples],
-            "val_files": [[str(s.path.resolve()), train_set.class_names[s.label]] for s in val_set.samples],
+            "test_root": str(test_set.root) if test_set else None, "num_test": len(test_set) if test_set else 0,
+            "test_counts": test_set.counts() if test_set else {}, "roles": roles.roles, "carving": roles.carving,
+            "image_cases": {k: f.image_cases() for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
+            "ignored": ignored,
+            **{SPLIT_KEYS[k]: [[str(s.path.resolve()), names[s.label]] for s in f.samples]
+               for k, f in (("train", train_set), ("val", val_set), ("test", test_set)) if f is not None},
             "training": {"num_images": len(train_set), "counts": train_set.counts(), "num_skipped": len(skipped), "skipped": skipped},
         },
     }
@@ -63,6 +77,7 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, val_frac
     return res
 
 
+@locked("bundle", "export")
 def stage_export(bundle: Path, target: Target, cfg=None):
     from .export.onnx import ExportConfig, onnx_from_torch
 
@@ -102,6 +117,7 @@ def quantization_preset(target: Target, preset: str | None = None, per_channel: 
     return q
 
 
+@locked("bundle", "quantize")
 def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None, *, precision: str = "int8",
                    preset: str | None = None, per_channel: bool | None = None, max_accuracy_drop: float | None = None,
                    max_steps: int = 8, nodes_to_exclude=(), mode: str = "static", allow_unsupported_precision: bool = False):
@@ -155,6 +171,8 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max)
     b.register(m.file)
+    if m.details.get("status") == "gate_failed":
+        raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")
     if m.details.get("status") == "budget_exceeded":
         bd = m.details["budget"]
         raise BudgetExceededError(
@@ -183,8 +201,9 @@ def check_build_backends(target: Target) -> None:
         get_builder(fmt).require_backend()
 
 
+@locked("bundle", "build")
 def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, formats: list[str] | None = None,
-                threads: int | None = None) -> list[Any]:
+                threads: int | None = None, raise_on_gate: bool = True) -> list[Any]:
     """Build the target's non-ONNX formats into the bundle and register them; returns their manifests.
 
     Dispatch is by format through the converter registry (:func:`edgetransfer.builders.get_builder`).
@@ -217,20 +236,33 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
     made = []
     for cls in builders.values():
         made += cls.build_into_bundle(b, target, inputs)
+    failed = [m for m in made if m.details.get("status") == "gate_failed"]
+    if failed and raise_on_gate:
+        raise GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed)
+                              + " (written with status gate_failed)")
     return made
 
 
+@locked("bundle", "benchmark")
 def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, settings: BenchSettings = BenchSettings()):
     return benchmark_bundle(Path(bundle), target, data=data, settings=settings)
 
 
-def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, export_cfg=None,
+@locked("out", "run")
+def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, test: Path | None = None,
+        test_fraction: float | None = None, export_cfg=None,
         recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2,
-        max_accuracy_drop: float | None = None, max_steps: int = 8) -> dict[str, Any]:
+        max_accuracy_drop: float | None = None, max_steps: int = 8, force: bool = False) -> dict[str, Any]:
     """The main job: train -> export -> quantize -> benchmark. Validates settings before work.
 
+    Re-run into the same ``out``, it skips train / export / quantize when their inputs and
+    artifacts are unchanged (:mod:`edgetransfer.rerun`; ``force`` redoes them), retires what
+    derives from a replaced artifact to ``stale/``, and refuses an ``out`` holding another
+    dataset's bundle unless ``force``.
     An INT8 model over the accuracy budget is still benchmarked (its row says so) and then
     :class:`BudgetExceededError` is raised (exit code 3)."""
+    from .rerun import Rerun, data_digest, key_of
+
     tgt = load_target(target)
     if not Path(data).is_dir():
         raise DataError(f"--data {data} is not a directory; pass an ImageFolder (DIR/<class>/<images>)")
@@ -241,28 +273,55 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
         load_recipe(recipe or tgt.quantization.calibration)  # fail fast on a bad recipe
         AccuracyBudget(tgt.max_top1_drop if max_accuracy_drop is None else max_accuracy_drop, max_steps)
     check_build_backends(tgt)  # a missing mobile backend fails now, not after training
-    times = {}
-    t = time.perf_counter()
-    stage_train(Path(data), Path(out), train_cfg, val=val, val_fraction=val_fraction, target=tgt)
-    times["train_s"] = time.perf_counter() - t
     from .train import process_rank
 
+    rr = Rerun(out, force)
+    if process_rank() == 0:
+        rr.check_dataset(Path(data), val)
+    times = {}
+    t = time.perf_counter()
+    k = key_of(data=data_digest(data, val, test), cfg={f: v for f, v in vars(train_cfg).items() if f not in ("resume", "device", "strict")},
+               val=str(val), test=str(test), val_fraction=val_fraction, test_fraction=test_fraction, target=tgt.name)
+    if process_rank() != 0 or rr.needed("train", k):
+        stage_train(Path(data), Path(out), train_cfg, val=val, test=test, val_fraction=val_fraction, test_fraction=test_fraction,
+                    target=tgt)
+        if process_rank() == 0:
+            rr.done("train", k)
+    times["train_s"] = time.perf_counter() - t
     if process_rank() != 0:  # torchrun: the other ranks only helped to train
         return {}
     t = time.perf_counter()
-    stage_export(Path(out), tgt, export_cfg)
+    b = Bundle(out)
+    k = key_of(cfg=export_cfg, opset=tgt.opset_max, parent=read_manifest(b.checkpoint).sha256)
+    if rr.needed("export", k):
+        stage_export(Path(out), tgt, export_cfg)
+        rr.done("export", k)
     times["export_s"] = time.perf_counter() - t
     over_budget = None
     if tgt.supports("int8"):
         t = time.perf_counter()
+        k = key_of(recipe=recipe, drop=max_accuracy_drop, steps=max_steps, preset=tgt.quantization, budget=tgt.max_top1_drop,
+                   parent=read_manifest(b.onnx_fp32).sha256)
         try:
-            stage_quantize(Path(out), tgt, recipe, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+            if rr.needed("quantize", k):
+                try:
+                    stage_quantize(Path(out), tgt, recipe, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+                except BudgetExceededError:
+                    rr.done("quantize", k)  # written and registered; a re-run with the same inputs reports it again
+                    raise
+                rr.done("quantize", k)
+            elif read_manifest(b.onnx_int8).details.get("status") == "budget_exceeded":
+                raise BudgetExceededError(f"{b.onnx_int8.name} (unchanged since the last run) is over the accuracy budget; "
+                                          "see its manifest, or --force to redo it")
         except BudgetExceededError as exc:
             over_budget = exc
         times["quantize_s"] = time.perf_counter() - t
     if build_formats(tgt):
         t = time.perf_counter()
-        stage_build(Path(out), tgt, recipe)
+        made = stage_build(Path(out), tgt, recipe, raise_on_gate=False)
+        failed = [m for m in made if m.details.get("status") == "gate_failed"]
+        if failed and over_budget is None:  # reported first, exit 3 after the report
+            over_budget = GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed))
         times["build_s"] = time.perf_counter() - t
     if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
         from .builders.tensorrt import write_build_script

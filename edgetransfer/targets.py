@@ -62,9 +62,11 @@ def targets_dir() -> Path:
     repo = Path(__file__).resolve().parent.parent / "targets"
     if repo.is_dir():
         return repo
-    from importlib import resources
+    # the wheel ships it as edgetransfer/_targets/ (a namespace package: resources.files gives a MultiplexedPath,
+    # whose str() is not a path), so locate it beside the package
+    import edgetransfer
 
-    return Path(str(resources.files("edgetransfer._targets")))
+    return Path(edgetransfer.__file__).resolve().parent / "_targets"
 
 
 # Named quantization presets: ``quantization: {preset: NAME}`` in a target YAML (other keys
@@ -421,8 +423,12 @@ def load_target(name_or_path: str | os.PathLike, directory: Path | None = None) 
     else:
         path = (directory or targets_dir()) / f"{name_or_path}.yaml"
         if not path.is_file():
+            import difflib
+
+            near = difflib.get_close_matches(str(name_or_path), list_targets(directory), n=1)
             raise TargetError(
-                f"unknown target {str(name_or_path)!r}; known targets: {', '.join(list_targets(directory)) or '(none)'}"
+                f"unknown target {str(name_or_path)!r}{' (did you mean ' + repr(near[0]) + '?)' if near else ''}; "
+                f"known targets: {', '.join(list_targets(directory)) or '(none)'}"
                 " (or pass the path of a target YAML file)"
             )
     try:

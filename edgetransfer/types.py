@@ -44,3 +44,4 @@ class Status(StrEnum):
     UNAVAILABLE = "unavailable"  # runtime not installed here
     NOT_RUNNABLE = "not_runnable"  # cannot run on this host at all (Core ML off macOS, TRT w/o GPU)
     BUDGET_EXCEEDED = "budget_exceeded"
+    GATE_FAILED = "gate_failed"  # an agreement gate (edgetransfer.gates) failed: written, measured, flagged

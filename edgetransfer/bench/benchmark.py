@@ -4,6 +4,7 @@ turns its row into ``unavailable``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -25,6 +26,7 @@ from ..runtime import get_runner_class, runtimes_for
 from ..targets import Target
 from ..types import Format, Precision, Runtime, Status
 from .accuracy import accuracy, predict
+from .judgement import judge_rows, recommend, split_accuracy
 from .e2e import encoded_payloads, measure_end_to_end
 from .latency import measure_latency
 from .memory import PeakMemory
@@ -76,6 +78,37 @@ def load_validation(bundle: Path, class_names: list[str], data: Path | None, *, 
     return Bundle(bundle).validation(class_names, data, allow_missing_classes=allow_missing_classes)
 
 
+def evaluation_sets(bundle: Path, class_names: list[str], data: Path | None, *, allow_missing_classes: bool = False,
+                    max_samples: int | None = None) -> tuple[list[tuple[str, ImageFolder, str]], list[str]]:
+    """The labelled sets the report measures, headline first: ``[(role, folder, root)]`` and notes.
+
+    ``data`` given: that folder alone (role ``data``). Else the bundle's test split (the headline
+    figures, seen by no decision) then its val split; a bundle without a test split (made before
+    the data roles, or ``--test-fraction 0``), or whose test images are not on this machine,
+    measures val alone and the notes say that its figures are optimistic."""
+    b = Bundle(bundle)
+    if data is not None:
+        folder, root = b.validation(class_names, data, allow_missing_classes=allow_missing_classes)
+        return [("data", _cap(folder, max_samples), root)], []
+    val, val_root = b.validation(class_names, None)
+    sets, notes = [], []
+    if b.has_test:
+        try:
+            test = b.folder("test")
+            sets.append(("test", _cap(test, max_samples), str(test.root)))
+        except DataError as exc:
+            notes.append(f"figures are on val: the bundle's test images are not on this machine ({exc})")
+    elif b.exists:
+        notes.append("this bundle has no test split (made before train/val/test data roles, or with --test-fraction 0): "
+                     "its figures are on val, which chose the best epoch and the INT8 model, so they are optimistic")
+    sets.append(("val", _cap(val, max_samples), val_root))
+    return sets, notes
+
+
+def _cap(folder: ImageFolder, max_samples: int | None) -> ImageFolder:
+    return dataclasses.replace(folder, samples=subsample(folder.samples, max_samples))
+
+
 def runtimes_for_target(fmt: Format, target: Target) -> list[Runtime]:
     """Runtimes to measure ``fmt`` on: the target's runtimes (its priority order) that have a
     registered runner for ``fmt``, installed or not (a missing one becomes an ``unavailable``
@@ -112,11 +145,16 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         if m.class_names != class_names:
             raise ArtifactError(f"{p.name} has classes {m.class_names}, {arts[0][0].name} has {class_names}: mixed bundles are not supported")
     spec = PreprocessSpec.from_dict(arts[0][1].preprocessing)
-    val, val_root = load_validation(bundle, class_names, data, allow_missing_classes=settings.allow_missing_classes)
-    samples = subsample(val.samples, settings.max_samples)
-    if not samples:
-        raise DataError(f"validation set {val_root} has no usable images")
-    log(f"preprocessing {len(samples)} validation images")
+    sets, notes = evaluation_sets(bundle, class_names, data, allow_missing_classes=settings.allow_missing_classes,
+                                  max_samples=settings.max_samples)
+    role, val, val_root = sets[0]
+    samples = [s for _, f, _ in sets for s in f.samples]
+    splits, at = {}, 0
+    for r, f, _ in sets:
+        splits[r], at = slice(at, at + len(f.samples)), at + len(f.samples)
+    if not len(val.samples):
+        raise DataError(f"{role} set {val_root} has no usable images")
+    log(f"preprocessing {len(samples)} images ({', '.join(f'{r} {len(f.samples)}' for r, f, _ in sets)})")
     x, y = load_arrays(samples, spec)
     payloads = encoded_payloads(samples, settings.e2e_images, policy=spec.image) if settings.e2e else []
     tb = target.benchmark
@@ -126,7 +164,6 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     min_s = tb.min_seconds if settings.min_seconds is None else settings.min_seconds
     threads = tb.threads if settings.threads is None else settings.threads
     on_target = host_is_target(target)
-    notes = []
     if not on_target:
         notes.append(f"host measurement: this {platform.machine()} host is not the target {target.name} "
                      f"({target.arch}, {target.platform}); latency here ranks the artifacts, it is not the device's latency")
@@ -146,12 +183,13 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     results, ref_pred = [], None
     for p, m, rt in order:
         row = measure_artifact(p, m, rt, x, y, class_names, target=target, ref_pred=ref_pred, payloads=payloads, spec=spec,
-                               cache_dir=Bundle(bundle).trt_cache / "ort" / (m.sha256 or "unknown")[:16], **timing)
+                               splits=splits, cache_dir=Bundle(bundle).trt_cache / "ort" / (m.sha256 or "unknown")[:16], **timing)
         if (p, m, rt) == ref_item and row["status"] == Status.OK:
             ref_pred = row["_pred"]
             row["accuracy"]["agreement_with_fp32"] = 1.0
+            for a in row["accuracy_by_split"].values():
+                a["agreement_with_fp32"] = 1.0
             row["reference"] = True
-        row.pop("_pred", None)
         results.append(row)
     sustained = None
     if settings.sustained:
@@ -161,6 +199,11 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     # keep bundle order in the report
     rank = {(str(p), str(rt)): i for i, (p, m, rt) in enumerate(plan)}
     results.sort(key=lambda r: rank[(r["path"], r["runtime"])])
+    notes += judge_rows(results, {p.name: m for p, m in arts}, y, splits, target.max_top1_drop, class_names,
+                        host_is_target=on_target)
+    for r in results:
+        r.pop("_pred", None)
+        r.pop("_logits", None)
     results += not_built_rows(bundle, target)
     env = environment(threads)
     env["threads_requested"] = requested_threads
@@ -180,6 +223,8 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
             b = m.details.get("budget", {})
             notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
                          f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
+        elif m.details.get("status") == Status.GATE_FAILED:
+            notes.append(f"{p.name}: gate failed: {m.details.get('gate_failed_reason') or 'see its manifest'}")
     for r in results:
         if r.get("fallback"):
             notes.append(f"{r['name']} [{r['runtime']}]: {r['fallback']}")
@@ -192,11 +237,17 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         "environment": env,
         "settings": {"batch_sizes": list(batch_sizes), "warmup": warmup, "min_iterations": iters, "min_seconds": min_s,
                      "threads": threads, "e2e_images": len(payloads)},
-        "dataset": {"val_root": val_root, "class_names": class_names, "num_images": len(samples),
-                    "counts": {n: int((y == i).sum()) for i, n in enumerate(class_names)},
+        "dataset": {"val_root": val_root, "split": role, "class_names": class_names, "num_images": len(val.samples),
+                    "counts": {n: int((y[splits[role]] == i).sum()) for i, n in enumerate(class_names)},
+                    "splits": {r: {"root": root, "num_images": len(f.samples),
+                                   "counts": {n: int((y[splits[r]] == i).sum()) for i, n in enumerate(class_names)}}
+                               for r, f, root in sets},
+                    "roles": bundle_info.get("dataset", {}).get("roles"),
                     "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training"),
                     "image_policy": spec.image.to_dict(), "ignored": val.ignored,
                     "image_cases": val.image_cases() or (bundle_info.get("dataset", {}).get("image_cases") or {}).get("val", {})},
+        "budget": {"max_top1_drop": target.max_top1_drop, "judged_on": role, "rule": "edgetransfer.stats.budget_judge"},
+        "recommended": recommend(results),
         "results": results,
         "power": power_info,
         **({"sustained": sustained} if sustained else {}),
@@ -282,13 +333,16 @@ def _base_row(path: Path, manifest: Manifest, runtime: Runtime) -> dict[str, Any
 def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.ndarray, y: np.ndarray, class_names: list[str], *,
                      batch_sizes, warmup: int, iters: int, min_s: float, threads: int, ref_pred=None, target: Target | None = None,
                      payloads: list[bytes] | None = None, spec: PreprocessSpec | None = None, cache_dir: Path | None = None,
-                     power: tuple | None = None) -> dict[str, Any]:
+                     splits: dict[str, slice] | None = None, power: tuple | None = None) -> dict[str, Any]:
     """One report row. Never raises for a runtime/artifact failure: the row carries the error.
 
     ``x`` float32 (N, 3, S, S) / ``y`` int64 (N,): the preprocessed validation set; ``payloads``:
     encoded images for the end-to-end figure (none: skipped); ``ref_pred`` int64 (N,): the fp32
-    reference's predictions for ``agreement_with_fp32``. The row's private ``_pred`` holds this
-    artifact's predictions. ``power``: (power source or None, idle W) — each latency entry then
+    reference's predictions for ``agreement_with_fp32``; ``splits``: the data roles' slices of
+    ``x``, headline first (None: one role, ``data``): ``accuracy`` is the headline role's (with
+    ``split`` and its Wilson interval), ``accuracy_by_split`` each role's. The row's private
+    ``_pred`` / ``_logits`` hold this artifact's predictions and logits over all of ``x``.
+    ``power``: (power source or None, idle W) — each latency entry then
     carries ``power`` (:func:`.power.energy_figures`) and the row ``power``, its first batch size's.
     """
     row = _base_row(path, manifest, runtime)
@@ -320,8 +374,14 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
                     advance(len(b))
                     return out
                 logits = predict(fn, x, batch_size=static_batch or max(batch_sizes))
-            row["accuracy"] = accuracy(logits, y, class_names, ref_pred).to_dict()
-            row["_pred"] = logits.argmax(1)
+            splits = splits or {"data": slice(0, len(y))}
+            head = next(iter(splits))
+            hs = splits[head]
+            row["accuracy"] = {**accuracy(logits[hs], y[hs], class_names, None if ref_pred is None else ref_pred[hs]).to_dict(),
+                               "split": head, "top1_interval95": split_accuracy(logits[hs], y[hs], None)["top1_interval95"]}
+            row["accuracy_by_split"] = {r: split_accuracy(logits[sl], y[sl], None if ref_pred is None else ref_pred[sl])
+                                        for r, sl in splits.items()}
+            row["_pred"], row["_logits"] = logits.argmax(1), logits
             for b in batch_sizes:
                 if static_batch is not None and b != static_batch:
                     row.setdefault("latency_skipped", []).append(f"batch {b}: the artifact has a static batch of {static_batch}")
@@ -343,9 +403,12 @@ def measure_artifact(path: Path, manifest: Manifest, runtime: Runtime, x: np.nda
         row["memory"] = mem.stats.to_dict()
         if manifest.details.get("status") == Status.BUDGET_EXCEEDED:  # measured, but never reported as fine
             row.update(status=str(Status.BUDGET_EXCEEDED), error="over the target's accuracy budget (see its manifest)")
+        elif manifest.details.get("status") == Status.GATE_FAILED:  # an agreement gate failed: measured, flagged
+            row.update(status=str(Status.GATE_FAILED), error=manifest.details.get("gate_failed_reason") or "an agreement gate failed")
     except Exception as exc:  # a failing artifact is a row with its error, never a crash
         row.update(status=str(Status.FAILED), error=f"{type(exc).__name__}: {exc}")
         row.pop("_pred", None)
+        row.pop("_logits", None)
         if mem.stats is not None:
             row["memory"] = mem.stats.to_dict()
     finally:

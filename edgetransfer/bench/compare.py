@@ -61,13 +61,23 @@ def _lat(row: dict[str, Any]) -> dict[int, float]:
 
 
 def compare_reports(old: dict[str, Any], new: dict[str, Any], *, max_top1_drop: float, max_p50_ratio: float | None = None,
-                    max_p50_ms: float | None = None) -> Comparison:
-    """Differences OLD -> NEW and the budget verdicts (see the module docstring)."""
+                    max_p50_ms: float | None = None, allow_different_data: bool = False) -> Comparison:
+    """Differences OLD -> NEW and the budget verdicts (see the module docstring).
+
+    Reports of different validation data (class names, image count or per-class counts) are
+    refused with a :class:`~edgetransfer.errors.DataError` (exit 2) unless
+    ``allow_different_data``: then a note says the accuracy deltas compare different data."""
     cmp = Comparison({"max_top1_drop": max_top1_drop, "max_p50_ratio": max_p50_ratio, "max_p50_ms": max_p50_ms})
     if old.get("target") != new.get("target"):
         cmp.notes.append(f"the reports are for different targets ({old.get('target')} vs {new.get('target')})")
     od, nd = old.get("dataset", {}), new.get("dataset", {})
-    if (od.get("class_names"), od.get("num_images")) != (nd.get("class_names"), nd.get("num_images")):
+    if (od.get("class_names"), od.get("num_images"), od.get("counts")) != (nd.get("class_names"), nd.get("num_images"), nd.get("counts")):
+        if not allow_different_data:
+            from ..errors import DataError
+
+            raise DataError(f"the reports are of different validation data ({od.get('num_images')} vs {nd.get('num_images')} images, "
+                            f"classes {od.get('class_names')} vs {nd.get('class_names')}, counts {od.get('counts')} vs {nd.get('counts')}); "
+                            "their accuracy is not comparable. Pass --allow-different-data to compare them anyway")
         cmp.notes.append(f"the validation sets differ ({od.get('num_images')} vs {nd.get('num_images')} images, classes "
                          f"{od.get('class_names')} vs {nd.get('class_names')}): accuracy deltas compare different data")
     oe, ne = old.get("environment", {}), new.get("environment", {})

@@ -27,6 +27,7 @@ class LatencyStats:
     p99_ms: float
     throughput_ips: float
     seconds: float
+    early_stopping: dict | None = None  # LoadGen-style p90/p99 estimates and the samples they rest on (bench/early_stop.py)
 
     def to_dict(self):
         return asdict(self)
@@ -39,8 +40,12 @@ def summarize(times_ms: np.ndarray, batch_size: int, warmup: int, seconds: float
         raise ValueError("no timed iterations")
     p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
     mean = float(t.mean())
+    from .early_stop import early_stopping
+
+    es = {f"p{round(q * 100)}": early_stopping(t, q) for q in (0.90, 0.99)}
     return LatencyStats(batch_size, warmup, int(t.size), mean, float(t.std(ddof=1)) if t.size > 1 else 0.0, float(t.min()),
-                        float(p50), float(p90), float(p95), float(p99), batch_size * 1000.0 / mean if mean > 0 else float("inf"), seconds)
+                        float(p50), float(p90), float(p95), float(p99), batch_size * 1000.0 / mean if mean > 0 else float("inf"), seconds,
+                        es)
 
 
 def measure_latency(fn: Callable[[], object], batch_size: int, *, warmup: int = 20, min_iterations: int = 200,

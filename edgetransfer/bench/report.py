@@ -8,6 +8,12 @@ Schema history (``schema_version``):
    resident set and its growth, MiB), ``threads``/``threads_requested``, ``providers``/
    ``requested_providers``, ``pareto``; drops ``rss_mib`` (now ``memory.growth_mib``); adds
    ``plot`` (the PNG's file name or null) at the top level.
+3. the data roles: ``accuracy`` is on the headline role (``accuracy.split``: ``test``, else
+   ``val`` / ``data``) with ``top1_interval95`` (Wilson); ``accuracy_by_split`` per role;
+   ``judgement`` / ``judgement_by_split`` (paired, vs the fp32 parent), ``not_faster`` (a flag
+   beside status ``ok``, never a status), ``speed_vs_fp32``, ``host_latency_note`` per row;
+   ``dataset.split`` / ``dataset.splits``, ``budget`` and ``recommended`` at the top level; status
+   ``gate_failed`` (an agreement gate failed: :mod:`edgetransfer.gates`).
 
 :data:`REPORT_SCHEMA` is a JSON Schema (draft 2020-12) of the required part; :func:`validate_report`
 checks a report against it without extra dependencies.
@@ -23,8 +29,9 @@ from ..artifacts import atomic_write_json, atomic_write_text
 from ..bundle import REPORT_JSON, REPORT_MD, REPORT_PNG
 from ..errors import ArtifactError
 from .plot import PLOT_EXTRA, matplotlib_available, pareto_front, plot_points, write_plot
+from .report_sections import data_lines, judgement_lines, recommended_lines, top1_cell
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _NUM = {"type": "number"}
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -42,7 +49,8 @@ _ROW = {
     "properties": {
         "name": {"type": "string"}, "format": {"type": "string"}, "precision": {"type": "string"},
         "runtime": {"type": "string"}, "path": {"type": "string"}, "sha256": {"type": "string"}, "size_mib": _NUM,
-        "status": {"enum": ["ok", "failed", "unavailable", "not_runnable", "budget_exceeded"]},
+        "status": {"enum": ["ok", "failed", "unavailable", "not_runnable", "budget_exceeded", "gate_failed"]},
+        "not_faster": {"type": "boolean"},
         "error": {"type": ["string", "null"]},
         "accuracy": {"type": ["object", "null"], "required": ["top1", "agreement_with_fp32", "num_samples"],
                      "properties": {"top1": _NUM, "top5": _NUM_OR_NULL, "agreement_with_fp32": _NUM_OR_NULL,
@@ -147,7 +155,7 @@ def _provider_cell(r: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
-HEADER = ["artifact", "precision", "runtime", "status", "MiB", "top-1", "agree fp32", "batch", "p50 ms", "p90 ms", "p99 ms",
+HEADER = ["artifact", "precision", "runtime", "status", "MiB", "top-1", "top-1 val", "agree fp32", "batch", "p50 ms", "p90 ms", "p99 ms",
           "img/s", "e2e p50 ms", "mem MiB", "provider", "Pareto"]
 _TEXT_COLUMNS = ("artifact", "precision", "runtime", "status", "provider", "Pareto")
 
@@ -165,11 +173,12 @@ def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[s
         e2e = r.get("latency_e2e") or {}
         mem = r.get("memory") or {}
         status = r["status"] if not (r.get("error") and with_errors) else f"{r['status']}: {r['error'][:70]}"
+        val = (r.get("accuracy_by_split") or {}).get("val") if acc.get("split") not in (None, "val") else None
         for k, lat in enumerate(lats):
             first = k == 0
             rows.append([
                 r["name"], r["precision"], r["runtime"], status,
-                _fmt(r.get("size_mib")), _fmt(acc.get("top1"), 4), _fmt(acc.get("agreement_with_fp32"), 4),
+                _fmt(r.get("size_mib")), top1_cell(acc), _fmt(val and val.get("top1"), 4), _fmt(acc.get("agreement_with_fp32"), 4),
                 _fmt(lat and lat["batch_size"]), _fmt(lat and lat["p50_ms"]), _fmt(lat and lat["p90_ms"]),
                 _fmt(lat and lat["p99_ms"]), _fmt(lat and lat["throughput_ips"], 1),
                 _fmt(e2e.get("p50_ms")) if first and (not lat or lat["batch_size"] == 1) else "",
@@ -210,8 +219,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"threads {st.get('threads') or 'runtime default'}); measured on this host"
         + ("" if report.get("host_is_target", True) else " (a host measurement, not the target device)")
         + _load_text(env) + ".",
-        f"Validation set: {ds.get('num_images', '?')} images, classes {ds.get('class_names')}; skipped files: {len(ds.get('skipped') or [])}"
-        + _image_text(ds) + ".",
+        f"Evaluation set ({ds.get('split', 'val')}): {ds.get('num_images', '?')} images, classes {ds.get('class_names')}; "
+        f"skipped files: {len(ds.get('skipped') or [])}" + _image_text(ds) + ".",
+        *data_lines(report),
         f"Latency: {st.get('warmup')} warm-up calls, then at least {st.get('min_iterations')} calls and {st.get('min_seconds')} s "
         "per figure; `e2e` = JPEG bytes in, decode + preprocess + inference + softmax/top-k, batch 1; "
         "`mem` = resident-set growth while loaded and running; `Pareto` `*` = on the accuracy/latency Pareto front (no other row both faster and more accurate).",
@@ -220,15 +230,16 @@ def to_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join("---" if h in _TEXT_COLUMNS else "---:" for h in header) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    lines += judgement_lines(report) + recommended_lines(report)
     e2e_rows = [r for r in report["results"] if r.get("latency_e2e")]
     if e2e_rows:
         lines += ["", "End-to-end p50 breakdown (ms): " + "; ".join(
             f"{r['name']} [{r['runtime']}] decode {r['latency_e2e']['decode_p50_ms']:.2f}, preprocess "
             f"{r['latency_e2e']['preprocess_p50_ms']:.2f}, infer {r['latency_e2e']['infer_p50_ms']:.2f}, "
             f"top-k {r['latency_e2e']['postprocess_p50_ms']:.3f}" for r in e2e_rows) + "."]
-    from .report_board import power_lines, sustained_lines  # additive sections (issue 14)
+    from .report_board import early_stopping_lines, power_lines, sustained_lines  # additive sections (issue 14)
 
-    lines += power_lines(report) + sustained_lines(report)
+    lines += early_stopping_lines(report) + power_lines(report) + sustained_lines(report)
     if report.get("plot"):
         lines += ["", f"![accuracy vs latency]({report['plot']})"]
     notes = report.get("notes") or []

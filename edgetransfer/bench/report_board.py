@@ -39,6 +39,26 @@ def power_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def early_stopping_lines(report: dict[str, Any]) -> list[str]:
+    """LoadGen-style early-stopping p90/p99 per row and batch, with the samples each rests on."""
+    cells = []
+    for r in report.get("results", []):
+        for lat in r.get("latency") or []:
+            es = lat.get("early_stopping") or {}
+            if not es:
+                continue
+            part = []
+            for k in ("p90", "p99"):
+                e = es.get(k) or {}
+                part.append(f"{k} {_f(e.get('estimate_ms'))} ms (discards {e['discarded']} of {e['samples']})" if e.get("estimate_ms") is not None
+                            else f"{k} — ({e.get('samples')} samples, needs {e.get('min_samples')})")
+            cells.append(f"{r['name']} [{r['runtime']}] b{lat['batch_size']}: " + ", ".join(part))
+    if not cells:
+        return []
+    return ["", "Early-stopping percentiles (MLPerf LoadGen single-stream rule, 99 % confidence: the estimate holds for the true "
+            "percentile; needs 64 samples for p90, 662 for p99): " + "; ".join(cells) + "."]
+
+
 def sustained_lines(report: dict[str, Any]) -> list[str]:
     """The ``--sustained`` section: first/last-window p50, drift, throttle events and their rules."""
     s = report.get("sustained")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import typer
 
 from ..errors import EdgeTransferError
-from . import checks, devices, present, stages, targets
+from . import checks, deploy, devices, present, stages, targets
 
-STAGES, CHECKS, TARGETS, DEVICES = "Stages", "Checks", "Targets", "Devices"
+STAGES, CHECKS, TARGETS, DEVICES, DEPLOY = "Stages", "Checks", "Targets", "Devices", "Deploy"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
                   help="Pretrained image model -> measured, deployable edge artifact.")
@@ -20,6 +20,23 @@ for fn in (stages.run, stages.train, stages.export, stages.quantize, stages.buil
     app.command(rich_help_panel=STAGES)(fn)
 for fn in (checks.selftest, checks.compare):
     app.command(rich_help_panel=CHECKS)(fn)
+app.command("app", rich_help_panel=DEPLOY)(deploy.app)
+app.command("export-data", rich_help_panel=DEPLOY)(deploy.export_data)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        present.out().print(f"edgetransfer {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+    """Pretrained image model -> measured, deployable edge artifact."""
+
+
 app.add_typer(targets.app, name="targets", rich_help_panel=TARGETS)
 app.add_typer(devices.app, name="devices", rich_help_panel=DEVICES)
 

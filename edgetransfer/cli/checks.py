@@ -38,6 +38,8 @@ def compare(
     max_p50_ratio: Optional[float] = typer.Option(None, "--max-p50-ratio", help="fail when NEW p50 > this x OLD p50 (e.g. 1.10)"),
     max_p50_ms: Optional[float] = typer.Option(None, "--max-p50-ms", help="fail when NEW p50 (smallest batch) exceeds this"),
     as_json: bool = json_option("the comparison"),
+    allow_different_data: bool = typer.Option(False, "--allow-different-data",
+                                              help="compare reports of different validation data (else refused, exit 2)"),
 ):
     """Print what changed from OLD to NEW; exit 3 when NEW breaks the budgets (a CI regression gate)."""
     from ..bench.compare import compare_reports
@@ -53,7 +55,8 @@ def compare(
             if target:
                 raise
             max_top1_drop = load_target(DEFAULT_TARGET).max_top1_drop
-    res = compare_reports(o, n, max_top1_drop=max_top1_drop, max_p50_ratio=max_p50_ratio, max_p50_ms=max_p50_ms)
+    res = compare_reports(o, n, max_top1_drop=max_top1_drop, max_p50_ratio=max_p50_ratio, max_p50_ms=max_p50_ms,
+                          allow_different_data=allow_different_data)
     present.comparison(old, new, res, as_json)
     if not res.passed:
         raise BudgetExceededError(f"{new} breaks the budgets against {old}: " + "; ".join(

@@ -43,8 +43,10 @@ def json_option(what: str = "the report") -> Any:
 
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars or log lines (stderr)")
 INVENTORY = typer.Option(None, "--inventory", help="device inventory YAML (default $EDGETRANSFER_DEVICES or ~/.config/edgetransfer/devices.yaml)")
-VAL = typer.Option(None, "--val", help="validation ImageFolder (default DIR/val, else a seeded class-stratified split)", rich_help_panel="Data")
-VAL_FRACTION = typer.Option(0.2, "--val-fraction", help="share of the images held out for validation when there is no DIR/val and no --val", rich_help_panel="Data")
+VAL = typer.Option(None, "--val", help="validation ImageFolder: picks the best epoch and decides INT8 (default DIR/val, DIR/valid or DIR/validation, else carved from train)", rich_help_panel="Data")
+VAL_FRACTION = typer.Option(0.2, "--val-fraction", help="share of train's images carved (seeded, per class) for validation when there is no val folder", rich_help_panel="Data")
+TEST = typer.Option(None, "--test", help="test ImageFolder: the report's headline figures, seen by no decision (default DIR/test, else carved)", rich_help_panel="Data")
+TEST_FRACTION = typer.Option(None, "--test-fraction", help="share carved for test when there is no test folder: of val (default 0.5) when val is a folder, else of DIR (default 0.2); 0 = no test split", rich_help_panel="Data")
 OUT = typer.Option(..., "--out", help="bundle directory to write")
 CALIBRATION = typer.Option(None, "--calibration", help="calibration recipe name (calibration/*.yaml) or YAML path", rich_help_panel="Quantization")
 MAX_ACCURACY_DROP = typer.Option(None, "--max-accuracy-drop", rich_help_panel="Quantization",
@@ -228,7 +230,7 @@ def _plain(v: Any) -> Any:
 
 
 def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None = None,
-                not_saved: tuple[str, ...] = ("quiet", "as_json")):
+                not_saved: tuple[str, ...] = ("quiet", "as_json", "force")):
     """Decorate a command: add the groups' options (and ``--config``) to its signature; call it
     with one dataclass per group (parameter ``group.dest``) built from: the dataclass defaults <
     the ``--config`` file < options given on the command line (or from the environment).
@@ -266,10 +268,14 @@ def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None
             resolved = {k: _plain(v) for k, v in kw.items() if k not in not_saved}
             for g in groups:
                 kw[g.dest] = g.build({o.param: kw.pop(o.param) for o in g.options})
+            untouched = False
             try:
                 return fn(**kw)
+            except Exception as exc:
+                untouched = getattr(exc, "bundle_untouched", False)  # e.g. an --out holding another dataset's bundle
+                raise
             finally:  # also after a failure or Ctrl-C mid-training; not when nothing was written (bad input)
-                if save_to is not None and Path(kw[save_to]).is_dir():
+                if save_to is not None and Path(kw[save_to]).is_dir() and not untouched:
                     _save_resolved(Path(kw[save_to]), ctx.info_name or fn.__name__, resolved)
 
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

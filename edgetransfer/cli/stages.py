@@ -16,7 +16,7 @@ import typer
 from ..bundle import REPORT_MD
 from ..progress import set_quiet
 from . import present
-from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_STEPS, OUT, QUIET, VAL, VAL_FRACTION,
+from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_STEPS, OUT, QUIET, TEST, TEST_FRACTION, VAL, VAL_FRACTION,
                       bench_group, export_group, json_option, target_option, train_group, with_config)
 
 
@@ -29,26 +29,32 @@ def target_for(bundle: Path, target: Optional[str]):
 
 @with_config(train_group, bench_group, export_group, save_to="out")
 def run(
-    data: Path = typer.Option(..., "--data", help="ImageFolder: DIR/<class>/<images> or DIR/{train,val}/<class>/<images>"),
+    data: Path = typer.Option(..., "--data", help="ImageFolder: DIR/<class>/<images> or DIR/{train,val,test}/<class>/<images>"),
     out: Path = OUT,
     target: str = target_option(DEFAULT_TARGET),
     val: Optional[Path] = VAL,
     val_fraction: float = VAL_FRACTION,
+    test: Optional[Path] = TEST,
+    test_fraction: Optional[float] = TEST_FRACTION,
     calibration: Optional[str] = CALIBRATION,
     max_accuracy_drop: Optional[float] = MAX_ACCURACY_DROP,
     max_steps: int = MAX_STEPS,
     as_json: bool = json_option(),
     quiet: bool = QUIET,
+    force: bool = typer.Option(False, "--force", help="redo every stage, and replace an --out holding another dataset's bundle (moved to OUT/stale/)"),
     *, recipe=None, settings=None, export_cfg=None,
 ):
     """Train, export, quantize, build and benchmark in one go; writes the bundle to --out.
 
-    The resolved options are saved as OUT/config.yaml (reuse with --config)."""
+    Run again into the same --out, it skips train / export / quantize when their inputs and
+    artifacts are unchanged (--force redoes them). The resolved options are saved as
+    OUT/config.yaml (reuse with --config)."""
     from ..pipeline import run as run_pipeline
 
     set_quiet(quiet or as_json)
     report = run_pipeline(data, out, recipe, target=target, val=val, recipe=calibration, settings=settings, export_cfg=export_cfg,
-                          val_fraction=val_fraction, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+                          val_fraction=val_fraction, test=test, test_fraction=test_fraction, max_accuracy_drop=max_accuracy_drop,
+                          max_steps=max_steps, force=force)
     if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
         return
     present.report(report, as_json)
@@ -58,11 +64,13 @@ def run(
 
 @with_config(train_group, save_to="out")
 def train(
-    data: Path = typer.Argument(..., help="ImageFolder: DIR/<class>/<images> or DIR/{train,val}/<class>/<images>"),
+    data: Path = typer.Argument(..., help="ImageFolder: DIR/<class>/<images> or DIR/{train,val,test}/<class>/<images>"),
     out: Path = OUT,
     target: str = target_option(DEFAULT_TARGET),
     val: Optional[Path] = VAL,
     val_fraction: float = VAL_FRACTION,
+    test: Optional[Path] = TEST,
+    test_fraction: Optional[float] = TEST_FRACTION,
     quiet: bool = QUIET,
     *, recipe=None,
 ):
@@ -76,7 +84,7 @@ def train(
 
     set_quiet(quiet)
     tgt = load_target(target)
-    res = stage_train(data, out, recipe, val=val, val_fraction=val_fraction, target=tgt)
+    res = stage_train(data, out, recipe, val=val, val_fraction=val_fraction, test=test, test_fraction=test_fraction, target=tgt)
     if process_rank() == 0:
         present.trained(res)
 

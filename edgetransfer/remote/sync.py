@@ -72,6 +72,7 @@ class BundlePlan:
     val_files: list[tuple[str, str]]  # (rel, class name) in the local bundle's order
     data_mode: bool  # True: the user's --data ImageFolder goes to data/, passed as --data
     num_val: int
+    test_files: list[tuple[str, str]] = field(default_factory=list)  # the bundle's test split, sent beside val
 
     def items_for(self, remote_dir: str) -> list[SendItem]:
         """All items, with bundle.json rewritten for ``remote_dir`` (absolute, on the board)."""
@@ -81,6 +82,11 @@ class BundlePlan:
         if not self.data_mode:
             ds["val_files"] = [[posixpath.join(remote_dir, rel), c] for rel, c in self.val_files]
             ds["val_root"] = posixpath.join(remote_dir, "val")
+            if self.test_files:  # the report's headline split (edgetransfer.splits): measured on the board too
+                ds["test_files"] = [[posixpath.join(remote_dir, rel), c] for rel, c in self.test_files]
+                ds["test_root"] = posixpath.join(remote_dir, "test")
+            else:
+                ds.pop("test_files", None)
         info["sent_from"] = {"bundle": str(self.bundle), "note": "dataset paths rewritten for this board by edgetransfer"}
         bj = SendItem.from_bytes(BUNDLE_FILE, (json.dumps(info, indent=2) + "\n").encode())
         return self.items + [bj]
@@ -106,6 +112,7 @@ def plan_bundle(bundle: Path, data: Path | None = None, max_samples: int | None 
             items.append(SendItem(p.name, m.sha256, p.stat().st_size, local=p))
     class_names = arts[0][1].class_names
     val_files: list[tuple[str, str]] = []
+    test_files: list[tuple[str, str]] = []
     if data is not None:
         folder = scan_image_folder(data, class_names=class_names)
         for s in folder.samples:
@@ -120,8 +127,13 @@ def plan_bundle(bundle: Path, data: Path | None = None, max_samples: int | None 
             items.append(SendItem(rel, sha256_file(s.path), Path(s.path).stat().st_size, local=Path(s.path)))
             val_files.append((rel, class_names[s.label]))
         n = len(samples)
+        if b.has_test:
+            for i, s in enumerate(subsample(b.folder("test").samples, max_samples)):
+                rel = f"test/{i:06d}-{safe_name(Path(s.path).name)}"
+                items.append(SendItem(rel, sha256_file(s.path), Path(s.path).stat().st_size, local=Path(s.path)))
+                test_files.append((rel, class_names[s.label]))
     key = f"{safe_name(bundle.resolve().name)}-{hashlib.sha256(str(bundle.resolve()).encode()).hexdigest()[:8]}"
-    return BundlePlan(bundle, key, items, info, val_files, data is not None, n)
+    return BundlePlan(bundle, key, items, info, val_files, data is not None, n, test_files)
 
 
 @dataclass

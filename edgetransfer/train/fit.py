@@ -38,7 +38,7 @@ from typing import Any
 from ..bundle import CHECKPOINT as MODEL_FILE
 from ..checkpoint import save_checkpoint
 from ..data import ImageFolder
-from ..errors import ConfigError, DataError, TrainingError
+from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..models import ModelInfo, backbone_blocks, build_model
 from ..progress import log
 from .config import TrainConfig, TrainResult
@@ -170,6 +170,8 @@ def resume(run: Run) -> dict | None:
     torch = _torch()
     p = run.out / LAST_CHECKPOINT
     if not run.cfg.resume:
+        if p.is_file() and run.d.main:
+            log(f"[yellow]{p} holds the training state of an earlier run; this run starts over (pass --resume to continue an interrupted one)")
         return None
     if not p.is_file():
         log(f"[yellow]--resume: no {p}; starting a fresh run")
@@ -312,6 +314,24 @@ def diverged(run: Run, phase: str, epoch: int, step: int, value: float) -> Train
     return TrainingError(f"{msg}{kept}; lower --lr (or --finetune-lr), add --clip-grad-norm, or check the data")
 
 
+def interrupted(run: Run, seconds: float) -> TrainingInterrupted:
+    """After Ctrl-C: write the best model so far to OUT/model.pt (rank 0; ``metrics.complete``
+    false) and return the error (exit code 130) saying so and how to continue."""
+    s = run.state
+    run.train_seconds = seconds
+    where = f"interrupted in phase {run.phases[s.phase].name} after epoch {s.epoch}"
+    resume_hint = "continue with --resume" if (run.out / LAST_CHECKPOINT).is_file() else "no epoch finished, so nothing to resume"
+    if s.best_state is None:
+        return TrainingInterrupted(f"{where}; no epoch finished, nothing written")
+    kept = ""
+    if run.d.main:
+        run.model.load_state_dict(s.best_state, strict=False)
+        run.model.eval()
+        ck = save_best(run, final=False)
+        kept = f"; best so far (phase {s.best_phase}, epoch {s.best_epoch}, val top-1 {s.best_key[0]:.4f}) written to {ck}"
+    return TrainingInterrupted(f"{where}{kept}; {resume_hint}")
+
+
 def save_best(run: Run, final: bool = True) -> Path:
     """``OUT/model.pt`` from the model's current weights, with the run's metrics and dataset."""
     s, ts, vs = run.state, run.train_set, run.val_set
@@ -369,13 +389,16 @@ def _train(train_set: ImageFolder, val_set: ImageFolder, out: Path, cfg: TrainCo
         + (f", autocast {str(r.amp).replace('torch.', '')}" if r.amp else ""))
     resumed = resume(r)
     t0 = time.perf_counter()
-    for p in range(len(r.phases)):
-        s = r.state
-        if p < s.phase:  # finished before the interruption
-            continue
-        if p > s.phase:
-            s.phase, s.epoch, s.stopped = p, 0, False
-        run_phase(r, p, resumed)
+    try:
+        for p in range(len(r.phases)):
+            s = r.state
+            if p < s.phase:  # finished before the interruption
+                continue
+            if p > s.phase:
+                s.phase, s.epoch, s.stopped = p, 0, False
+            run_phase(r, p, resumed)
+    except KeyboardInterrupt:
+        raise interrupted(r, time.perf_counter() - t0) from None
     r.train_seconds = time.perf_counter() - t0
     s = r.state
     if s.best_state is not None:

@@ -41,9 +41,11 @@ def test_pipeline_report_has_every_figure(tiny_bundle):
             assert r["status"] == "unavailable" and "edgetransfer[openvino]" in r["error"]
             continue
         assert r["status"] == "ok", (key, r["error"])
-        assert r["accuracy"]["num_samples"] == 12
-        assert r["accuracy"]["top1"] >= 11 / 12  # colour classes: the trained head separates them
-        assert sum(map(sum, r["accuracy"]["confusion"])) == 12
+        assert r["accuracy"]["num_samples"] == 6 and r["accuracy"]["split"] == "test"  # half of val/ carved for test
+        assert r["accuracy_by_split"]["val"]["num_samples"] == 6
+        assert r["accuracy"]["top1"] >= 5 / 6 and r["accuracy_by_split"]["val"]["top1"] >= 5 / 6  # the head separates colours
+        assert sum(map(sum, r["accuracy"]["confusion"])) == 6
+        assert r["accuracy"]["top1_interval95"][0] < r["accuracy"]["top1"] <= r["accuracy"]["top1_interval95"][1] + 1e-12
         assert [s["batch_size"] for s in r["latency"]] == [1, 4]
         for s in r["latency"]:
             assert s["iterations"] >= 5 and s["warmup"] == 2

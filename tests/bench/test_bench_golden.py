@@ -26,7 +26,7 @@ def test_select_golden_is_stratified_and_confident():
 
 def test_fresh_bundle_passes(tiny_bundle):
     doc = json.loads((tiny_bundle / GOLDEN_DIR / GOLDEN_FILE).read_text())
-    assert len(doc["images"]) == 8 and doc["reference"]["file"] == "model.onnx"
+    assert len(doc["images"]) == 6 and doc["reference"]["file"] == "model.onnx"  # all of val (6; 6 more are test)
     assert sorted({im["class_name"] for im in doc["images"]}) == ["blue", "green", "red"]
     res = selftest(tiny_bundle, X86, threads=1)
     assert res["passed"] and res["input_ok"] and res["input_max_diff"] == 0.0

@@ -72,7 +72,9 @@ def test_qdq_node_counts_and_zero_points_target_preset(data, sensitive, tmp_path
 def test_tensorrt_preset_is_signed_symmetric_with_zero_points_0(data, sensitive, tmp_path):
     preset = QuantizationPreset.named("tensorrt")
     assert preset.zero_point_free
-    qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], preset, RECIPE, parity_x=data["vx"], parity_y=data["vy"])
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], preset, RECIPE, parity_x=data["vx"], parity_y=data["vy"])
+    # TensorRT never runs ONNX Runtime's CPU kernels: the on/off gate does not apply (edgetransfer.gates)
+    assert m.details["optimizations_on_off"]["applies"] is False and m.details["status"] == "ok"
     s = inspect_qdq(tmp_path / "q.onnx")
     assert set(s.zero_point_types) == {"int8"} and not s.nonzero_zero_points
     assert tensorrt_violations(s, opset_max=20) == []
@@ -298,3 +300,27 @@ def test_budget_settings_validated():
         AccuracyBudget(max_top1_drop=5.0)
     with pytest.raises(ConfigError, match="max-steps"):
         AccuracyBudget(max_steps=-1)
+
+
+def test_a_failing_on_off_gate_writes_the_model_with_gate_failed_and_exit_3(data, tmp_path, monkeypatch, capsys):
+    """The ORT optimisations on/off gate failing (simulated: its logits shifted far beyond the logit
+    tolerance) never aborts: the file is written with status gate_failed and the reason, and the
+    quantize command exits 3."""
+    import edgetransfer.quantize.int8 as int8
+    from edgetransfer.gates import flip_gate
+
+    def shifted(ref, cand, **kw):
+        return flip_gate(ref, np.roll(cand, 1, axis=1) * 5, **kw)
+
+    monkeypatch.setattr(int8, "flip_gate", shifted)
+    from edgetransfer.cli import main
+
+    bundle = write_bundle(sensitive_model(), tmp_path / "b", data["train"], data["val"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("num_samples: 16\nbatch_size: 8\n")
+    with pytest.raises(SystemExit) as e:
+        main_with(main, ["edgetransfer", "quantize", str(bundle), "--calibration", str(recipe), "--max-accuracy-drop", "1.0", "-q"])
+    assert e.value.code == 3
+    man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
+    assert man["details"]["status"] == "gate_failed" and "on vs off: failed" in man["details"]["gate_failed_reason"]
+    assert man["details"]["optimizations_on_off"]["passed"] is False

@@ -118,12 +118,13 @@ def test_remote_benchmark_matches_local_and_skips_unchanged(env, bundle, tmp_pat
         assert rows[key]["status"] == "ok" and rows[key]["sha256"] == lrows[key]["sha256"]
         assert rows[key]["accuracy"] == lrows[key]["accuracy"]  # top-1, per-class, confusion, agreement: identical
         assert rows[key]["latency"][0]["batch_size"] == 1 and rows[key]["latency"][0]["p50_ms"] > 0
-    assert sec["report"]["dataset"]["num_images"] == local["dataset"]["num_images"] == 12
+    assert sec["report"]["dataset"]["num_images"] == local["dataset"]["num_images"] == 6  # test: half of the 12 held out
+    assert sec["report"]["dataset"]["split"] == local["dataset"]["split"] == "test"
     assert sec["report"]["dataset"]["counts"] == local["dataset"]["counts"]
     # board state recorded before and after; everything was sent the first time
     assert sec["board"]["before"]["arch"] == sec["board"]["after"]["arch"] == platform.machine()
     tr = sec["transfer"]
-    assert tr["files_sent"] == tr["files_total"] == 6 + 12 + 1 and tr["files_unchanged"] == 0  # 3 artifacts + manifests, 12 images, bundle.json
+    assert tr["files_sent"] == tr["files_total"] == 6 + 12 + 6 + 1 and tr["files_unchanged"] == 0  # 3 artifacts + manifests, 12 val + 6 test images, bundle.json
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| board-a | model.onnx | fp32 | onnxruntime | ok |" in md and "## board-a — ok" in md
     # the loopback board has no INA3221/tegrastats/PMIC: the report says so, with no energy number

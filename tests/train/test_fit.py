@@ -17,7 +17,7 @@ pytest.importorskip("timm")
 
 from ..fixtures.images import make_image_folder  # noqa: E402
 from edgetransfer.data import resolve_splits, scan_image_folder  # noqa: E402
-from edgetransfer.errors import ConfigError, DataError, TrainingError  # noqa: E402
+from edgetransfer.errors import ConfigError, DataError, TrainingError, TrainingInterrupted  # noqa: E402
 from edgetransfer.checkpoint import load_checkpoint  # noqa: E402
 from edgetransfer.train import TrainConfig, amp_dtype, epoch_indices, evaluate, image_batches, make_loss, train  # noqa: E402
 from edgetransfer.train import fit as F  # noqa: E402
@@ -123,9 +123,10 @@ def test_resume_equals_uninterrupted_run(splits, tmp_path, monkeypatch, stop_at)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(F, "save_last", interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="best so far .* written to .*model.pt; continue with --resume"):
         train(tr, va, tmp_path / "cut", cfg)
-    assert not (tmp_path / "cut" / "model.pt").exists() and (tmp_path / "cut" / "last.pt").is_file()
+    assert (tmp_path / "cut" / "last.pt").is_file()
+    assert load_checkpoint(tmp_path / "cut" / "model.pt")[1]["metrics"]["complete"] is False
     monkeypatch.setattr(F, "save_last", original)
     with pytest.raises(TrainingError, match="different settings.*epochs"):
         train(tr, va, tmp_path / "cut", replace(cfg, resume=True, epochs=3))
