@@ -206,7 +206,6 @@ def test_quantize_stage_for_x86_nvidia_gpu_writes_the_fp16_remainder(tmp_path):
     out = quantize(b, gpu.quantization, gpu.name)
     m = read_manifest(out)
     assert m.details["tensorrt_placement"]["high_precision_dtype"] == "fp16"
-    assert m.details["optimizations_on_off"]["applies"] is False
     q = onnx.load(str(out))
     assert {i.data_type for i in q.graph.initializer} >= {TensorProto.FLOAT16, TensorProto.INT8}
     assert TensorProto.FLOAT not in {i.data_type for i in q.graph.initializer}
