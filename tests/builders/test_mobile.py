@@ -118,6 +118,11 @@ def test_litert(bees, val, reference):
     _held(fp32, True)
     _held(int8, False)
     assert int8.details["full_integer"] and int8.details["io_quantization"]["input"]["dtype"] == "int8"
+    # the manifest describes the file as it is: its tensor names, int8 dtypes, scale and zero point
+    q_in = int8.details["io_quantization"]["input"]
+    assert int8.inputs[0]["dtype"] == "int8" and (int8.inputs[0]["scale"], int8.inputs[0]["zero_point"]) == (q_in["scale"], q_in["zero_point"])
+    assert int8.outputs[0]["dtype"] == "int8" and fp32.inputs[0]["dtype"] == "float32" and fp32.inputs[0]["scale"] == 0.0
+    assert (bees / "labels.txt").read_text().split() == fp32.class_names and fp32.details["metadata"].startswith("not written")
     assert int8.details["num_calibration_images"] == 128
     train = {f for f, _ in Bundle.open(bees).info["dataset"]["train_files"]}
     assert set(int8.details["calibration_images"]) <= train  # calibration never sees validation images
