@@ -105,3 +105,14 @@ def test_compare_refuses_reports_of_different_data(tiny_bundle, tmp_path):
     b.write_text(json.dumps(new))
     assert cli(["compare", str(a), str(b)]) == 2
     assert cli(["compare", str(a), str(b), "--allow-different-data"]) == 0
+
+
+def test_run_cli_into_another_datasets_bundle_exits_2_and_leaves_it_alone(bundle_copy, tmp_path):
+    from .fixtures.images import make_image_folder
+
+    other = make_image_folder(tmp_path / "other", classes=("cat", "dog"), per_class=3)
+    before = sorted(p.name for p in bundle_copy.iterdir())
+    sha = (bundle_copy / "bundle.json").read_bytes()
+    assert cli(["run", "--data", str(other), "--out", str(bundle_copy)]) == 2
+    assert sorted(p.name for p in bundle_copy.iterdir() if p.name != ".edgetransfer.lock") == [n for n in before if n != ".edgetransfer.lock"]
+    assert (bundle_copy / "bundle.json").read_bytes() == sha
