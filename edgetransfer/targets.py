@@ -62,9 +62,11 @@ def targets_dir() -> Path:
     repo = Path(__file__).resolve().parent.parent / "targets"
     if repo.is_dir():
         return repo
-    from importlib import resources
+    # the wheel ships it as edgetransfer/_targets/ (a namespace package: resources.files gives a MultiplexedPath,
+    # whose str() is not a path), so locate it beside the package
+    import edgetransfer
 
-    return Path(str(resources.files("edgetransfer._targets")))
+    return Path(edgetransfer.__file__).resolve().parent / "_targets"
 
 
 # Named quantization presets: ``quantization: {preset: NAME}`` in a target YAML (other keys
