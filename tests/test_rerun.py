@@ -116,3 +116,16 @@ def test_run_cli_into_another_datasets_bundle_exits_2_and_leaves_it_alone(bundle
     assert cli(["run", "--data", str(other), "--out", str(bundle_copy)]) == 2
     assert sorted(p.name for p in bundle_copy.iterdir() if p.name != ".edgetransfer.lock") == [n for n in before if n != ".edgetransfer.lock"]
     assert (bundle_copy / "bundle.json").read_bytes() == sha
+
+
+def test_benchmark_flags_an_artifact_of_an_earlier_parent(bundle_copy):
+    from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
+    from edgetransfer.targets import load_target
+
+    assert not any("made from an earlier" in n for n in json.loads((bundle_copy / "report.json").read_text())["notes"])
+    mp = bundle_copy / "model.int8.qdq.onnx.json"
+    m = json.loads(mp.read_text())
+    m["parent_sha256"] = "0" * 64  # as if model.onnx had been re-exported after this INT8 model was made
+    mp.write_text(json.dumps(m))
+    rep = benchmark_bundle(bundle_copy, load_target("x86-cpu"), settings=BenchSettings(**FAST, e2e=False), write=False)
+    assert any(n.startswith("model.int8.qdq.onnx was made from an earlier model.onnx") for n in rep["notes"])

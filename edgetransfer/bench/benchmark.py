@@ -225,6 +225,12 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
                          f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
         elif m.details.get("status") == Status.GATE_FAILED:
             notes.append(f"{p.name}: gate failed: {m.details.get('gate_failed_reason') or 'see its manifest'}")
+    by_name = {p.name: m for p, m in arts}
+    for p, m in arts:  # a bundle of mixed generations: an artifact made from an earlier version of its parent
+        parent = by_name.get(m.parent_file or "")
+        if parent is not None and m.parent_sha256 and parent.sha256 and parent.sha256 != m.parent_sha256:
+            notes.append(f"{p.name} was made from an earlier {m.parent_file} (parent sha256 {m.parent_sha256[:12]}, now "
+                         f"{parent.sha256[:12]}): it is not the current model's; re-make it (edgetransfer run does)")
     for r in results:
         if r.get("fallback"):
             notes.append(f"{r['name']} [{r['runtime']}]: {r['fallback']}")
