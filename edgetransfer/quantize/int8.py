@@ -108,14 +108,17 @@ def preprocess(onnx_path: Path, out: Path) -> None:
     onnx = require("onnx", "export")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    before = set(Path.cwd().iterdir())
     try:
         quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
     except Exception as exc:  # "Incomplete symbolic shape inference" (e.g. MobileViT's unfold reshapes): merge the
-        # conflicting symbolic dims (auto_merge) instead; the failed attempt leaves its dump in the working directory
+        # conflicting symbolic dims (auto_merge) instead. The failed attempt dumps sym_shape_infer_temp.onnx and its
+        # external data (a uuid-named .data file) into the working directory: removed
         if "symbolic shape inference" not in str(exc):
             raise
-        Path("sym_shape_infer_temp.onnx").unlink(missing_ok=True)
-        Path("sym_shape_infer_temp.onnx.data").unlink(missing_ok=True)
+        for p in set(Path.cwd().iterdir()) - before:
+            if p.is_file() and (p.name.startswith("sym_shape_infer_temp") or p.suffix == ".data"):
+                p.unlink(missing_ok=True)
         log(f"symbolic shape inference incomplete on {onnx_path.name}; retrying with auto_merge")
         quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False, auto_merge=True)
     m = onnx.load(str(out))
@@ -133,8 +136,13 @@ def preprocess(onnx_path: Path, out: Path) -> None:
 
 
 def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
-                         nodes_to_exclude: Sequence[str] = ()) -> None:
-    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run)."""
+                         nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any] | None:
+    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run); a preset
+    with ``placement: tensorrt`` goes to :mod:`.tensorrt_qdq` instead (returns its placement summary)."""
+    if preset.placement == "tensorrt":
+        from .tensorrt_qdq import quantize_tensorrt
+
+        return quantize_tensorrt(pre, out, ranges, preset, nodes_to_exclude)
     q = require("onnxruntime.quantization", "export", "INT8 quantization")
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {
@@ -287,7 +295,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
             s0 = time.perf_counter()
             excluded, added = list(excluded), {}
             for _ in range(8):  # until no excluded node would be quantized again by ONNX Runtime
-                quantize_with_ranges(pre, path, cache.path, preset, recipe, excluded)
+                placed = quantize_with_ranges(pre, path, cache.path, preset, recipe, excluded)
                 req = {k: v for k, v in requantized_by_ort(path, excluded).items() if any(n not in excluded for n in v)}
                 if not req:
                     break
@@ -298,8 +306,10 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                                    "excluded_nodes": list(excluded), "num_dequantize_nodes": ops.get("DequantizeLinear", 0)}
             if added:
                 rec["exclusions_added_for_ort"] = added
+            if placed:
+                rec["tensorrt_placement"] = placed
             if ref is not None:
-                cand = onnx_logits(path, parity_x)
+                cand = onnx_logits(path, parity_x, optimize=preset.placement != "tensorrt")  # TensorRT files: reference Q/DQ
                 rec["parity"] = compare_logits(ref, cand).to_dict()
                 rec["_logits"] = cand
                 if parity_y is not None:
@@ -350,7 +360,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                                               key=lambda a: (a["top1_drop"], a["num_excluded_nodes"]), default=attempts[0])
         status = Status.OK if budget is None or holds(chosen) else Status.BUDGET_EXCEEDED
 
-        if check_opt_off and parity_x is not None and is_tensorrt_preset(preset.to_dict()):
+        if check_opt_off and parity_x is not None and (preset.placement == "tensorrt" or is_tensorrt_preset(preset.to_dict())):
             details["optimizations_on_off"] = {"applies": False, "reason": "made for TensorRT, which never runs ONNX "
                                                "Runtime's CPU kernels: the ONNX Runtime on/off check does not apply"}
         elif check_opt_off and parity_x is not None:
@@ -391,6 +401,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.onnx_inspect)",
         "nodes_to_exclude": chosen["excluded_nodes"],
         "exclusions_added_for_ort": chosen.get("exclusions_added_for_ort", {}),
+        **({"tensorrt_placement": chosen["tensorrt_placement"]} if "tensorrt_placement" in chosen else {}),
         "num_excluded_nodes": chosen["num_excluded_nodes"], "seconds": time.perf_counter() - t0,
         "node_counts": count_ops(out), "cpu": cpu_info(),
         "cpu_note": "INT8 results are recorded on this CPU; kernels without VNNI (avx512_vnni / avx_vnni) can saturate "
