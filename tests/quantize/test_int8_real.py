@@ -70,5 +70,9 @@ def test_tensorrt_preset_on_the_real_model(real, tmp_path):
     assert set(s.zero_point_types) == {"int8"} and not s.nonzero_zero_points
     assert tensorrt_violations(s, opset_max=real["target"].opset_max) == []
     assert m.details["opset"] <= real["target"].opset_max
-    assert m.details["preset"]["name"] == "tensorrt" and m.details["node_counts"]["QuantizeLinear"] > 100
+    # TensorRT placement (quantize/tensorrt_qdq.py): one Q per quantized input, a DQ per Q and per INT8 weight
+    pl, counts = m.details["tensorrt_placement"], m.details["node_counts"]
+    assert m.details["preset"]["name"] == "tensorrt" and counts["QuantizeLinear"] == pl["num_quantized_inputs"] > 40
+    assert counts["DequantizeLinear"] == pl["num_quantized_inputs"] + pl["num_int8_weights"] and pl["residual_adds"]
+    assert (tmp_path / "trt.onnx").stat().st_size < 0.3 * (real["bundle"] / "model.onnx").stat().st_size
     assert m.details["parity"]["agreement"] >= 0.95
