@@ -49,11 +49,13 @@ def holder(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def bundle_lock(directory: str | os.PathLike, command: str = "") -> Iterator[None]:
-    """Hold ``directory``'s lock for the block (the directory is created when missing).
+    """Hold ``directory``'s lock for the block. A directory that does not exist yet is not locked
+    (there is nothing to protect, and bad input must leave nothing behind): the stages that
+    create it lock it on their own once it exists.
 
     Raises :class:`BundleBusyError` at once when another process holds it (no waiting: the holder
     may run for an hour), naming pid, host, command and start time."""
-    if fcntl is None or int(os.environ.get("RANK", "0") or 0) != 0:
+    if fcntl is None or int(os.environ.get("RANK", "0") or 0) != 0 or not Path(directory).is_dir():
         yield
         return
     d = Path(directory).resolve()
@@ -71,7 +73,6 @@ def bundle_lock(directory: str | os.PathLike, command: str = "") -> Iterator[Non
             with _GUARD:
                 _HELD[path] -= 1
         return
-    d.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

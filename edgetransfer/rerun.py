@@ -102,9 +102,11 @@ class Rerun:
         if same:
             return
         if not self.force:
-            raise DataError(f"--out {b.dir} holds a bundle of another dataset ({old_data}, classes {old_names}); "
+            err = DataError(f"--out {b.dir} holds a bundle of another dataset ({old_data}, classes {old_names}); "
                             "choose another --out, or pass --force to move the old bundle to "
                             f"{b.dir / STALE_DIR}/ and start afresh")
+            err.bundle_untouched = True  # the command line then leaves the old bundle's config.yaml alone
+            raise err
         moved = self._move([p.name for p in b.dir.iterdir() if p.name not in _KEEP], "another dataset (--force)")
         log(f"[yellow]--force: the bundle of {old_data} moved to {b.dir / STALE_DIR / self.stamp} ({len(moved)} entries)")
 

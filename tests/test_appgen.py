@@ -33,6 +33,7 @@ def test_app_predictions_equal_the_report(bundle_copy, tmp_path):
     cfg = json.loads((app / "app.json").read_text())
     assert cfg["artifacts"] == {"onnxruntime": "../model.int8.qdq.onnx"}  # the INT8 model is what ships on a CPU
     assert (app / "labels.txt").read_text().split() == cfg["labels"] and not (app / "run_tensorrt.py").exists()
+    assert (bundle_copy / "labels.txt").read_text().split() == cfg["labels"]  # beside every artifact (Bundle.register writes it)
     b = Bundle(bundle_copy)
     names = cfg["labels"]
     val, _ = b.validation(names, None)
@@ -65,3 +66,17 @@ def test_app_without_a_runnable_artifact_says_what_to_build(bundle_copy, capsys)
     err = capsys.readouterr().err
     assert "no artifact for an app runtime of ios-arm64" in err and "edgetransfer build" in err
     assert not (bundle_copy / "app").exists()
+
+
+def test_export_data_writes_the_split_as_an_image_folder(bundle_copy, tmp_path, capsys):
+    from edgetransfer.data import scan_image_folder
+
+    b = Bundle(bundle_copy)
+    val = b.folder("val")
+    assert cli(["export-data", str(bundle_copy), str(tmp_path / "val"), "--split", "val"]) == 0
+    got = scan_image_folder(tmp_path / "val")
+    assert sorted(got.class_names) == sorted(val.class_names) and len(got.samples) == len(val.samples)
+    want = sorted((val.class_names[s.label], s.path.read_bytes()) for s in val.samples)
+    assert sorted((got.class_names[s.label], s.path.read_bytes()) for s in got.samples) == want  # same bytes, same classes
+    assert cli(["export-data", str(bundle_copy), str(tmp_path / "val"), "--split", "val"]) == 2  # not over a non-empty folder
+    assert "not empty" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from edgetransfer.artifacts import read_manifest  # noqa: E402
 from edgetransfer.bench.benchmark import BenchSettings  # noqa: E402
 from edgetransfer.bundle import HF_DIR, Bundle  # noqa: E402
 from edgetransfer.data import PreprocessSpec  # noqa: E402
+from edgetransfer.errors import BudgetExceededError  # noqa: E402
 from edgetransfer.export.onnx import ExportConfig  # noqa: E402
 from edgetransfer.pipeline import stage_benchmark, stage_export, stage_quantize, stage_train  # noqa: E402
 from edgetransfer.targets import load_target  # noqa: E402
@@ -50,6 +51,9 @@ def _names_everywhere(bundle, m) -> None:
 def test_hf_model_train_export_quantize_benchmark(family, tiny_data, tmp_path):
     import transformers as tr
 
+    import os
+
+    cwd_before = set(os.listdir())
     target = load_target("x86-cpu")
     src = make(family, tmp_path / "src")
     b = tmp_path / "b"
@@ -91,11 +95,19 @@ def test_hf_model_train_export_quantize_benchmark(family, tiny_data, tmp_path):
     # INT8 and the benchmark on the Optimum export
     recipe = tmp_path / "calib.yaml"
     recipe.write_text("num_samples: 12\nallow_fewer: true\nbatch_size: 6\nmethod: minmax\n")
-    q = stage_quantize(b, target, str(recipe), preset="tensorrt" if family == "mobilevit" else None, max_accuracy_drop=1.0, max_steps=0)
-    _names_everywhere(b, q)
+    try:  # tiny random backbones: whether INT8 holds the accuracy budget is not the point here
+        stage_quantize(b, target, str(recipe), preset="tensorrt" if family == "mobilevit" else None, max_accuracy_drop=1.0, max_steps=0)
+    except BudgetExceededError:
+        pass  # written and registered with status budget_exceeded; still benchmarked
+    q = [m for _, m in Bundle(b).artifacts() if m.precision == "int8"]
+    assert len(q) == 1 and q[0].details.get("status") != "gate_failed", [m.details.get("status") for m in q]
+    _names_everywhere(b, q[0])
     report = stage_benchmark(b, target, settings=BenchSettings(**FAST))
     assert report["dataset"]["class_names"] == NAMES
-    ok = [r for r in report["results"] if r["status"] == "ok"]
-    assert {(r["format"], r["precision"]) for r in ok} >= {("onnx", "fp32"), ("onnx", "int8")}, report["results"]
-    for r in ok:
-        assert r["accuracy"]["num_samples"] == 12 and r["latency"], r
+    measured = [r for r in report["results"] if r["status"] in ("ok", "budget_exceeded")]
+    assert {(r["format"], r["precision"]) for r in measured} >= {("onnx", "fp32"), ("onnx", "int8")}, (family, report["results"])
+    assert all(r["status"] == "ok" for r in measured if r["precision"] == "fp32")
+    for r in measured:
+        assert r["accuracy"]["num_samples"] == report["dataset"]["num_images"] > 0 and r["latency"], r
+    # ORT's failed symbolic shape inference (MobileViT) dumps files into the working directory: none left
+    assert not [f for f in set(os.listdir()) - cwd_before if f.endswith(".data") or f.startswith("sym_shape_infer_temp")]

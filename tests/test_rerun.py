@@ -105,3 +105,43 @@ def test_compare_refuses_reports_of_different_data(tiny_bundle, tmp_path):
     b.write_text(json.dumps(new))
     assert cli(["compare", str(a), str(b)]) == 2
     assert cli(["compare", str(a), str(b), "--allow-different-data"]) == 0
+
+
+def test_run_cli_into_another_datasets_bundle_exits_2_and_leaves_it_alone(bundle_copy, tmp_path):
+    from .fixtures.images import make_image_folder
+
+    other = make_image_folder(tmp_path / "other", classes=("cat", "dog"), per_class=3)
+    before = sorted(p.name for p in bundle_copy.iterdir())
+    sha = (bundle_copy / "bundle.json").read_bytes()
+    assert cli(["run", "--data", str(other), "--out", str(bundle_copy)]) == 2
+    assert sorted(p.name for p in bundle_copy.iterdir() if p.name != ".edgetransfer.lock") == [n for n in before if n != ".edgetransfer.lock"]
+    assert (bundle_copy / "bundle.json").read_bytes() == sha
+
+
+def test_benchmark_flags_an_artifact_of_an_earlier_parent(bundle_copy):
+    from edgetransfer.bench.benchmark import BenchSettings, benchmark_bundle
+    from edgetransfer.targets import load_target
+
+    assert not any("made from an earlier" in n for n in json.loads((bundle_copy / "report.json").read_text())["notes"])
+    mp = bundle_copy / "model.int8.qdq.onnx.json"
+    m = json.loads(mp.read_text())
+    m["parent_sha256"] = "0" * 64  # as if model.onnx had been re-exported after this INT8 model was made
+    mp.write_text(json.dumps(m))
+    rep = benchmark_bundle(bundle_copy, load_target("x86-cpu"), settings=BenchSettings(**FAST, e2e=False), write=False)
+    assert any(n.startswith("model.int8.qdq.onnx was made from an earlier model.onnx") for n in rep["notes"])
+
+
+def test_train_over_a_bundle_retires_the_old_models_descendants(bundle_copy, tmp_path, tiny_data):
+    """`edgetransfer train` into an existing bundle: the old model's ONNX, INT8,
+    golden set and reports go to stale/, so nothing of the old model looks current."""
+    pytest.importorskip("torch")
+    from edgetransfer.pipeline import stage_train
+
+    from edgetransfer.train import TrainConfig
+
+    cfg = TrainConfig(model="timm:resnet10t", pretrained=False, input_size=32, epochs=1, batch_size=8)
+    stage_train(tiny_data, bundle_copy, cfg)
+    info = json.loads((bundle_copy / "bundle.json").read_text())
+    assert [a["file"] for a in info["artifacts"]] == ["model.pt"]
+    assert not (bundle_copy / "model.onnx").exists() and not (bundle_copy / "report.json").exists()
+    assert {"model.onnx", "model.int8.qdq.onnx"} <= set(info["stale"][0]["files"])

@@ -74,6 +74,20 @@ def place_labels(ax, fig, pts: list[dict[str, Any]], fontsize: int = 7) -> list[
     return boxes
 
 
+def plot_title(report: dict[str, Any]) -> str:
+    """The title; it says "host measurement" when the host is not the target device."""
+    host = "" if report.get("host_is_target", True) else " (host measurement, not the device)"
+    return f"edgetransfer — {report.get('target')}: accuracy vs latency{host}"
+
+
+def y_limits(pts: list[dict[str, Any]]) -> tuple[float, float]:
+    """The y range (%) holding every point's interval with a margin, never below 0 nor above 100."""
+    lo = min(p["top1_lo"] for p in pts) * 100
+    hi = max(p["top1_hi"] for p in pts) * 100
+    pad = max(1.0, (hi - lo) * 0.15)
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
 def matplotlib_available() -> bool:
     try:
         return importlib.util.find_spec("matplotlib") is not None
@@ -120,13 +134,9 @@ def write_plot(report: dict[str, Any], path: Path) -> Path | None:
         ax.set_xlabel(f"p50 latency, batch {'/'.join(map(str, bs))} (ms, lower is better{', log scale' if ax.get_xscale() == 'log' else ''})")
         split = (report.get("dataset") or {}).get("split") or "val"
         ax.set_ylabel(f"top-1 accuracy on {split} (%), Wilson 95 % interval")
-        host = "" if report.get("host_is_target", True) else " (host measurement, not the device)"
-        ax.set_title(f"edgetransfer — {report.get('target')}: accuracy vs latency{host}", fontsize=10)
+        ax.set_title(plot_title(report), fontsize=10)
         ax.margins(x=0.25)
-        lo = min(p["top1_lo"] for p in pts) * 100
-        hi = max(p["top1_hi"] for p in pts) * 100
-        pad = max(1.0, (hi - lo) * 0.15)
-        ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))  # never above 100 %
+        ax.set_ylim(*y_limits(pts))
         fig.tight_layout()
         place_labels(ax, fig, pts)
         ax.grid(True, alpha=0.3)

@@ -21,6 +21,7 @@ for fn in (stages.run, stages.train, stages.export, stages.quantize, stages.buil
 for fn in (checks.selftest, checks.compare):
     app.command(rich_help_panel=CHECKS)(fn)
 app.command("app", rich_help_panel=DEPLOY)(deploy.app)
+app.command("export-data", rich_help_panel=DEPLOY)(deploy.export_data)
 
 
 def _version(value: bool) -> None:

@@ -24,3 +24,15 @@ def app(
     out, cfg = write_app(bundle, target_for(bundle, target))
     runs = ", ".join(f"run_{rt}.py ({Path(a).name})" for rt, a in cfg["artifacts"].items())
     present.info(f"wrote {out}: {runs}; on the board: python3 {out.name}/run_<runtime>.py IMAGES_OR_DIR (see {out.name}/README.md)")
+
+
+def export_data(
+    bundle: Path = typer.Argument(..., help="bundle directory"),
+    out: Path = typer.Argument(..., help="new directory for the ImageFolder (DIR/<class>/<images>)"),
+    split: str = typer.Option("val", "--split", help="val, test or train: the split recorded in bundle.json"),
+):
+    """Write a split of the bundle's data as an ImageFolder (to copy to a board, or --data elsewhere)."""
+    from ..dataexport import export_split
+
+    counts = export_split(bundle, out, split)
+    present.info(f"wrote {sum(counts.values())} {split} images to {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -109,6 +109,29 @@ def devices_check(
         raise SystemExit(2)
 
 
+@app.command("setup")
+def devices_setup(
+    name: str = typer.Argument(..., help="the board's name in the inventory"),
+    system_site_packages: bool = typer.Option(False, "--system-site-packages", help="let the venv see the board's system packages (JetPack's TensorRT, onnxruntime-gpu)"),
+    no_deps: bool = typer.Option(False, "--no-deps", help="install the wheel alone (its dependencies come from the system)"),
+    inventory: Optional[Path] = INVENTORY,
+):
+    """Build this edgetransfer's wheel, create a venv on the board and install it there with the
+    [device] dependencies from the board's index; the inventory's python then points at it."""
+    import dataclasses
+
+    from ..remote.inventory import Inventory
+    from ..remote.setup import setup_device
+
+    inv = Inventory.load(inventory)
+    dev = inv.get(name)
+    res = setup_device(dev, system_site_packages=system_site_packages, no_deps=no_deps)
+    inv.add(dataclasses.replace(dev, python=res["python"]), replace_existing=True)
+    inv.save()
+    present.info(f"{name}: edgetransfer {res['edgetransfer']} (Python {res['python_version']}) in {res['python']}; "
+                 f"the inventory's python now points there")
+
+
 @app.command("trust")
 def devices_trust(
     name: str = typer.Argument(..., help="the board's name in the inventory"),

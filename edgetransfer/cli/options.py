@@ -232,7 +232,7 @@ def _plain(v: Any) -> Any:
 
 
 def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None = None,
-                not_saved: tuple[str, ...] = ("quiet", "as_json")):
+                not_saved: tuple[str, ...] = ("quiet", "as_json", "force")):
     """Decorate a command: add the groups' options (and ``--config``) to its signature; call it
     with one dataclass per group (parameter ``group.dest``) built from: the dataclass defaults <
     the ``--config`` file < options given on the command line (or from the environment).
@@ -270,10 +270,14 @@ def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None
             resolved = {k: _plain(v) for k, v in kw.items() if k not in not_saved}
             for g in groups:
                 kw[g.dest] = g.build({o.param: kw.pop(o.param) for o in g.options})
+            untouched = False
             try:
                 return fn(**kw)
+            except Exception as exc:
+                untouched = getattr(exc, "bundle_untouched", False)  # e.g. an --out holding another dataset's bundle
+                raise
             finally:  # also after a failure or Ctrl-C mid-training; not when nothing was written (bad input)
-                if save_to is not None and Path(kw[save_to]).is_dir():
+                if save_to is not None and Path(kw[save_to]).is_dir() and not untouched:
                     _save_resolved(Path(kw[save_to]), ctx.info_name or fn.__name__, resolved)
 
         wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

@@ -53,9 +53,11 @@ def calibration_dir() -> Path:
     repo = Path(__file__).resolve().parents[2] / "calibration"
     if repo.is_dir():
         return repo
-    from importlib import resources
+    # the wheel ships it as edgetransfer/_calibration/ (a namespace package: resources.files gives a MultiplexedPath,
+    # whose str() is not a path), so locate it beside the package
+    import edgetransfer
 
-    return Path(str(resources.files("edgetransfer._calibration")))
+    return Path(edgetransfer.__file__).resolve().parent / "_calibration"
 
 
 @dataclass(frozen=True)

@@ -163,12 +163,14 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         ref = onnx_logits(onnx_path, parity_x) if parity_x is not None else None
 
         lad = Ladder(td, pre, calib_x, input_name, preset, recipe, ladder or LadderConfig(), cache.path,
-                     lambda p: onnx_logits(p, parity_x), ref, parity_y, budget, nodes_to_exclude)
+                     # TensorRT-placement files are judged with reference Q/DQ semantics (ORT's CPU fusions are not TensorRT's)
+                     lambda p: onnx_logits(p, parity_x, optimize=preset.placement != "tensorrt"), ref, parity_y, budget,
+                     nodes_to_exclude)
         chosen = lad.run(budget.sensitivity_images if budget is not None else 8)
         status = Status.OK if budget is None or chosen.get("holds") else Status.BUDGET_EXCEEDED
         chosen["path"] = chosen["_path"]
 
-        if check_opt_off and parity_x is not None and is_tensorrt_preset(preset.to_dict()):
+        if check_opt_off and parity_x is not None and (preset.placement == "tensorrt" or is_tensorrt_preset(preset.to_dict())):
             details["optimizations_on_off"] = {"applies": False, "reason": "made for TensorRT, which never runs ONNX "
                                                "Runtime's CPU kernels: the ONNX Runtime on/off check does not apply"}
         elif check_opt_off and parity_x is not None:
@@ -213,6 +215,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                     "u8s8 products and give other results",
         "ladder": rungs, "ladder_config": (ladder or LadderConfig()).to_dict(), "chosen_rung": chosen["rung"],
         "float_compute_share": chosen["float_share"],
+        **({"tensorrt_placement": chosen["tensorrt_placement"]} if "tensorrt_placement" in chosen else {}),
     })
     if parity_x is not None:
         details["parity_vs"] = "fp32 onnx"

@@ -123,9 +123,9 @@ class Ladder:
     def candidate(self, name: str, float_path: Path, ranges: Path, excluded: Sequence[str], **info) -> dict:
         s0 = time.perf_counter()
         path = self.td / f"rung{len(self.rungs)}.onnx"
-        excluded, added = list(excluded), {}
+        excluded, added, placed = list(excluded), {}, None
         for _ in range(8):  # until no excluded node would be quantized again by ONNX Runtime
-            quantize_with_ranges(float_path, path, ranges, self.preset, self.recipe, excluded)
+            placed = quantize_with_ranges(float_path, path, ranges, self.preset, self.recipe, excluded)
             req = {k: v for k, v in requantized_by_ort(path, excluded).items() if any(n not in excluded for n in v)}
             if not req:
                 break
@@ -139,6 +139,8 @@ class Ladder:
         rec["float_share"] = rec["float_compute_nodes"] / self.n_compute if self.n_compute else 0.0
         if added:
             rec["exclusions_added_for_ort"] = added
+        if placed:
+            rec["tensorrt_placement"] = placed
         if self.ref is not None:
             cand = self.logits_of(path)
             rec["_logits"] = cand

@@ -11,7 +11,7 @@ and bias correction all act before or around one well-defined ORT call.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -41,14 +41,17 @@ def preprocess(onnx_path: Path, out: Path) -> None:
     onnx = require("onnx", "export")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    before = set(Path.cwd().iterdir())
     try:
         quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
     except Exception as exc:  # "Incomplete symbolic shape inference" (e.g. MobileViT's unfold reshapes): merge the
-        # conflicting symbolic dims (auto_merge) instead; the failed attempt leaves its dump in the working directory
+        # conflicting symbolic dims (auto_merge) instead. The failed attempt dumps sym_shape_infer_temp.onnx and its
+        # external data (a uuid-named .data file) into the working directory: removed
         if "symbolic shape inference" not in str(exc):
             raise
-        Path("sym_shape_infer_temp.onnx").unlink(missing_ok=True)
-        Path("sym_shape_infer_temp.onnx.data").unlink(missing_ok=True)
+        for p in set(Path.cwd().iterdir()) - before:
+            if p.is_file() and (p.name.startswith("sym_shape_infer_temp") or p.suffix == ".data"):
+                p.unlink(missing_ok=True)
         log(f"symbolic shape inference incomplete on {onnx_path.name}; retrying with auto_merge")
         quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False, auto_merge=True)
     m = onnx.load(str(out))
@@ -66,8 +69,13 @@ def preprocess(onnx_path: Path, out: Path) -> None:
 
 
 def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
-                         nodes_to_exclude: Sequence[str] = ()) -> None:
-    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run)."""
+                         nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any] | None:
+    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run); a preset
+    with ``placement: tensorrt`` goes to :mod:`.tensorrt_qdq` instead (returns its placement summary)."""
+    if preset.placement == "tensorrt":
+        from .tensorrt_qdq import quantize_tensorrt
+
+        return quantize_tensorrt(pre, out, ranges, preset, nodes_to_exclude)
     q = require("onnxruntime.quantization", "export", "INT8 quantization")
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {

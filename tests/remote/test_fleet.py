@@ -178,3 +178,46 @@ def test_labgrid_reservation_picks_the_free_place(fleet, coordinator, tmp_path):
 
     with pytest.raises(BoardBusyError, match=f"labgrid place board-a is acquired by ws1/{getpass.getuser()}"):
         bench(fleet, devs[:1], tmp_path / "lg2")
+
+
+def test_devices_setup_installs_this_wheel_in_a_venv_on_the_board(fleet, tmp_path):
+    """The board gets a venv with this checkout's wheel and its [device] dependencies from the
+    board's index; the inventory then points at it, and a remote benchmark runs in it."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from edgetransfer import __version__
+    from edgetransfer.cli import app
+
+    b = fleet["devices"][1]
+    dev = dataclasses.replace(b, workdir=str(tmp_path / "wd"), env={"PYTHONPATH": b.env["PYTHONPATH"].split(":")[0]})  # no checkout on the path
+    inv = Inventory(tmp_path / "devices.yaml", {dev.name: dev})
+    inv.save()
+    r = CliRunner().invoke(app, ["devices", "setup", dev.name, "--inventory", str(inv.path)])
+    assert r.exit_code == 0, r.output
+    venv_py = tmp_path / "wd" / "venv" / "bin" / "python"
+    assert Inventory.load(inv.path).get(dev.name).python == str(venv_py)
+    assert list((tmp_path / "wd" / "wheels").glob(f"edgetransfer-{__version__}-*.whl"))
+    site = subprocess.run([str(venv_py), "-c", "import edgetransfer, onnxruntime; print(edgetransfer.__file__)"],
+                          capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path).stdout
+    assert str(tmp_path / "wd" / "venv") in site  # the wheel's copy, not this checkout
+    (sec,) = bench(fleet, [Inventory.load(inv.path).get(dev.name)], tmp_path / "rep")["devices"]
+    assert sec["status"] == "ok", sec["error"]
+    assert sec["remote"]["edgetransfer_path"].startswith(str(tmp_path / "wd" / "venv"))
+
+
+def test_sustained_run_on_a_board_and_its_plot_in_the_device_report(fleet, tmp_path):
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, sustained=2.0, min_seconds=0.0)
+    from edgetransfer.remote.bench import benchmark_on_devices
+
+    (sec,) = benchmark_on_devices(fleet["bundle"], fleet["devices"][:1], settings=settings, report_dir=tmp_path)["devices"]
+    assert sec["status"] == "ok", sec["error"]
+    s = sec["report"]["sustained"]
+    assert s["seconds"] >= 2.0 and s["calls"] > 10 and s["samples"] and len(s["rules"]) == 3
+    md = (tmp_path / "report.md").read_text()
+    assert "Sustained run (model.onnx [onnxruntime], batch 1" in md
+    pytest.importorskip("matplotlib")
+    assert s["plot"] == "board-a-sustained.png" and (tmp_path / "board-a-sustained.png").read_bytes()[:4] == b"\x89PNG"
