@@ -62,7 +62,8 @@ def main() -> None:
         pred = [cfg["labels"].index(x["top"][0][0]) for x in lines[:-1]]
         top1 = float(np.mean([p == s.label for p, s in zip(pred, val.samples)]))
         print(f"round {r + 1}: report e2e p50 {rep[-1]:.2f} ms, app median {ours[-1]:.2f} ms")
-    report = json.loads((Path(a.bundle) / "report.json").read_text())
+    rp = Path(a.bundle) / "report.json"
+    report = json.loads(rp.read_text()) if rp.is_file() else {"results": []}
     row = next((x for x in report["results"] if x["name"] == art.name and x["runtime"] == "onnxruntime"), None)
     r50, a50 = float(np.median(rep)), float(np.median(ours))
     print(json.dumps({"images": len(files), "artifact": art.name, "rounds": a.rounds, "report_e2e_p50_ms": r50, "app_median_ms": a50,

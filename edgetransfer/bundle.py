@@ -185,6 +185,17 @@ class Bundle:
         arts.sort(key=lambda a: order.get(a["file"], 2))
         info["artifacts"] = arts
         self.write_info(info)
+        self.write_labels(m.class_names)
+
+    def write_labels(self, class_names) -> None:
+        """``labels.txt`` beside the artifacts: one class name a line, in the models' output order
+        (what Android's and TFLite's label files hold). Rewritten when the classes differ."""
+        from .artifacts import atomic_write_text
+
+        text = "".join(f"{n}\n" for n in class_names)
+        p = self.dir / LABELS_TXT
+        if not p.is_file() or p.read_text() != text:
+            atomic_write_text(p, text)
 
     def registered(self, fmt: Format | str | None = None) -> list[dict[str, Any]]:
         """bundle.json's artifact entries (``file``, ``format``, ``precision``, ``sha256``), optionally of one format."""

@@ -67,7 +67,12 @@ def stage_train(data: Path, out: Path, cfg, *, val: Path | None = None, test: Pa
     }
     main = process_rank() == 0  # under torchrun only rank 0 writes files
     if main:
-        b = Bundle.create(out, info)
+        from .rerun import Rerun
+
+        rr = Rerun(out)  # a new model.pt: what derives from the old one must not look current
+        if Bundle(out).checkpoint.exists():
+            rr.retire_derived(Bundle(out).checkpoint.name, "model.pt is being replaced (train)")
+        b = Bundle.create(out, {**info, "stale": (Bundle(out).info.get("stale") or []) if Bundle(out).exists else []})
         if target is not None:
             b.record_target(target, "train")
     res = train(train_set, val_set, out, cfg)

@@ -83,9 +83,14 @@ QUANT_PRESETS: dict[str, dict[str, Any]] = {
     # biases (TRT's parser dequantizes INT8 only), float weights behind Q->DQ (accepted by every
     # TensorRT with explicit quantization), no Q/DQ on the outputs of weighted ops ("Q/DQ
     # Layer-Placement" guidance).
+    # Placed by edgetransfer.quantize.tensorrt_qdq (ModelOpt's partitioning: no Q/DQ inside
+    # Conv+BN+act groups, residual Add quantized on its skip input, Concat inputs sharing a scale),
+    # INT8 weight initializers behind DequantizeLinear (TensorRT >= 10; 8.x targets keep float
+    # weights behind Q->DQ in their profiles).
     "tensorrt": {"activation_type": "int8", "weight_type": "int8", "per_channel": True,
                  "symmetric_activations": True, "symmetric_weights": True, "dedicated_qdq_pair": True,
-                 "quantize_bias": False, "qdq_pair_on_weights": True, "no_output_qdq_ops": ("Conv", "Gemm", "MatMul")},
+                 "quantize_bias": False, "qdq_pair_on_weights": False, "no_output_qdq_ops": ("Conv", "Gemm", "MatMul"),
+                 "placement": "tensorrt"},
 }
 
 
@@ -119,10 +124,23 @@ class QuantizationPreset:
     # op types whose outputs get no Q/DQ (ORT "OpTypesToExcludeOutputQuantization"); TensorRT's
     # Q/DQ placement guidance: quantize the inputs of weighted ops, not their outputs
     no_output_qdq_ops: tuple[str, ...] = ()
+    # ``placement``: ``ort`` (onnxruntime.quantization's, Q/DQ around every op it knows) or
+    # ``tensorrt`` (TensorRT's explicit-quantization placement, edgetransfer.quantize.tensorrt_qdq).
+    # ``high_precision_dtype``: type of the non-quantized remainder with the tensorrt placement,
+    # ``fp32`` or ``fp16`` (ModelOpt's option: strongly typed TensorRT 11 runs fp32 tensors in fp32).
+    placement: str = "ort"
+    high_precision_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.format != "qdq":
             raise TargetError(f"quantization.format must be 'qdq' (got {self.format!r})")
+        if self.placement not in ("ort", "tensorrt"):
+            raise TargetError(f"quantization.placement must be 'ort' or 'tensorrt' (got {self.placement!r})")
+        if self.high_precision_dtype not in ("fp32", "fp16"):
+            raise TargetError(f"quantization.high_precision_dtype must be 'fp32' or 'fp16' (got {self.high_precision_dtype!r})")
+        if self.high_precision_dtype == "fp16" and self.placement != "tensorrt":
+            raise TargetError("quantization.high_precision_dtype: fp16 needs placement: tensorrt (an fp16 remainder is for strongly "
+                              "typed TensorRT builds)")
         for name in ("activation_type", "weight_type"):
             if getattr(self, name) not in _QUANT_TYPES:
                 raise TargetError(

@@ -33,6 +33,7 @@ def test_app_predictions_equal_the_report(bundle_copy, tmp_path):
     cfg = json.loads((app / "app.json").read_text())
     assert cfg["artifacts"] == {"onnxruntime": "../model.int8.qdq.onnx"}  # the INT8 model is what ships on a CPU
     assert (app / "labels.txt").read_text().split() == cfg["labels"] and not (app / "run_tensorrt.py").exists()
+    assert (bundle_copy / "labels.txt").read_text().split() == cfg["labels"]  # beside every artifact (Bundle.register writes it)
     b = Bundle(bundle_copy)
     names = cfg["labels"]
     val, _ = b.validation(names, None)

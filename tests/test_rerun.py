@@ -129,3 +129,19 @@ def test_benchmark_flags_an_artifact_of_an_earlier_parent(bundle_copy):
     mp.write_text(json.dumps(m))
     rep = benchmark_bundle(bundle_copy, load_target("x86-cpu"), settings=BenchSettings(**FAST, e2e=False), write=False)
     assert any(n.startswith("model.int8.qdq.onnx was made from an earlier model.onnx") for n in rep["notes"])
+
+
+def test_train_over_a_bundle_retires_the_old_models_descendants(bundle_copy, tmp_path, tiny_data):
+    """`edgetransfer train` into an existing bundle: the old model's ONNX, INT8,
+    golden set and reports go to stale/, so nothing of the old model looks current."""
+    pytest.importorskip("torch")
+    from edgetransfer.pipeline import stage_train
+
+    from edgetransfer.train import TrainConfig
+
+    cfg = TrainConfig(model="timm:resnet10t", pretrained=False, input_size=32, epochs=1, batch_size=8)
+    stage_train(tiny_data, bundle_copy, cfg)
+    info = json.loads((bundle_copy / "bundle.json").read_text())
+    assert [a["file"] for a in info["artifacts"]] == ["model.pt"]
+    assert not (bundle_copy / "model.onnx").exists() and not (bundle_copy / "report.json").exists()
+    assert {"model.onnx", "model.int8.qdq.onnx"} <= set(info["stale"][0]["files"])

@@ -186,6 +186,8 @@ def plan_engine_build(bundle: str | Path, target: Target, precision: str, *, dla
         recorded, flags, onnx_name, how = "fp32", (), ONNX_FP32, f"run `edgetransfer export {bundle} --target {target.name}`"
 
     path, m = _bundle_file(bundle, onnx_name, how)
+    if int8 and not strongly and ((m.details or {}).get("preset") or {}).get("high_precision_dtype") == "fp16":
+        flags = tuple(flags) + (() if "fp16" in flags else ("fp16",))  # weakly typed 10.x: let the fp16 remainder run in fp16
     if int8:
         problems = int8_onnx_problems(bundle, target)
         if problems:

@@ -27,6 +27,26 @@ from ..types import Format, Precision
 from .base import Builder, register_builder, static_batch_logits
 
 
+METADATA_NOTE = ("not written: the TFLite metadata writer (tflite-support) pins protobuf < 4 and would downgrade the "
+                 "protobuf that onnx and ai-edge-litert need; labels.txt and the manifest's preprocessing carry the same facts")
+
+
+def tflite_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) of a .tflite file as the LiteRT interpreter reads them: tensor name, shape,
+    dtype (``int8`` for a full-integer model), ``scale`` and ``zero_point`` (0.0 / 0 for a float
+    tensor: real = scale * (q - zero_point))."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+
+    def spec(d: dict[str, Any]) -> dict[str, Any]:
+        scale, zero = d.get("quantization", (0.0, 0))
+        return {"name": d["name"], "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scale), "zero_point": int(zero)}
+
+    return [spec(d) for d in it.get_input_details()], [spec(d) for d in it.get_output_details()]
+
+
 @register_builder(Format.TFLITE)
 class TfliteFromTorch(Builder):
     extra = "litert"
@@ -57,9 +77,10 @@ class TfliteFromTorch(Builder):
 
     def convert(self, precision: Precision, out: Path) -> dict[str, Any]:
         buf = self.float_model()
-        details: dict[str, Any] = {"converter": "litert_torch.convert", "batch": 1, "layout": "NCHW"}
+        details: dict[str, Any] = {"converter": "litert_torch.convert", "batch": 1, "layout": "NCHW", "metadata": METADATA_NOTE}
         if precision == Precision.FP32:
             out.write_bytes(buf)
+            self._io = tflite_io(out)
             return details
         if self.inputs.recipe is not None and self.inputs.recipe.method != "minmax":
             raise ConfigError(f"calibration method {self.inputs.recipe.method!r} is not implemented for LiteRT INT8 "
@@ -67,7 +88,12 @@ class TfliteFromTorch(Builder):
         x = self.calibration_arrays()
         details.update(self._quantize(buf, x, out))
         details.update(self.calibration_details())
+        self._io = tflite_io(out)
         return details
+
+    def io_specs(self, precision: Precision) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The file's own tensors (read back by :func:`tflite_io` after conversion)."""
+        return self._io if getattr(self, "_io", None) else super().io_specs(precision)
 
     def _quantize(self, buf: bytes, x: np.ndarray, out: Path) -> dict[str, Any]:
         require("ai_edge_quantizer", self.extra, "LiteRT INT8 quantization")

@@ -136,8 +136,13 @@ def preprocess(onnx_path: Path, out: Path) -> None:
 
 
 def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
-                         nodes_to_exclude: Sequence[str] = ()) -> None:
-    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run)."""
+                         nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any] | None:
+    """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run); a preset
+    with ``placement: tensorrt`` goes to :mod:`.tensorrt_qdq` instead (returns its placement summary)."""
+    if preset.placement == "tensorrt":
+        from .tensorrt_qdq import quantize_tensorrt
+
+        return quantize_tensorrt(pre, out, ranges, preset, nodes_to_exclude)
     q = require("onnxruntime.quantization", "export", "INT8 quantization")
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {
@@ -290,7 +295,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
             s0 = time.perf_counter()
             excluded, added = list(excluded), {}
             for _ in range(8):  # until no excluded node would be quantized again by ONNX Runtime
-                quantize_with_ranges(pre, path, cache.path, preset, recipe, excluded)
+                placed = quantize_with_ranges(pre, path, cache.path, preset, recipe, excluded)
                 req = {k: v for k, v in requantized_by_ort(path, excluded).items() if any(n not in excluded for n in v)}
                 if not req:
                     break
@@ -301,8 +306,10 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                                    "excluded_nodes": list(excluded), "num_dequantize_nodes": ops.get("DequantizeLinear", 0)}
             if added:
                 rec["exclusions_added_for_ort"] = added
+            if placed:
+                rec["tensorrt_placement"] = placed
             if ref is not None:
-                cand = onnx_logits(path, parity_x)
+                cand = onnx_logits(path, parity_x, optimize=preset.placement != "tensorrt")  # TensorRT files: reference Q/DQ
                 rec["parity"] = compare_logits(ref, cand).to_dict()
                 rec["_logits"] = cand
                 if parity_y is not None:
@@ -353,7 +360,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                                               key=lambda a: (a["top1_drop"], a["num_excluded_nodes"]), default=attempts[0])
         status = Status.OK if budget is None or holds(chosen) else Status.BUDGET_EXCEEDED
 
-        if check_opt_off and parity_x is not None and is_tensorrt_preset(preset.to_dict()):
+        if check_opt_off and parity_x is not None and (preset.placement == "tensorrt" or is_tensorrt_preset(preset.to_dict())):
             details["optimizations_on_off"] = {"applies": False, "reason": "made for TensorRT, which never runs ONNX "
                                                "Runtime's CPU kernels: the ONNX Runtime on/off check does not apply"}
         elif check_opt_off and parity_x is not None:
@@ -394,6 +401,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         "status": str(status), "opset": opset, "qdq_check": "follows the preset (edgetransfer.onnx_inspect)",
         "nodes_to_exclude": chosen["excluded_nodes"],
         "exclusions_added_for_ort": chosen.get("exclusions_added_for_ort", {}),
+        **({"tensorrt_placement": chosen["tensorrt_placement"]} if "tensorrt_placement" in chosen else {}),
         "num_excluded_nodes": chosen["num_excluded_nodes"], "seconds": time.perf_counter() - t0,
         "node_counts": count_ops(out), "cpu": cpu_info(),
         "cpu_note": "INT8 results are recorded on this CPU; kernels without VNNI (avx512_vnni / avx_vnni) can saturate "

@@ -93,6 +93,14 @@ def write_devices_report(combined: dict[str, Any], out_dir: Path) -> tuple[Path,
     """``out_dir/report.json`` (sections per device) and ``out_dir/report.md``, atomically."""
     out_dir = Path(out_dir)
     combined = {"schema_version": SCHEMA_VERSION, **combined}
+    for sec in combined["devices"]:  # --sustained: each board's plot, drawn here from its samples
+        sus = (sec.get("report") or {}).get("sustained")
+        if sus and sus.get("samples"):
+            from ..bench.report_board import write_sustained_plot
+            from ..bundle import SUSTAINED_PNG
+
+            name = f"{sec['device']}-{SUSTAINED_PNG}"
+            sus["plot"] = name if write_sustained_plot(sus, out_dir / name) else None
     jp, mp = out_dir / REPORT_JSON, out_dir / REPORT_MD
     atomic_write_json(jp, combined)
     atomic_write_text(mp, devices_to_markdown(combined))

@@ -232,6 +232,12 @@ class Runner(ABC):
             self._spec_cache = self.input_specs
         return self._spec_cache
 
+    def end_to_end_variant(self) -> "Runner | None":
+        """A runner of the same artifact set up for end-to-end timing (decode + preprocess + infer on
+        one core budget), or None to time this one. ONNX Runtime returns one with intra-op
+        spinning off, so idle pool threads do not busy-wait on the core the image decoder needs."""
+        return None
+
     def synchronize(self) -> None:
         """Wait until work queued on the device is done (GPU runners); CPU runners return at once.
         Latency timing calls this before reading the clock."""

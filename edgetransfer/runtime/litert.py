@@ -48,8 +48,10 @@ class LiteRtRunner(Runner):
 
     @property
     def input_specs(self) -> list[dict[str, Any]]:
+        """What this runner is fed: float32 of the file's input shape (an int8 input is quantised
+        here with the file's scale and zero point; the manifest records the file's own dtype)."""
         if self.manifest and self.manifest.inputs:
-            return self.manifest.inputs
+            return [{**i, "dtype": "float32"} for i in self.manifest.inputs]
         if getattr(self, "_in", None) is not None:
             return [{"name": "input", "shape": [int(d) for d in self._in["shape"]], "dtype": "float32"}]
         return super().input_specs

@@ -70,7 +70,7 @@ def _common_manifest_checks(bees, m, parent: str):
     ck = read_manifest(bees / "model.pt")
     assert m.class_names == ck.class_names == ["ants", "bees"]
     assert m.preprocessing == ck.preprocessing
-    assert m.details["parity"]["num_samples"] == 153
+    assert m.details["parity"]["num_samples"] == 76  # val: 153 less the 77 carved for test
     assert any(a["file"] == m.file for a in Bundle.open(bees).registered())
 
 
@@ -118,6 +118,11 @@ def test_litert(bees, val, reference):
     _held(fp32, True)
     _held(int8, False)
     assert int8.details["full_integer"] and int8.details["io_quantization"]["input"]["dtype"] == "int8"
+    # the manifest describes the file as it is: its tensor names, int8 dtypes, scale and zero point
+    q_in = int8.details["io_quantization"]["input"]
+    assert int8.inputs[0]["dtype"] == "int8" and (int8.inputs[0]["scale"], int8.inputs[0]["zero_point"]) == (q_in["scale"], q_in["zero_point"])
+    assert int8.outputs[0]["dtype"] == "int8" and fp32.inputs[0]["dtype"] == "float32" and fp32.inputs[0]["scale"] == 0.0
+    assert (bees / "labels.txt").read_text().split() == fp32.class_names and fp32.details["metadata"].startswith("not written")
     assert int8.details["num_calibration_images"] == 128
     train = {f for f, _ in Bundle.open(bees).info["dataset"]["train_files"]}
     assert set(int8.details["calibration_images"]) <= train  # calibration never sees validation images
@@ -168,7 +173,7 @@ def test_coreml(bees, val):
         assert (bees / m.file).is_dir() and read_manifest(bees / m.file).sha256 == m.sha256
         assert m.details["parity"] is None and m.details["parity_status"].startswith("not measured")
         fold = m.details["preprocessing_fold_parity"]
-        assert fold["agreement"] == 1.0 and fold["max_abs"] <= 1e-3 and fold["num_samples"] == 153
+        assert fold["agreement"] == 1.0 and fold["max_abs"] <= 1e-3 and fold["num_samples"] == 76
         spec = ct.models.MLModel(str(bees / m.file), skip_model_load=True).get_spec()
         (inp,) = spec.description.input
         assert inp.name == "image" and inp.type.WhichOneof("Type") == "imageType"
@@ -199,7 +204,7 @@ def test_android_benchmark_rows_are_host_measurements(bees):
     """Every android artifact of the bundle is a row; the runnable ones are measured at batch 1."""
     if not (bees / "model.ort").exists():  # run alone: build the one format that needs no extra
         stage_build(bees, load_target("android-arm64"), formats=["ort"])
-    # 48 of the 153 images: every artifact's parity on all 153 is already in its manifest (CI time)
+    # 48 of the 77 test images: every artifact's parity on val is already in its manifest (CI time)
     report = benchmark_bundle(bees, load_target("android-arm64"), settings=BenchSettings(warmup=2, min_iterations=5, min_seconds=0.0, max_samples=48),
                               write=True)
     assert report["host_is_target"] is False

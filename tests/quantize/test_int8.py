@@ -25,9 +25,10 @@ from edgetransfer.quantize.int8 import (  # noqa: E402
 from edgetransfer.targets import QuantizationPreset, load_target  # noqa: E402
 
 RECIPE = CalibrationRecipe(num_samples=16, batch_size=8)
-# TensorRT preset on the sensitive model: 3 weights as float -> Q -> DQ, 5 activations (input, m,
-# h, p, f) with one Q/DQ pair each; no pair on the logits (the Gemm's output), no int32 biases
-COUNTS_TRT = {"Conv": 2, "DequantizeLinear": 8, "Flatten": 1, "Gemm": 1, "GlobalAveragePool": 1, "QuantizeLinear": 8}
+# TensorRT preset (quantize/tensorrt_qdq.py placement) on the sensitive model: 3 weights as INT8
+# initializers -> DQ, 4 quantized activation inputs (conv, conv, GlobalAveragePool, Gemm); nothing
+# on the Flatten's input, the outputs of the weighted ops or the logits; no int32 biases
+COUNTS_TRT = {"Conv": 2, "DequantizeLinear": 7, "Flatten": 1, "Gemm": 1, "GlobalAveragePool": 1, "QuantizeLinear": 4}
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,8 @@ def test_tensorrt_preset_is_signed_symmetric_with_zero_points_0(data, sensitive,
     s = inspect_qdq(tmp_path / "q.onnx")
     assert set(s.zero_point_types) == {"int8"} and not s.nonzero_zero_points
     assert tensorrt_violations(s, opset_max=20) == []
-    # dedicated Q/DQ pairs, float weights behind Q->DQ, float biases (no int32 DQ), no Q/DQ on
-    # the outputs of Conv/Gemm
+    # dedicated Q/DQ pairs, INT8 weight initializers, float biases (no int32 DQ), no Q/DQ on the
+    # outputs of Conv/Gemm
     assert count_ops(tmp_path / "q.onnx") == COUNTS_TRT
 
 

@@ -20,11 +20,12 @@ def bundles(tmp_path_factory):
 
 def test_tensorrt_preset_gives_signed_symmetric_qdq(bundles):
     s = inspect_qdq(bundles["tensorrt"] / "model.int8.qdq.onnx")
-    # Conv-Relu-GAP-Flatten-Gemm: Q/DQ pairs on input, conv weight, relu out, gap out, flatten out,
-    # gemm weight; none on the Conv/Gemm outputs (no_output_qdq_ops) and none on the biases
-    assert (s.num_quantize, s.num_dequantize) == (6, 6)
-    assert s.zero_point_types == {"int8": 12}
-    assert s.nonzero_zero_points == [] and s.dequantized_types == {} and s.integer_ops == {}
+    # Conv-Relu-GAP-Flatten-Gemm, TensorRT placement (quantize/tensorrt_qdq.py): Q/DQ on the conv's
+    # input, the GAP's input (relu out: Conv+Relu is one partition) and the Gemm's input (flatten
+    # out); both weights INT8 initializers -> DQ; nothing on Conv/Gemm outputs, none on the biases
+    assert (s.num_quantize, s.num_dequantize) == (3, 5)
+    assert s.zero_point_types == {"int8": 8}
+    assert s.nonzero_zero_points == [] and s.dequantized_types == {"int8": 2} and s.integer_ops == {}
     assert s.per_channel_weights == 2 and s.per_channel_activations == []
     orin = load_target("jetson-orin-nano")
     assert check_qdq_for_target(bundles["tensorrt"] / "model.int8.qdq.onnx", orin.quantization, orin.opset_max, tensorrt=True) == []

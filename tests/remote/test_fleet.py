@@ -205,3 +205,19 @@ def test_devices_setup_installs_this_wheel_in_a_venv_on_the_board(fleet, tmp_pat
     (sec,) = bench(fleet, [Inventory.load(inv.path).get(dev.name)], tmp_path / "rep")["devices"]
     assert sec["status"] == "ok", sec["error"]
     assert sec["remote"]["edgetransfer_path"].startswith(str(tmp_path / "wd" / "venv"))
+
+
+def test_sustained_run_on_a_board_and_its_plot_in_the_device_report(fleet, tmp_path):
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, sustained=2.0, min_seconds=0.0)
+    from edgetransfer.remote.bench import benchmark_on_devices
+
+    (sec,) = benchmark_on_devices(fleet["bundle"], fleet["devices"][:1], settings=settings, report_dir=tmp_path)["devices"]
+    assert sec["status"] == "ok", sec["error"]
+    s = sec["report"]["sustained"]
+    assert s["seconds"] >= 2.0 and s["calls"] > 10 and s["samples"] and len(s["rules"]) == 3
+    md = (tmp_path / "report.md").read_text()
+    assert "Sustained run (model.onnx [onnxruntime], batch 1" in md
+    pytest.importorskip("matplotlib")
+    assert s["plot"] == "board-a-sustained.png" and (tmp_path / "board-a-sustained.png").read_bytes()[:4] == b"\x89PNG"
