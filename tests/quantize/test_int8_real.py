@@ -58,7 +58,7 @@ def test_per_channel_never_notably_worse_than_per_tensor_and_opt_on_off(real, tm
     pc, pt = res[True]["parity"], res[False]["parity"]
     assert pc["agreement"] >= pt["agreement"] - 1 / 76
     assert pc["mean_abs"] <= pt["mean_abs"]
-    assert res[True]["val_top1_drop"] <= 0.01 and pc["agreement"] >= 0.97
+    assert res[True]["val_top1_drop"] <= 2 / 76 + 1e-9 and pc["agreement"] >= 0.97  # at most 2 of val's 76 images
 
 
 @pytest.mark.slow
