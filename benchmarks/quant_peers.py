@@ -149,12 +149,15 @@ def q_nncf_accuracy_control(fp32: Path, out: Path, calib_x, vx, vy, budget: floa
     name = read_manifest(fp32).inputs[0]["name"]
 
     def validate(model, data) -> float:
+        # NNCF passes the raw items of the validation dataset (maybe a subset): (image, label) pairs
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        pred = [int(np.argmax(sess.run(None, {name: a})[0])) for a in data]
-        return float((np.array(pred) == vy).mean())
+        items = list(data)
+        pred = [int(np.argmax(sess.run(None, {name: a})[0])) for a, _ in items]
+        return float(np.mean([p == int(y) for p, (_, y) in zip(pred, items)]))
 
+    val = nncf.Dataset([(vx[i: i + 1], int(vy[i])) for i in range(len(vy))], lambda item: {name: item[0]})
     q = nncf.quantize_with_accuracy_control(
-        onnx.load(str(fp32)), _nncf_dataset(calib_x, name), _nncf_dataset(vx, name), validate, max_drop=budget,
+        onnx.load(str(fp32)), _nncf_dataset(calib_x, name), val, validate, max_drop=budget,
         drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib_x))
     onnx.save_model(q, str(out))
     return {"nncf": nncf.__version__}
