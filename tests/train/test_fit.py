@@ -281,7 +281,7 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert ck["metrics"]["distributed"] == {"world_size": 2, "backend": "gloo", "max_abs_param_diff_across_ranks": 0.0}
     assert [h["phase"] for h in ck["metrics"]["history"]] == ["head", "head", "finetune"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "bundle.json", "last.pt", "metrics.csv", "metrics.json", "model.pt", "model.pt.json"]
+        "bundle.json", "labels.txt", "last.pt", "metrics.csv", "metrics.json", "model.pt", "model.pt.json"]
 
 
 @pytest.mark.slow
