@@ -251,7 +251,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
                     "roles": bundle_info.get("dataset", {}).get("roles"),
                     "skipped": val.skipped, "training": bundle_info.get("dataset", {}).get("training"),
                     "image_policy": spec.image.to_dict(), "ignored": val.ignored,
-                    "image_cases": val.image_cases() or (bundle_info.get("dataset", {}).get("image_cases") or {}).get("val", {})},
+                    "image_cases": val.image_cases() or (bundle_info.get("dataset", {}).get("image_cases") or {}).get(role, {})},  # the evaluated split's own counts
         "budget": {"max_top1_drop": target.max_top1_drop, "judged_on": role, "rule": "edgetransfer.stats.budget_judge"},
         "recommended": recommend(results),
         "results": results,

@@ -92,6 +92,9 @@ def quantized(bundle: Path, m, precision: str) -> None:
          f"{'per-channel' if d['preset']['per_channel'] else 'per-tensor'}; agreement with fp32 {p.get('agreement', nan):.4f}, "
          f"top-1 {d.get('val_top1_int8', nan):.4f} (fp32 {d.get('val_top1_fp32', nan):.4f}, "
          f"budget {d['budget']['max_top1_drop']:.4f}); {d['num_excluded_nodes']} node(s) kept in float")
+    reason = ((d.get("budget") or {}).get("judgement") or {}).get("reason")
+    if reason:  # why the budget holds or not (e.g. decided on logit fidelity when one image is worth more than the budget)
+        info(f"budget: {reason}")
 
 
 def built_mobile(bundle: Path, made: list, target_name: str) -> None:

@@ -228,7 +228,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         if chosen["parity"]["agreement"] < TOLERANCES["int8"]["min_agreement"]:
             log(f"[yellow]INT8 agreement with fp32 {chosen['parity']['agreement']:.4f} is below "
                 f"{TOLERANCES['int8']['min_agreement']}")
-        log(f"INT8 vs fp32 ONNX on {chosen['parity']['num_samples']} held-out images: agreement {chosen['parity']['agreement']:.4f}"
+        log(f"INT8 vs fp32 ONNX on {chosen['parity']['num_samples']} validation images (the split that decides INT8): agreement {chosen['parity']['agreement']:.4f}"
             + (f", top-1 {chosen['top1_int8']:.4f} vs {chosen['top1_fp32']:.4f}" if parity_y is not None else ""))
     if budget is not None:
         details["budget"] = {"max_top1_drop": budget.max_top1_drop, "max_steps": budget.max_steps,
