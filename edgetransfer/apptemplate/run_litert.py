@@ -16,7 +16,10 @@ def make_infer(model, cfg):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         from tflite_runtime.interpreter import Interpreter
-    it = Interpreter(model_path=model, num_threads=cfg.get("threads") or None)
+    threads = cfg.get("threads") or None
+    if threads and hasattr(os, "sched_getaffinity"):  # the target's count, never more than this process may use
+        threads = min(threads, len(os.sched_getaffinity(0)))
+    it = Interpreter(model_path=model, num_threads=threads)
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     nhwc = len(inp["shape"]) == 4 and inp["shape"][-1] == 3

@@ -12,6 +12,8 @@ def make_infer(model, cfg):
 
     so = ort.SessionOptions()
     threads = cfg.get("threads") or 0
+    if threads and hasattr(os, "sched_getaffinity"):  # the target's count, never more than this process may use
+        threads = min(threads, len(os.sched_getaffinity(0)))
     if threads:
         so.intra_op_num_threads = threads
     providers = [p for p in cfg.get("providers") or [] if p in ort.get_available_providers()] or ["CPUExecutionProvider"]

@@ -115,6 +115,14 @@ def built_engine(bundle: Path, m, precision: str, reused: bool) -> None:
 
 # -- checks ---------------------------------------------------------------------------------------
 
+def _tolerance(tol: dict[str, Any] | None) -> str:
+    """The selftest row's logit tolerance; an INT8 row has none (judged by the sample-sized flip gate)."""
+    if not tol:
+        return "—"
+    m = tol.get("max_abs")
+    return "flip gate" if m is None or m == float("inf") else f"{m:.0e}"
+
+
 def selftest(bundle: Path, res: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(res)
@@ -125,7 +133,7 @@ def selftest(bundle: Path, res: dict[str, Any], as_json: bool) -> None:
     for r in res["rows"]:
         t.add_row(r["name"], r["precision"], r["runtime"], r["status"],
                   f"{r['max_abs']:.2e}" if r.get("max_abs") is not None else "—",
-                  f"{r['tolerance']['max_abs']:.0e}" if r.get("tolerance") else "—",
+                  _tolerance(r.get("tolerance")),
                   f"{r['agreement']:.3f}" if r.get("agreement") is not None else "—", escape((r.get("error") or "")[:90]))
     con = out()
     con.print(t)
