@@ -185,8 +185,9 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     if m.details.get("status") == "budget_exceeded":
         bd = m.details["budget"]
         raise BudgetExceededError(
-            f"{m.file}: top-1 drop {bd['top1_drop']:.4f} vs fp32 ONNX exceeds the budget {bd['max_top1_drop']:.4f} after "
-            f"{len(bd['steps']) - 1} exclusion step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
+            f"{m.file}: no quantizer rung holds the budget: it exceeds the budget {bd['max_top1_drop']:.4f} (top-1 drop "
+            f"{bd['top1_drop']:+.4f} vs fp32 ONNX on val; {(bd.get('judgement') or {}).get('reason') or 'see the manifest'}) after "
+            f"{len(bd['steps']) - 1} step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
             "written with status budget_exceeded. Raise --max-steps, relax --max-accuracy-drop, try another calibration "
             "recipe (--calibration), or ship the fp32 model")
     return m
