@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .stats import decisive_mask
+
 GATE_FAILED = "gate_failed"  # the artifact status a failing gate writes (edgetransfer.types.Status.GATE_FAILED)
 
 
@@ -58,11 +60,6 @@ class GateResult:
         return {"gate": self.name, "passed": self.passed, "reason": self.reason, **self.figures}
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def flip_gate(reference: np.ndarray, candidate: np.ndarray, *, name: str, spec: GateSpec = DEFAULT_GATE) -> GateResult:
     """Whether ``candidate`` logits (float (N, C)) compute the same function as ``reference``'s
     on the same N inputs (rule in the module docstring). Never raises for a failing candidate;
@@ -74,9 +71,7 @@ def flip_gate(reference: np.ndarray, candidate: np.ndarray, *, name: str, spec: 
     if not np.isfinite(cand).all():
         return GateResult(name, False, f"{name}: NaN or inf in the candidate's outputs on {n} images",
                           {"images": n, "spec": spec.to_dict()})
-    p = _softmax(ref) if n else ref
-    top2 = np.sort(p, 1)[:, -2:] if n and ref.shape[1] > 1 else np.zeros((n, 2))
-    decisive = (top2[:, 1] - top2[:, 0]) >= spec.decisive_margin
+    decisive = decisive_mask(ref, spec.decisive_margin) if n else np.zeros(0, bool)
     flips = ref.argmax(1) != cand.argmax(1) if n else np.zeros(0, bool)
     nd, df = int(decisive.sum()), int((flips & decisive).sum())
     allowed = max(spec.min_allowed_flips, int(np.floor(spec.max_flip_share * nd + 1e-9)))

@@ -131,6 +131,14 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+def decisive_mask(ref: np.ndarray, margin: float) -> np.ndarray:
+    """bool (N,): images whose reference softmax margin (top-1 minus top-2 probability) of the
+    float (N, C) logits ``ref`` is at least ``margin`` (one class: every image is decisive)."""
+    pr = _softmax(ref)
+    top2 = np.sort(pr, 1)[:, -2:] if pr.shape[1] > 1 else np.concatenate([np.zeros_like(pr), pr], 1)
+    return (top2[:, 1] - top2[:, 0]) >= margin
+
+
 @dataclass(frozen=True)
 class FidelityThresholds:
     """Logit-level fidelity a candidate must keep when its split is too small to resolve a top-1
@@ -164,8 +172,7 @@ def logit_fidelity(ref: np.ndarray, cand: np.ndarray, decisive_margin: float = F
         return {"images": 0, "agreement": float("nan"), "decisive_images": 0, "decisive_agreement": float("nan"),
                 "mean_kl": float("nan"), "mean_cosine": float("nan")}
     pr, pc = _softmax(ref), _softmax(cand)
-    top2 = np.sort(pr, 1)[:, -2:] if pr.shape[1] > 1 else np.concatenate([np.zeros_like(pr), pr], 1)
-    decisive = (top2[:, 1] - top2[:, 0]) >= decisive_margin
+    decisive = decisive_mask(ref, decisive_margin)
     same = ref.argmax(1) == cand.argmax(1)
     kl = (pr * (np.log(np.clip(pr, 1e-300, None)) - np.log(np.clip(pc, 1e-300, None)))).sum(1)
     cos = (ref * cand).sum(1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1), 1e-300)
