@@ -41,6 +41,8 @@ HF_PROCESSORS = {
 @pytest.mark.parametrize("name", list(HF_PROCESSORS))
 def test_hf_image_processor_parity(photos, name):
     tr = pytest.importorskip("transformers")
+    if int(tr.__version__.split(".")[0]) >= 5:
+        pytest.skip("transformers " + tr.__version__ + " is not the hf extra's 4.57.6 (the mobile extras bring transformers 5 for litert-torch); the hf tests run in make test's venv: pip install 'edgetransfer[hf]'")
     cls, kw = HF_PROCESSORS[name]
     proc = getattr(tr, cls)(**kw)
     spec = from_hf_processor(proc.to_dict())
@@ -92,6 +94,8 @@ def test_torchvision_weights_transform_parity(photos, name, weights):
 
 def test_hf_processor_crop_larger_than_resize_is_refused():
     tr = pytest.importorskip("transformers")
+    if int(tr.__version__.split(".")[0]) >= 5:
+        pytest.skip("transformers " + tr.__version__ + " is not the hf extra's 4.57.6 (the mobile extras bring transformers 5 for litert-torch); the hf tests run in make test's venv: pip install 'edgetransfer[hf]'")
     from edgetransfer.errors import ModelSourceError
 
     with pytest.raises(ModelSourceError, match="larger than the resized image"):
