@@ -102,6 +102,23 @@ def test_judge_resolvable_split_paired_rule():
     assert 0 < j.figures["drop_interval95"][0] < j.figures["drop"] < j.figures["drop_interval95"][1]
 
 
+def test_judge_paired_bound_needs_fidelity_too():
+    """INT8 that gains 60 images and loses 30 others is shown non-inferior by the paired bound, but
+    at 92.5 % agreement it is not the fp32 model: it must not hold (digits in session 4: +1.4 pt on
+    val at 96.7 % agreement, -1.7 pt on test)."""
+    y = np.arange(1200) % 4
+    ref = _logits(y, 4)
+    wrong = np.arange(0, 1200, 20)[:60]
+    ref[wrong] = np.roll(ref[wrong], 1, axis=1)  # fp32 wrong on 60 images
+    cand = _logits(y, 4)  # ... which the candidate gets right
+    lose = np.arange(10, 1200, 40)[:30]
+    cand[lose] = np.roll(cand[lose], 1, axis=1)  # and 30 others it gets wrong
+    j = budget_judge(ref, cand, y, 0.005)
+    assert j.decided_by == "paired" and j.figures["drop"] == pytest.approx(-30 / 1200)
+    assert j.figures["drop_interval95"][1] < 0.005 and j.figures["lost"] == 30 and j.figures["gained"] == 60
+    assert not j.holds and "logit fidelity fails" in j.reason, j.reason
+
+
 def test_judge_worst_class_bound():
     y = np.arange(400) % 4
     ref = _logits(y, 4, margin=2.0)

@@ -101,13 +101,15 @@ def test_ladder_records_every_rung_and_falls_back_to_float_last(data, sensitive,
     d = m.details
     b = d["budget"]
     assert d["status"] == "ok" and b["held"] and b["top1_drop"] == 0.0
-    # every rung, cheapest first, with its figures and seconds; none of a-c can save the outlier
+    # every rung with its figures and seconds: a-c all measured (same graph, same speed), bias correction
+    # of each rung-a candidate; none of a-c can save the outlier, so the float fallback runs
     rungs = [r["rung"] for r in d["ladder"]]
-    assert rungs == ["a:ranges:minmax", "a:ranges:mse", "b:equalize", "c:bias_correction", "d:adaround",
-                     "e:float_fallback:1"], rungs
+    assert rungs == ["a:ranges:minmax", "a:ranges:mse", "b:equalize", "c:bias_correction:minmax",
+                     "c:bias_correction:mse", "d:adaround", "e:float_fallback:1"], rungs
     assert all("seconds" in r for r in d["ladder"])
     assert d["ladder"][2]["skipped"] == "no depthwise convolutions"
-    for r in d["ladder"][:4:3] + d["ladder"][1:2]:
+    assert d["ladder"][3]["based_on"] == "a:ranges:minmax" and d["ladder"][4]["based_on"] == "a:ranges:mse"
+    for r in d["ladder"][:2] + d["ladder"][3:5]:
         assert r["top1_drop"] == 0.5 and not r["holds"] and r["num_excluded_nodes"] == 0 and "judgement" in r
     fb = d["ladder"][-1]
     assert fb["holds"] and d["chosen_rung"] == "e:float_fallback:1"
@@ -349,3 +351,20 @@ def test_a_failing_on_off_gate_writes_the_model_with_gate_failed_and_exit_3(data
     man = json.loads((bundle / "model.int8.qdq.onnx.json").read_text())
     assert man["details"]["status"] == "gate_failed" and "on vs off: failed" in man["details"]["gate_failed_reason"]
     assert man["details"]["optimizations_on_off"]["passed"] is False
+
+
+def test_free_rungs_are_all_measured_and_the_best_fidelity_holding_one_is_chosen(data, tmp_path):
+    """Rungs a-c cost no speed: every one is measured, and the chosen file is the holding candidate
+    with the lowest mean KL vs fp32 on val, not merely the first that holds."""
+    p = tmp_path / "benign" / "model.onnx"
+    write_onnx(sensitive_model(outlier=1.0), p)  # no outlier: every candidate holds
+    m = qdq_int8_from_onnx(p, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.005))
+    d = m.details
+    cands = [r for r in d["ladder"] if "judgement" in r]
+    assert [r["rung"] for r in cands] == ["a:ranges:minmax", "a:ranges:mse", "c:bias_correction:minmax",
+                                          "c:bias_correction:mse"]
+    assert all(r["holds"] for r in cands) and d["status"] == "ok"
+    kl = {r["rung"]: r["judgement"]["fidelity"]["mean_kl"] for r in cands}
+    assert d["chosen_rung"] == min(kl, key=kl.get), kl
+    assert not any(r["rung"].startswith(("d:", "e:")) for r in d["ladder"])  # nothing costly ran
