@@ -257,6 +257,12 @@ class Ladder:
         if self.cfg.qat == "off":
             self.rungs.append({"rung": "f:qat", "skipped": "off (LadderConfig.qat)", "seconds": 0.0})
             return
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # an export-only install: the rung needs the trainer's torch
+            self.rungs.append({"rung": "f:qat", "skipped": "torch is not installed (pip install 'edgetransfer[train]')",
+                               "seconds": 0.0})
+            return
         best = self.best()
         s0 = time.perf_counter()
         out = self.td / f"qat{len(self.rungs)}.onnx"
