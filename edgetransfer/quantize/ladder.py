@@ -63,13 +63,15 @@ class LadderConfig:
     """``estimators``: range estimators tried after the recipe's method (rung a);
     ``equalize``: ``auto`` / ``on`` / ``off`` (rung b); ``bias_correction`` (rung c);
     ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %);
-    ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``."""
+    ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``; ``qat_nodes``: the
+    number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"
     bias_correction: bool = True
     max_float_share: float = 0.05
     qat: str = "auto"
+    qat_nodes: int = 2
 
     def __post_init__(self) -> None:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
@@ -252,7 +254,7 @@ class Ladder:
         """Rung f (:mod:`~edgetransfer.quantize.qat`): the best candidate's classifier head
         fine-tuned with fake quantization on its own INT8 features of the calibration images."""
         from ..runtime.ort import onnx_logits
-        from .qat import head_parity, qat_head, strip_private
+        from .qat import head_parity, qat_tail, strip_private
 
         if self.cfg.qat == "off":
             self.rungs.append({"rung": "f:qat", "skipped": "off (LadderConfig.qat)", "seconds": 0.0})
@@ -266,8 +268,8 @@ class Ladder:
         best = self.best()
         s0 = time.perf_counter()
         out = self.td / f"qat{len(self.rungs)}.onnx"
-        summary = qat_head(best["_float"], best["_path"], self.calib_x, onnx_logits(self.pre, self.calib_x),
-                           self.input_name, out)
+        summary = qat_tail(best["_float"], best["_path"], self.calib_x, onnx_logits(self.pre, self.calib_x),
+                           self.input_name, out, qat_nodes=self.cfg.qat_nodes)
         if "skipped" in summary:
             self.rungs.append({"rung": "f:qat", **summary, "seconds": time.perf_counter() - s0})
             return

@@ -33,6 +33,19 @@ gradients; Hinton et al. 2015 distillation loss):
 
 Only the Gemm head (transA 0) is tuned; a model without one (or with a MatMul head) is skipped
 with the reason. Test and validation images never reach this rung: it trains on ``calib_x``.
+
+:func:`qat_tail` (what the ladder runs, ``LadderConfig.qat_nodes``, default 2 = EfficientNet-Lite0's
+1x1 conv_head + the classifier Gemm) generalizes the head to the TAIL after a cut tensor: the input
+of the last K weighted nodes in the pre-processed fp32 graph, when every tail op maps to torch
+(:data:`TAIL_OPS`). The cut tensor's DequantizeLinear output in the QDQ candidate is the feature
+cache (one forward pass of the frozen quantized part); the tail runs in torch with per-channel
+fake-quantized weights (the rule above, along ORT's channel axis) and per-tensor fake-quantized
+activations at the candidate's own fixed (calibrated) scales and zero points, wherever the QDQ
+model quantizes a tail tensor. Why fixed scales: the re-quantization reuses the candidate's ranges
+file, so the trained tail sees at inference exactly the grid it was trained on. Adam with a
+cosine-decayed lr (1e-4: Adam's steps are ~lr per element whatever the input scale, and the
+conv_head's inputs reach tens) over minibatches of the cache; weights written back as grid values,
+biases as float, parity as for the head.
 """
 
 from __future__ import annotations
@@ -172,3 +185,205 @@ def head_parity(qdq_path: Path, summary: dict, calib_x: np.ndarray, input_name: 
 
 def strip_private(summary: dict) -> dict:
     return {k: v for k, v in copy.copy(summary).items() if not k.startswith("_")}
+
+
+TAIL_OPS = ("Conv", "Relu", "Clip", "Add", "GlobalAveragePool", "Flatten", "Reshape", "Gemm", "MatMul")
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+
+
+def _attrs(n) -> dict:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+
+def find_tail(float_model, qat_nodes: int):
+    """(cut tensor name, tail nodes) for the last ``qat_nodes`` weighted nodes (Conv/Gemm/MatMul
+    with an initializer weight) of the topologically sorted ``float_model``; the tail is every node
+    from the first of them to the end. Returns (None, reason) when an op outside :data:`TAIL_OPS`
+    or an input from before the cut (other than the cut tensor and initializers) is in the tail."""
+    inits = {i.name for i in float_model.graph.initializer}
+    nodes = list(float_model.graph.node)
+    idx = [k for k, n in enumerate(nodes) if n.op_type in WEIGHTED and len(n.input) > 1 and n.input[1] in inits]
+    if len(idx) < qat_nodes or qat_nodes < 1:
+        return None, f"fewer than {qat_nodes} weighted nodes with initializer weights"
+    tail = nodes[idx[-qat_nodes]:]
+    cut = tail[0].input[0]
+    have = {cut} | inits
+    for n in tail:
+        if n.op_type not in TAIL_OPS:
+            return None, f"tail op {n.op_type} ({n.name}) has no torch mapping here (mapped: {', '.join(TAIL_OPS)})"
+        if n.op_type == "Gemm" and _attrs(n).get("transA"):
+            return None, f"Gemm {n.name} with transA"
+        miss = [i for i in n.input if i and i not in have]
+        if miss:
+            return None, f"tail node {n.name} reads {miss} from before the cut {cut!r}"
+        have.update(n.output)
+    return cut, tail
+
+
+def _wq_axis(n) -> int:
+    """The output-channel axis of the stored weight: ORT's per-channel axis (Conv 0, Gemm transB 0,
+    Gemm transB 1 / MatMul (K, C) the columns)."""
+    if n.op_type == "Conv" or (n.op_type == "Gemm" and _attrs(n).get("transB")):
+        return 0
+    return 1
+
+
+def _fq_weight(w, axis: int):
+    """Symmetric per-channel INT8 fake quantization along ``axis``: scale max|w|/127, [-127, 127]."""
+    import torch
+
+    red = [d for d in range(w.dim()) if d != axis]
+    scale = (w.detach().abs().amax(red) / 127).clamp_min(1e-12)
+    return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(w.shape[axis], dtype=torch.int32), axis, -127, 127)
+
+
+def act_qparams(qdq_model) -> dict:
+    """{float tensor: (scale, zero point, qmin, qmax)} of every per-tensor QuantizeLinear of the QDQ
+    model whose scale and zero point are initializers (the calibrated activation ranges)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in qdq_model.graph.initializer}
+    out = {}
+    for n in qdq_model.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) >= 3 and n.input[1] in inits and n.input[2] in inits:
+            s, z = numpy_helper.to_array(inits[n.input[1]]), numpy_helper.to_array(inits[n.input[2]])
+            if s.size == 1:
+                lo, hi = (-128, 127) if z.dtype == np.int8 else (0, 255)
+                out[n.input[0]] = (float(s.reshape(())), int(z.reshape(())), lo, hi)
+    return out
+
+
+def run_tail(tail, cut: str, feats, params: dict, consts: dict, aq: dict, fake_quant: bool = True):
+    """The tail on ``feats`` (torch float32, the cut tensor's batch) in torch: ``params`` trainable
+    weights/biases by initializer name, ``consts`` other initializers (numpy), ``aq`` activation
+    quantization of :func:`act_qparams` applied to every tail tensor the QDQ model quantizes."""
+    import torch
+    import torch.nn.functional as F
+
+    env = {cut: feats}
+
+    def val(name):
+        if name in env:
+            return env[name]
+        if name in params:
+            a = params[name]
+            return a
+        return torch.from_numpy(np.array(consts[name]))
+
+    for n in tail:
+        a, ins = _attrs(n), [val(i) if i else None for i in n.input]
+        if n.op_type in WEIGHTED and fake_quant and n.input[1] in params:
+            ins[1] = _fq_weight(ins[1], _wq_axis(n))
+        if n.op_type == "Conv":
+            pads = list(a.get("pads", [0, 0, 0, 0]))
+            x = ins[0]
+            if pads[:2] != pads[2:]:
+                x, pads = F.pad(x, (pads[1], pads[3], pads[0], pads[2])), [0, 0]
+            y = F.conv2d(x, ins[1], ins[2] if len(ins) > 2 else None, tuple(a.get("strides", [1, 1])), tuple(pads[:2]),
+                         tuple(a.get("dilations", [1, 1])), int(a.get("group", 1)))
+        elif n.op_type == "Relu":
+            y = torch.relu(ins[0])
+        elif n.op_type == "Clip":
+            lo = ins[1] if len(ins) > 1 and ins[1] is not None else a.get("min", -np.inf)
+            hi = ins[2] if len(ins) > 2 and ins[2] is not None else a.get("max", np.inf)
+            y = torch.clamp(ins[0], float(lo), float(hi))
+        elif n.op_type == "Add":
+            y = ins[0] + ins[1]
+        elif n.op_type == "GlobalAveragePool":
+            y = ins[0].mean((2, 3), keepdim=True)
+        elif n.op_type == "Flatten":
+            ax = int(a.get("axis", 1))
+            y = ins[0].reshape(int(np.prod(ins[0].shape[:ax])), -1)
+        elif n.op_type == "Reshape":
+            shape = [int(s) for s in np.asarray(ins[1].numpy() if torch.is_tensor(ins[1]) else ins[1])]
+            shape = [ins[0].shape[k] if s == 0 else s for k, s in enumerate(shape)]
+            y = ins[0].reshape(shape)
+        elif n.op_type == "Gemm":
+            w = ins[1].T if a.get("transB") else ins[1]
+            y = float(a.get("alpha", 1.0)) * ins[0] @ w
+            if len(ins) > 2 and ins[2] is not None:
+                y = y + float(a.get("beta", 1.0)) * ins[2]
+        else:  # MatMul
+            y = ins[0] @ ins[1]
+        o = n.output[0]
+        if fake_quant and o in aq:
+            s, z, lo, hi = aq[o]
+            y = torch.fake_quantize_per_tensor_affine(y, s, z, lo, hi)
+        env[o] = y
+    return env
+
+
+def qat_tail(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits: np.ndarray, input_name: str,
+             out_float: Path, *, qat_nodes: int = 2, steps: int = 300, lr: float = 1e-4, l2: float = 1e-2,
+             batch: int = 32, labels: np.ndarray | None = None, ce: float = 0.0, seed: int = 0) -> dict:
+    """Write ``out_float``: ``float_path`` with the weights and biases of its tail (the last
+    ``qat_nodes`` weighted nodes and everything after them, see :func:`find_tail`) trained with
+    fake quantization (weights per channel, activations with the QDQ candidate's fixed calibrated
+    scales) on the cut tensor's values the QDQ candidate ``qdq_path`` computes for ``calib_x``
+    (float32 (N, 3, S, S), TRAINING images only), distilled from ``fp32_logits`` float32 (N, C);
+    optional CE on ``labels`` int (N,) with weight ``ce``. Adam, minibatches of ``batch``, L2 pull
+    ``l2`` (per element, mean) to the float weights. Returns the summary as :func:`qat_head`."""
+    onnx = require("onnx", "export")
+    torch = require("torch", "train", "QAT")
+    from onnx import numpy_helper
+
+    t0 = time.perf_counter()
+    fm = onnx.load(str(float_path))
+    cut, tail = find_tail(fm, qat_nodes)
+    if cut is None:
+        return {"skipped": tail}
+    qm = onnx.load(str(qdq_path), load_external_data=False)
+    qnode = next((n for n in qm.graph.node if n.name == tail[0].name), None)
+    if qnode is None:
+        return {"skipped": f"tail node {tail[0].name!r} not found in the QDQ candidate"}
+    feat_name = qnode.input[0]
+    (feats,) = exposed_outputs(qdq_path, [feat_name], calib_x, input_name)
+    inits = {i.name: numpy_helper.to_array(i) for i in fm.graph.initializer}
+    train = [i for n in tail if n.op_type in WEIGHTED for i in n.input[1:3] if i in inits]
+    params = {k: torch.from_numpy(inits[k].astype(np.float32).copy()).requires_grad_(True) for k in train}
+    p0 = {k: v.detach().clone() for k, v in params.items()}
+    consts = {k: v for k, v in inits.items() if k not in params}
+    aq = act_qparams(qm)
+    out_name = tail[-1].output[0]
+    torch.manual_seed(seed)
+    f = torch.from_numpy(feats)
+    p = torch.softmax(torch.from_numpy(np.asarray(fp32_logits, np.float32)), 1)
+    yl = None if labels is None else torch.from_numpy(np.asarray(labels, np.int64))
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))  # decays to 0: no Adam jitter at the end
+
+    def kl_of(idx=None):
+        fi, pi = (f, p) if idx is None else (f[idx], p[idx])
+        z = run_tail(tail, cut, fi, params, consts, aq)[out_name].reshape(len(fi), -1)
+        kl = torch.nn.functional.kl_div(torch.log_softmax(z, 1), pi, reduction="batchmean")
+        if ce and yl is not None:
+            kl = kl + ce * torch.nn.functional.cross_entropy(z, yl if idx is None else yl[idx])
+        return kl, z
+
+    with torch.no_grad():
+        kl0 = float(kl_of()[0])
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(f), generator=g)[:batch]
+        opt.zero_grad()
+        kl, _ = kl_of(idx)
+        (kl + l2 * sum(((params[k] - p0[k]) ** 2).mean() for k in params)).backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        kl1, z = kl_of()
+        for n in tail:
+            if n.op_type in WEIGHTED and n.input[1] in params:
+                params[n.input[1]].copy_(_fq_weight(params[n.input[1]], _wq_axis(n)))  # grid values s * q
+    for init in list(fm.graph.initializer):
+        if init.name in params:
+            fm.graph.initializer.remove(init)
+            fm.graph.initializer.append(numpy_helper.from_array(params[init.name].detach().numpy().astype(np.float32), init.name))
+    onnx.save_model(fm, str(out_float))
+    return {"head": tail[-1].name, "tail": [n.name for n in tail], "qat_nodes": qat_nodes, "features": feat_name,
+            "images": int(len(feats)), "steps": steps, "lr": lr, "l2": l2, "batch": batch, "ce": ce,
+            "fake_quant_activations": sorted(set(aq) & {o for n in tail for o in n.output}),
+            "kl_before": kl0, "kl_after": float(kl1), "seconds": time.perf_counter() - t0,
+            "_feats": feats, "_torch_logits": z.numpy().astype(np.float32)}

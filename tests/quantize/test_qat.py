@@ -88,3 +88,44 @@ def test_ladder_records_the_qat_rung_with_its_parity(setup, tmp_path):
                              parity_x=setup["vx"], parity_y=setup["vy"], budget=AccuracyBudget(0.005, max_steps=0),
                              ladder=LadderConfig(qat="off"))
     assert [r for r in off.details["ladder"] if r["rung"] == "f:qat"][0]["skipped"].startswith("off")
+
+
+def test_qat_tail_of_two_weighted_nodes(setup, tmp_path):
+    """qat_nodes=2 on the tiny net: conv2 -> pool -> flatten -> fc trained on conv2's INT8 input."""
+    from edgetransfer.quantize.qat import exposed_outputs, find_tail, run_tail
+    import torch
+
+    pre, q, ranges = _plain_qdq(setup, tmp_path)
+    fm = onnx.load(str(pre))
+    cut, tail = find_tail(fm, 2)
+    assert cut == "m" and [n.name for n in tail] == ["conv2", "pool", "flatten", "fc"], (cut, tail)
+    # the torch mapping of the tail without fake quantization reproduces the float graph on float features
+    (mf, lf) = exposed_outputs(pre, ["m", "logits"], setup["cx"], "input")
+    inits = {i.name: numpy_helper.to_array(i) for i in fm.graph.initializer}
+    zt = run_tail(tail, cut, torch.from_numpy(mf), {}, inits, {}, fake_quant=False)["logits"].numpy()
+    assert np.abs(zt - lf).max() < 1e-4, np.abs(zt - lf).max()
+    ref = onnx_logits(pre, setup["cx"])
+    out = tmp_path / "qat2.onnx"
+    from edgetransfer.quantize.qat import qat_tail
+
+    s = qat_tail(pre, q, setup["cx"], ref, "input", out, qat_nodes=2, steps=200, lr=1e-4, batch=16)
+    assert s["tail"] == ["conv2", "pool", "flatten", "fc"] and s["images"] == 16
+    assert s["fake_quant_activations"] == ["f", "h", "p"], s  # the candidate's fixed calibrated scales
+    assert s["kl_after"] < 0.75 * s["kl_before"], s  # measured 9.4e-5 -> 5.4e-5
+    q2 = tmp_path / "q2.onnx"
+    quantize_with_ranges(out, q2, ranges, QuantizationPreset(), RECIPE)
+    # every trained weight is re-quantized by ORT to exactly the integers the torch fake-quant used
+    fo = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    qi = [numpy_helper.to_array(i) for i in onnx.load(str(q2)).graph.initializer]
+    for name, axis in (("w2", 0), ("w_fc", 0)):
+        w = fo[name]
+        red = tuple(d for d in range(w.ndim) if d != axis)
+        sc = np.abs(w).max(red, keepdims=True) / 127
+        qint = np.rint(w / np.where(sc == 0, 1, sc)).astype(np.int64)
+        assert any(a.dtype == np.int8 and a.shape == w.shape and np.array_equal(a.astype(np.int64), qint) for a in qi), name
+    par = head_parity(q2, s, setup["cx"], "input")
+    assert par["passed"] and par["agreement"] == 1.0, par
+    rv = onnx_logits(pre, setup["vx"])
+    err0 = float(((onnx_logits(q, setup["vx"]) - rv) ** 2).mean())
+    err1 = float(((onnx_logits(q2, setup["vx"]) - rv) ** 2).mean())
+    assert err1 < err0, (err0, err1)
