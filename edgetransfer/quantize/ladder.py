@@ -17,7 +17,10 @@ e. float fallback: quantization units ranked by the logit error each adds alone
    measured here)); 1, 2, 4, ... units cumulatively, never more than
    :attr:`LadderConfig.max_float_share` of the compute nodes; each step quantized from the
    uncorrected float model and bias-corrected again (a layer kept in float must lose the
-   correction made for its rounding, and its neighbours' shifts change).
+   correction made for its rounding, and its neighbours' shifts change);
+f. QAT of the classifier head on the best candidate's own INT8 features of the calibration
+   images (:mod:`~edgetransfer.quantize.qat`), parity-checked against the fake-quantized torch
+   head.
 
 Which candidate is chosen. Rungs a-c give files of the same graph (same nodes quantized, same
 speed) and cost seconds, so ALL of them are measured, and the chosen one is the candidate that
@@ -25,7 +28,7 @@ holds with the best logit fidelity (lowest mean KL vs fp32 on val). Stopping at 
 holds would let one borderline validation image pick the file (hymenoptera, 76 val images:
 minmax held on val and lost 1 of 77 test images; its bias-corrected sibling, KL 0.0001 vs
 0.0002, lost none; measured 2026-12-02). The rungs that cost speed or minutes (d, e) run only
-when none of a-c holds, and stop at the first step that holds.
+when none of a-c holds, and stop at the first step that holds; f runs last.
 
 Rungs a-c act on the fp32 ONNX graph (after ``quant_pre_process``: BN folded) rather than on
 the PyTorch model: the same code then serves every model the export stage can write, and the
@@ -59,17 +62,21 @@ from .ranges import ESTIMATORS
 class LadderConfig:
     """``estimators``: range estimators tried after the recipe's method (rung a);
     ``equalize``: ``auto`` / ``on`` / ``off`` (rung b); ``bias_correction`` (rung c);
-    ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %)."""
+    ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %);
+    ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"
     bias_correction: bool = True
     max_float_share: float = 0.05
+    qat: str = "auto"
 
     def __post_init__(self) -> None:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
         if bad:
             raise ConfigError(f"unknown range estimator(s) {bad}; known: {', '.join(ESTIMATORS)}")
+        if self.qat not in ("auto", "on", "off"):
+            raise ConfigError(f"qat must be auto, on or off (got {self.qat!r})")
         if self.equalize not in ("auto", "on", "off"):
             raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
         if not 0.0 <= self.max_float_share <= 1.0:
@@ -82,6 +89,8 @@ class LadderConfig:
 def _score(r: dict) -> tuple:
     """Larger is better: holds, then lower mean KL vs fp32 (the logit fidelity: a smoother measure
     than a top-1 drop of a few images), higher agreement, smaller top-1 drop."""
+    if r.get("_score_penalty"):  # e.g. a QAT head that failed its parity check: never chosen
+        return (False, float("-inf"), 0.0, float("-inf"))
     j = r.get("judgement") or {}
     kl = j.get("fidelity", {}).get("mean_kl")
     if kl is None or kl != kl:  # no budget (figures only) or no labels: nothing to rank on
@@ -235,7 +244,42 @@ class Ladder:
             self.rungs.append({"rung": "d:adaround", "skipped": "not implemented in this version", "seconds": 0.0})
         if not self.done():
             self.rung_fallback(sens_images)
+        if not self.done() or self.cfg.qat != "auto":  # "off" is recorded as skipped
+            self.rung_qat()
         return self.best()
+
+    def rung_qat(self) -> None:
+        """Rung f (:mod:`~edgetransfer.quantize.qat`): the best candidate's classifier head
+        fine-tuned with fake quantization on its own INT8 features of the calibration images."""
+        from ..runtime.ort import onnx_logits
+        from .qat import head_parity, qat_head, strip_private
+
+        if self.cfg.qat == "off":
+            self.rungs.append({"rung": "f:qat", "skipped": "off (LadderConfig.qat)", "seconds": 0.0})
+            return
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # an export-only install: the rung needs the trainer's torch
+            self.rungs.append({"rung": "f:qat", "skipped": "torch is not installed (pip install 'edgetransfer[train]')",
+                               "seconds": 0.0})
+            return
+        best = self.best()
+        s0 = time.perf_counter()
+        out = self.td / f"qat{len(self.rungs)}.onnx"
+        summary = qat_head(best["_float"], best["_path"], self.calib_x, onnx_logits(self.pre, self.calib_x),
+                           self.input_name, out)
+        if "skipped" in summary:
+            self.rungs.append({"rung": "f:qat", **summary, "seconds": time.perf_counter() - s0})
+            return
+        r = self.candidate("f:qat", out, best["_ranges"], best["excluded_nodes"], estimator=best.get("estimator"),
+                           based_on=best["rung"], qat=strip_private(summary), prep_seconds=time.perf_counter() - s0,
+                           **({"_base": best["_base"]} if "_base" in best else {}))
+        r["qat"]["parity"] = par = head_parity(r["_path"], summary, self.calib_x, self.input_name)
+        if not par["passed"]:
+            r["holds"] = False
+            r["qat_failed"] = (f"QDQ head vs fake-quantized torch head: max |diff| {par['rel_diff']:.3%} of the mean "
+                               f"|logit| > {par['tolerance']:.0%}")
+            r["_score_penalty"] = True
 
     def rung_equalize(self) -> dict | None:
         from .equalize import channel_min, equalize

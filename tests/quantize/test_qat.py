@@ -1,0 +1,90 @@
+"""Rung f, QAT of the classifier head (edgetransfer/quantize/qat.py), on tiny ONNX models."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
+from edgetransfer.quantize.calibration import CalibrationRecipe  # noqa: E402
+from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx  # noqa: E402
+from edgetransfer.quantize.ladder import LadderConfig  # noqa: E402
+from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges  # noqa: E402
+from edgetransfer.quantize.qat import head_parity, qat_head  # noqa: E402
+from edgetransfer.runtime.ort import onnx_logits  # noqa: E402
+from edgetransfer.targets import QuantizationPreset  # noqa: E402
+
+from ..fixtures.images import make_image_folder  # noqa: E402
+from ..fixtures.onnx_models import SPEC, sensitive_model, write_onnx  # noqa: E402
+
+RECIPE = CalibrationRecipe(num_samples=16, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("qat")
+    tr = make_image_folder(root / "train", per_class=8, seed=1)
+    va = make_image_folder(root / "val", per_class=8, seed=2)
+    cx, _ = load_arrays(scan_image_folder(tr).samples, SPEC)
+    vx, vy = load_arrays(scan_image_folder(va).samples, SPEC)
+    p = root / "m" / "model.onnx"
+    write_onnx(sensitive_model(outlier=300.0), p)  # an outlier that coarsens, not destroys, the RGB channels
+    return {"root": root, "cx": cx, "vx": vx, "vy": vy, "model": p}
+
+
+def _plain_qdq(setup, tmp_path):
+    """The pre-processed float model and its minmax QDQ file (ranges from ORT's calibrator)."""
+    from edgetransfer.quantize.calibration import cached_ranges
+    from edgetransfer.quantize.ort_qdq import op_types_to_quantize
+
+    pre = tmp_path / "pre.onnx"
+    preprocess(setup["model"], pre)
+    cache = cached_ranges(pre, "x", setup["cx"], "input", RECIPE, QuantizationPreset(), tmp_path / "cache", op_types_to_quantize())
+    q = tmp_path / "q.onnx"
+    quantize_with_ranges(pre, q, cache.path, QuantizationPreset(), RECIPE)
+    return pre, q, cache.path
+
+
+def test_qat_head_lowers_the_kl_and_ort_requantizes_its_weights_exactly(setup, tmp_path):
+    pre, q, ranges = _plain_qdq(setup, tmp_path)
+    ref = onnx_logits(pre, setup["cx"])
+    out = tmp_path / "qat.onnx"
+    s = qat_head(pre, q, setup["cx"], ref, "input", out, steps=200, lr=1e-2)
+    assert s["head"] == "fc" and s["images"] == len(setup["cx"]) == 16
+    assert s["kl_after"] < 0.5 * s["kl_before"], s  # the head learned to read the INT8 features
+    # the weights written back are grid values: ORT's symmetric per-channel int8 quantization gives q exactly
+    w = numpy_helper.to_array(next(i for i in onnx.load(str(out)).graph.initializer if i.name == "w_fc"))
+    scale = np.abs(w).max(1) / 127
+    qint = w / scale[:, None]
+    assert np.abs(qint - np.rint(qint)).max() < 1e-4 and np.abs(qint).max() <= 127 + 1e-4
+    q2 = tmp_path / "q2.onnx"
+    quantize_with_ranges(out, q2, ranges, QuantizationPreset(), RECIPE)
+    wq = [numpy_helper.to_array(i) for i in onnx.load(str(q2)).graph.initializer if i.name.startswith("w_fc")
+          and numpy_helper.to_array(i).dtype == np.int8 and numpy_helper.to_array(i).ndim == 2]
+    assert len(wq) == 1 and np.array_equal(wq[0].astype(np.int64), np.rint(qint).astype(np.int64))
+    par = head_parity(q2, s, setup["cx"], "input")
+    assert par["passed"] and par["agreement"] == 1.0 and par["rel_diff"] <= 0.05, par
+    # and on held-out images the re-quantized file is closer to fp32 than the starting candidate
+    rv = onnx_logits(pre, setup["vx"])
+    err0 = float(((onnx_logits(q, setup["vx"]) - rv) ** 2).mean())
+    err1 = float(((onnx_logits(q2, setup["vx"]) - rv) ** 2).mean())
+    assert err1 < err0, (err0, err1)
+
+
+def test_ladder_records_the_qat_rung_with_its_parity(setup, tmp_path):
+    m = qdq_int8_from_onnx(setup["model"], tmp_path / "q.onnx", setup["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=setup["vx"], parity_y=setup["vy"], budget=AccuracyBudget(0.005, max_steps=0),
+                           ladder=LadderConfig(qat="on"))
+    f = [r for r in m.details["ladder"] if r["rung"] == "f:qat"]
+    assert len(f) == 1 and f[0]["qat"]["parity"]["passed"] and f[0]["qat"]["images"] == 16, f[0]["qat"]["parity"]
+    assert "judgement" in f[0] and f[0]["qat"]["kl_after"] <= f[0]["qat"]["kl_before"]
+    # the calibration images are the training split's: the 16 validation images never reached the rung
+    assert f[0]["qat"]["images"] == len(setup["cx"])
+    off = qdq_int8_from_onnx(setup["model"], tmp_path / "q2.onnx", setup["cx"], QuantizationPreset(), RECIPE,
+                             parity_x=setup["vx"], parity_y=setup["vy"], budget=AccuracyBudget(0.005, max_steps=0),
+                             ladder=LadderConfig(qat="off"))
+    assert [r for r in off.details["ladder"] if r["rung"] == "f:qat"][0]["skipped"].startswith("off")
