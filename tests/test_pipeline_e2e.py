@@ -101,8 +101,10 @@ def test_stage_commands_compose_on_a_tiny_model(tmp_path):
     assert (out / "model.pt").is_file() and read_manifest(out / "model.pt").class_names == ["green", "red"]
     _cli("export", out, "--quiet")
     assert read_manifest(out / "model.onnx").details["parity"]["max_abs"] <= 1e-3
-    # the default recipe asks for 128 calibration images: a clear error, nothing written
-    p = _cli("quantize", out, "--quiet", check=False)
+    # a recipe of one's own asking for more images than train has (allow_fewer defaults to false): a clear error
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("num_samples: 128\nmethod: minmax\n")
+    p = _cli("quantize", out, "--calibration", strict, "--quiet", check=False)
     assert p.returncode == 2 and "asks for 128 images" in p.stdout + p.stderr
     assert not (out / "model.int8.qdq.onnx").exists()
     recipe = tmp_path / "small.yaml"

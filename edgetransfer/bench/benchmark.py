@@ -28,6 +28,7 @@ from ..types import Format, Precision, Runtime, Status
 from .accuracy import accuracy, predict
 from .judgement import judge_rows, recommend, split_accuracy
 from .e2e import encoded_payloads, measure_end_to_end
+from .gates_report import collect_gates
 from .latency import measure_latency
 from .memory import PeakMemory
 from .power import energy_figures, power_setup, sampling
@@ -255,6 +256,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         "budget": {"max_top1_drop": target.max_top1_drop, "judged_on": role, "rule": "edgetransfer.stats.budget_judge"},
         "recommended": recommend(results),
         "results": results,
+        "gates": collect_gates(by_name),
         "power": power_info,
         **({"sustained": sustained} if sustained else {}),
         "notes": notes,

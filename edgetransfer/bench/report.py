@@ -29,6 +29,7 @@ from ..artifacts import atomic_write_json, atomic_write_text
 from ..bundle import REPORT_JSON, REPORT_MD, REPORT_PNG
 from ..errors import ArtifactError
 from .plot import PLOT_EXTRA, matplotlib_available, pareto_front, plot_points, write_plot
+from .gates_report import gate_lines
 from .report_sections import data_lines, judgement_lines, recommended_lines, top1_cell
 
 SCHEMA_VERSION = 3
@@ -78,6 +79,11 @@ REPORT_SCHEMA: dict[str, Any] = {
         "results": {"type": "array", "items": _ROW},
         "notes": {"type": "array", "items": {"type": "string"}},
         "plot": {"type": ["string", "null"]},
+        "gates": {"type": "array", "items": {"type": "object", "required": ["artifact", "gate", "decision", "passed", "images"],
+                                             "properties": {"decision": {"enum": ["passed", "failed", "not_applicable",
+                                                                                  "held", "exceeded"]},
+                                                            "passed": {"type": ["boolean", "null"]},
+                                                            "images": {"type": ["integer", "null"]}}}},
     },
 }
 
@@ -230,7 +236,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join("---" if h in _TEXT_COLUMNS else "---:" for h in header) + "|",
     ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    lines += judgement_lines(report) + recommended_lines(report)
+    lines += judgement_lines(report) + gate_lines(report) + recommended_lines(report)
     e2e_rows = [r for r in report["results"] if r.get("latency_e2e")]
     if e2e_rows:
         lines += ["", "End-to-end p50 breakdown (ms): " + "; ".join(

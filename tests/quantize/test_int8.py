@@ -273,6 +273,19 @@ def test_fewer_calibration_images_than_asked(data):
     assert len(select_calibration_set(train, CalibrationRecipe(num_samples=32, allow_fewer=True))) == 16
 
 
+@pytest.mark.parametrize("name", ["default", "entropy", "percentile"])
+def test_bundled_recipes_calibrate_a_small_training_split_on_all_of_it(data, name):
+    """Small data (issue 11): 20 training images per class must not stop `run`; the bundled
+    recipes ask for 128 and take all 16 here, stratified (8 per class)."""
+    from edgetransfer.quantize.calibration import load_recipe, select_calibration_set
+
+    recipe = load_recipe(name)
+    assert recipe.num_samples == 128 and recipe.allow_fewer is True
+    chosen = select_calibration_set(scan_image_folder(data["train"]), recipe)
+    assert len(chosen) == 16 and sorted({s.label for s in chosen}) == [0, 1]
+    assert sum(s.label == 0 for s in chosen) == 8
+
+
 def test_dynamic_quantization_refused_for_conv_models(data, tmp_path):
     from edgetransfer.pipeline import stage_quantize
 
