@@ -187,7 +187,7 @@ def strip_private(summary: dict) -> dict:
     return {k: v for k, v in copy.copy(summary).items() if not k.startswith("_")}
 
 
-TAIL_OPS = ("Conv", "Relu", "Clip", "Add", "GlobalAveragePool", "Flatten", "Reshape", "Gemm", "MatMul")
+TAIL_OPS = ("Conv", "Relu", "Clip", "Add", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul")
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
@@ -293,6 +293,9 @@ def run_tail(tail, cut: str, feats, params: dict, consts: dict, aq: dict, fake_q
             y = ins[0] + ins[1]
         elif n.op_type == "GlobalAveragePool":
             y = ins[0].mean((2, 3), keepdim=True)
+        elif n.op_type == "ReduceMean":  # axes: attribute (opset < 18) or input 1
+            axes = a.get("axes") if len(ins) < 2 or ins[1] is None else [int(v) for v in np.asarray(ins[1]).reshape(-1)]
+            y = ins[0].mean(tuple(int(v) for v in axes), keepdim=bool(a.get("keepdims", 1)))
         elif n.op_type == "Flatten":
             ax = int(a.get("axis", 1))
             y = ins[0].reshape(int(np.prod(ins[0].shape[:ax])), -1)
