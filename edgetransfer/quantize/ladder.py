@@ -64,14 +64,17 @@ class LadderConfig:
     ``equalize``: ``auto`` / ``on`` / ``off`` (rung b); ``bias_correction`` (rung c);
     ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %);
     ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``; ``qat_nodes``: the
-    number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them."""
+    number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them
+    (1, the default: the classifier head, ``qat.qat_head``, measured to help on digits; 2+:
+    ``qat.qat_tail``, which on hymenoptera's 128 calibration images over-fitted: val KL 8.6e-5 -> 8.1e-5
+    in 315 s)."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"
     bias_correction: bool = True
     max_float_share: float = 0.05
     qat: str = "auto"
-    qat_nodes: int = 2
+    qat_nodes: int = 1
 
     def __post_init__(self) -> None:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
@@ -254,7 +257,7 @@ class Ladder:
         """Rung f (:mod:`~edgetransfer.quantize.qat`): the best candidate's classifier head
         fine-tuned with fake quantization on its own INT8 features of the calibration images."""
         from ..runtime.ort import onnx_logits
-        from .qat import head_parity, qat_tail, strip_private
+        from .qat import head_parity, qat_head, qat_tail, strip_private
 
         if self.cfg.qat == "off":
             self.rungs.append({"rung": "f:qat", "skipped": "off (LadderConfig.qat)", "seconds": 0.0})
@@ -268,8 +271,12 @@ class Ladder:
         best = self.best()
         s0 = time.perf_counter()
         out = self.td / f"qat{len(self.rungs)}.onnx"
-        summary = qat_tail(best["_float"], best["_path"], self.calib_x, onnx_logits(self.pre, self.calib_x),
-                           self.input_name, out, qat_nodes=self.cfg.qat_nodes)
+        ref = onnx_logits(self.pre, self.calib_x)
+        if self.cfg.qat_nodes == 1:  # the head alone: measured on digits (test agreement 0.9889 -> 0.9916)
+            summary = qat_head(best["_float"], best["_path"], self.calib_x, ref, self.input_name, out)
+        else:
+            summary = qat_tail(best["_float"], best["_path"], self.calib_x, ref, self.input_name, out,
+                               qat_nodes=self.cfg.qat_nodes)
         if "skipped" in summary:
             self.rungs.append({"rung": "f:qat", **summary, "seconds": time.perf_counter() - s0})
             return
