@@ -50,13 +50,13 @@ biases as float, parity as for the head.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import require
+from .bias_correction import _attrs
 
 # max |ORT - torch| / mean |torch logit| of the QDQ head vs its fake-quantized torch twin. The two differ by the
 # Gemm output's own Q/DQ pair (uint8 over the calibrated logit range: up to half a step, a step being ~1/255 of
@@ -98,13 +98,6 @@ def exposed_outputs(qdq_path: Path, tensors: list[str], x: np.ndarray, input_nam
     return [np.concatenate(o) for o in outs]
 
 
-def _fake_quant_rows(w):
-    import torch
-
-    scale = (w.detach().abs().amax(1) / 127).clamp_min(1e-12)
-    return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(w.shape[0], dtype=torch.int32), 0, -127, 127)
-
-
 def qat_head(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits: np.ndarray, input_name: str,
              out_float: Path, *, steps: int = 300, lr: float = 1e-3, l2: float = 1e-2, seed: int = 0) -> dict:
     """Write ``out_float``: ``float_path`` with its Gemm head replaced by one trained with fake
@@ -143,7 +136,7 @@ def qat_head(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits:
     opt = torch.optim.Adam([w, b], lr=lr)
 
     def loss_fn():
-        z = alpha * f @ _fake_quant_rows(w).T + b
+        z = alpha * f @ _fq_weight(w, 0).T + b
         return torch.nn.functional.kl_div(torch.log_softmax(z, 1), p, reduction="batchmean"), z
 
     with torch.no_grad():
@@ -155,7 +148,7 @@ def qat_head(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits:
         opt.step()
     with torch.no_grad():
         kl1, z = loss_fn()
-        wq = _fake_quant_rows(w).numpy()
+        wq = _fq_weight(w, 0).numpy()
     fm.graph.initializer.remove(inits[gemm.input[1]])
     fm.graph.initializer.append(numpy_helper.from_array((wq if attrs.get("transB") else wq.T).astype(np.float32), gemm.input[1]))
     fm.graph.initializer.remove(inits[gemm.input[2]])
@@ -184,17 +177,11 @@ def head_parity(qdq_path: Path, summary: dict, calib_x: np.ndarray, input_name: 
 
 
 def strip_private(summary: dict) -> dict:
-    return {k: v for k, v in copy.copy(summary).items() if not k.startswith("_")}
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
 TAIL_OPS = ("Conv", "Relu", "Clip", "Add", "GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Gemm", "MatMul")
 WEIGHTED = ("Conv", "Gemm", "MatMul")
-
-
-def _attrs(n) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in n.attribute}
 
 
 def find_tail(float_model, qat_nodes: int):
