@@ -141,3 +141,36 @@ def test_run_fails_before_training_when_a_mobile_backend_is_missing(tmp_path, mo
     with pytest.raises(MissingExtraError, match=r"edgetransfer\[litert\]"):
         pipeline.run(tiny_folder, tmp_path / "out", TrainConfig(epochs=1), target="android-arm64")
     assert not (tmp_path / "out").exists()  # nothing trained
+
+
+@pytest.mark.skipif(not get_builder("pte").is_available(), reason="pip install 'edgetransfer[executorch]'")
+def test_pte_int8_observes_relu6_after_the_clamp():
+    """conv -> BN -> ReLU6 (EfficientNet-Lite's block) is one quantized unit: the activation
+    observer sits after the clamp and sees [0, 6]. ExecuTorch 1.5's quantizer alone observes the
+    convolution's pre-activation output and shares that range with hardtanh: it quantized ReLU6's
+    [0, 6] with a step of 0.59 on EfficientNet-Lite0 (the .pte INT8 logit error of issue 11)."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    from edgetransfer.builders.executorch import clamp_fusing_quantizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(inplace=True),
+                                torch.nn.Conv2d(8, 4, 1), torch.nn.ReLU6()).eval()
+    x = 20 * torch.randn(4, 3, 12, 12)  # pre-activation values far outside [0, 6]
+    q = clamp_fusing_quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    with torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model, (x[:1],)).module(), q)
+        for i in range(len(x)):
+            prepared(x[i : i + 1])  # batch 1, as exported
+    assert q.fused_clamps == 2
+    nodes = list(prepared.graph.nodes)
+    observed = {}
+    for n in nodes:
+        if n.op == "call_module" and isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "call_function":
+            obs = getattr(prepared, n.target)
+            if obs.min_val.numel() == 1:
+                observed[str(n.args[0].target)] = observed.get(str(n.args[0].target), []) + [(obs.min_val.item(), obs.max_val.item())]
+    assert "aten.conv2d.default" not in observed, observed  # no observer between a conv and its clamp
+    assert observed["aten.hardtanh_.default"] == [(0.0, 6.0)] and observed["aten.hardtanh.default"][0][0] == 0.0, observed
+
