@@ -220,7 +220,10 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
     A converter from the checkpoint makes every precision of the target it can hold (e.g. Core ML:
     fp16 and int8 weights); ``OrtFromOnnx`` converts each ONNX file of the bundle whose precision the
     target lists, then the bundle's reduced-operator config is (re)written. INT8 builds calibrate on
-    the training images the target's calibration recipe selects, exactly as ONNX INT8 does.
+    the training images the target's calibration recipe selects, exactly as ONNX INT8 does, and
+    are held to the target's accuracy budget on val like it (written with ``status: budget_exceeded``
+    when over it). ``raise_on_gate``: raise :func:`build_failure`'s error (exit code 3) after
+    building when a file is ``budget_exceeded`` or ``gate_failed``; ``run`` raises it after the report.
     """
     from .builders import BuildInputs, get_builder
     from .builders.ort_mobile import ort_target_platform
@@ -242,15 +245,33 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
     options = {**target.extra, "ort_target_platform": ort_target_platform(target.arch)}
     if threads:
         options["threads"] = threads
-    inputs = BuildInputs(parity_x=x, parity_y=y, calibration=calib, recipe=recipe, target=target.name, options=options)
+    inputs = BuildInputs(parity_x=x, parity_y=y, calibration=calib, recipe=recipe, target=target.name, options=options,
+                         max_top1_drop=target.max_top1_drop)
     made = []
     for cls in builders.values():
         made += cls.build_into_bundle(b, target, inputs)
-    failed = [m for m in made if m.details.get("status") == "gate_failed"]
-    if failed and raise_on_gate:
-        raise GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed)
-                              + " (written with status gate_failed)")
+    if raise_on_gate:
+        exc = build_failure(made)
+        if exc is not None:
+            raise exc
     return made
+
+
+def build_failure(made: list[Any]) -> Exception | None:
+    """The exit-3 error for built artifacts flagged in their manifests, or None when all are ok:
+    :class:`BudgetExceededError` when an INT8 file breaks the target's accuracy budget on val
+    (``status: budget_exceeded``), else :class:`GateFailedError` for a failed flip gate."""
+    over = [m for m in made if m.details.get("status") == "budget_exceeded"]
+    if over:
+        return BudgetExceededError("; ".join(
+            f"{m.file}: top-1 drop {m.details['budget']['top1_drop']:+.4f} vs the fp32 model on val does not hold the "
+            f"{m.details['budget']['max_top1_drop'] * 100:.2f} pt budget ({m.details['budget']['judgement']['reason']})"
+            for m in over) + " (written with status budget_exceeded; ship the fp32 file or another format)")
+    failed = [m for m in made if m.details.get("status") == "gate_failed"]
+    if failed:
+        return GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed)
+                               + " (written with status gate_failed)")
+    return None
 
 
 @locked("bundle", "benchmark")
@@ -329,9 +350,9 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     if build_formats(tgt):
         t = time.perf_counter()
         made = stage_build(Path(out), tgt, recipe, raise_on_gate=False)
-        failed = [m for m in made if m.details.get("status") == "gate_failed"]
-        if failed and over_budget is None:  # reported first, exit 3 after the report
-            over_budget = GateFailedError("; ".join(f"{m.file}: {m.details.get('gate_failed_reason')}" for m in failed))
+        failed = build_failure(made)
+        if failed is not None and over_budget is None:  # reported first, exit 3 after the report
+            over_budget = failed
         times["build_s"] = time.perf_counter() - t
     if Runtime.TENSORRT in tgt.runtimes:  # engines are built on the device: leave the recipe in the bundle
         from .builders.tensorrt import write_build_script

@@ -223,7 +223,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
         if m.details.get("status") == Status.BUDGET_EXCEEDED:
             b = m.details.get("budget", {})
             notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
-                         f"{b.get('max_top1_drop', float('nan')):.4f} vs the fp32 ONNX model")
+                         f"{b.get('max_top1_drop', float('nan')):.4f} vs the {b.get('vs') or 'fp32 ONNX model'} on val")
         elif m.details.get("status") == Status.GATE_FAILED:
             notes.append(f"{p.name}: gate failed: {m.details.get('gate_failed_reason') or 'see its manifest'}")
     by_name = {p.name: m for p, m in arts}

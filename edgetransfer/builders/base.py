@@ -73,6 +73,9 @@ class BuildInputs:
     ``parity_y``: int64 (N,) their labels, to record top-1 of the candidate and of the fp32 model.
     ``calibration``: training-split images chosen by :func:`~edgetransfer.quantize.calibration.select_calibration_set`
     with ``recipe`` (needed for INT8 only). ``target``: the target name written into the manifest.
+    ``max_top1_drop``: the target's accuracy budget (fraction of top-1, 0.01 = 1 pt): an INT8 file
+    is judged against the fp32 model on the labelled parity images by
+    :func:`edgetransfer.stats.budget_judge`, as the ONNX INT8 model is (None: not judged).
     """
 
     parity_x: np.ndarray
@@ -81,6 +84,7 @@ class BuildInputs:
     recipe: CalibrationRecipe | None = None
     target: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    max_top1_drop: float | None = None
 
     def __post_init__(self) -> None:
         x = self.parity_x
@@ -179,6 +183,10 @@ class Builder(ABC):
         """Compare the artifact at ``path`` with the fp32 reference; raise ParityError out of tolerance.
 
         Returns the manifest's parity details (figures, tolerance, top-1 of both when labels are known).
+        INT8: the sample-sized flip gate (``status: gate_failed`` when it fails) and, with labels and
+        ``inputs.max_top1_drop``, the accuracy budget on the same images (``details.budget``, the
+        shape the ONNX INT8 manifest has; ``status: budget_exceeded`` when it does not hold, which
+        wins over ``gate_failed``: the pipeline exits 3 either way).
         """
         x, y = self.inputs.parity_x, self.inputs.parity_y
         cand = self.candidate_logits(path, x)
@@ -204,6 +212,17 @@ class Builder(ABC):
         if y is not None:
             out["val_top1_fp32"] = float((self.reference.argmax(1) == y).mean())
             out["val_top1"] = float((cand.argmax(1) == y).mean())
+            if precision == Precision.INT8 and self.inputs.max_top1_drop is not None:
+                from ..stats import budget_judge
+
+                j = budget_judge(self.reference, cand, y, self.inputs.max_top1_drop, class_names=self.class_names)
+                out["budget"] = {"max_top1_drop": float(self.inputs.max_top1_drop), "held": bool(j.holds),
+                                 "top1_drop": out["val_top1_fp32"] - out["val_top1"], "vs": self.parity_reference_name,
+                                 "split": "val", "judgement": j.to_dict()}
+                if not j.holds:
+                    out["status"] = "budget_exceeded"
+                    log(f"[yellow]{what} does not hold the {self.inputs.max_top1_drop * 100:.2f} pt budget on val: {j.reason}; "
+                        "written with status budget_exceeded")
         log(f"{self.format} {precision} vs the fp32 model on {stats.num_samples} validation images: "
             f"max |diff| {stats.max_abs:.3g}, top-1 agreement {stats.agreement:.4f}"
             + (f", top-1 {out['val_top1']:.4f} (fp32 {out['val_top1_fp32']:.4f})" if y is not None else ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,50 @@ def test_pte_int8_observes_relu6_after_the_clamp():
     assert "aten.conv2d.default" not in observed, observed  # no observer between a conv and its clamp
     assert observed["aten.hardtanh_.default"] == [(0.0, 6.0)] and observed["aten.hardtanh.default"][0][0] == 0.0, observed
 
+
+def _fake_builder(ref: np.ndarray, cand: np.ndarray, y: np.ndarray, budget: float | None):
+    """A Builder whose fp32 reference and candidate logits are given (no checkpoint, no backend)."""
+    from edgetransfer.builders.base import Builder, BuildInputs
+
+    class Fake(Builder):
+        format = Format.PTE
+
+        def convert(self, precision, out):  # pragma: no cover - parity only
+            raise AssertionError
+
+        def candidate_logits(self, path, x):
+            return cand
+
+    b = object.__new__(Fake)
+    b.source, b.class_names, b._reference = Path("model.pt"), ["a", "b"], ref
+    b.inputs = BuildInputs(parity_x=np.zeros((len(y), 3, 4, 4), np.float32), parity_y=y, max_top1_drop=budget)
+    return b
+
+
+def test_mobile_int8_over_the_budget_is_written_budget_exceeded_and_exits_3():
+    """A mobile INT8 file is held to the target's accuracy budget on val like the ONNX INT8 model:
+    status budget_exceeded in its manifest (the benchmark row takes it), BudgetExceededError (exit 3)."""
+    from edgetransfer.errors import BudgetExceededError, GateFailedError
+    from edgetransfer.pipeline import build_failure
+    from edgetransfer.types import Precision
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    ref = np.stack([np.where(y == 0, 2.0, -2.0), np.where(y == 0, -2.0, 2.0)], 1).astype(np.float32)  # fp32 right on all
+    ref += rng.normal(0, 0.1, ref.shape).astype(np.float32)
+    same = _fake_builder(ref, ref + 0.01, y, 0.01).parity(Path("m"), Precision.INT8)
+    assert same["budget"]["held"] and same.get("status") is None and same["budget"]["max_top1_drop"] == 0.01
+    assert same["budget"]["judgement"]["holds"] and same["budget"]["top1_drop"] == 0.0
+    bad = ref.copy()
+    bad[:20] = bad[:20, ::-1]  # 20 of 400 decisively right images now wrong: 5 pt > 1 pt
+    over = _fake_builder(ref, bad, y, 0.01).parity(Path("m"), Precision.INT8)
+    assert over["status"] == "budget_exceeded" and not over["budget"]["held"]
+    assert over["budget"]["top1_drop"] == pytest.approx(20 / 400)
+    assert not over["gate"]["passed"]  # the flip gate fails too; budget_exceeded is the status either way
+    assert _fake_builder(ref, bad, y, None).parity(Path("m"), Precision.INT8)["status"] == "gate_failed"  # no budget given
+    m = Manifest(format="pte", precision="int8", file="model.int8.pte", class_names=["a", "b"], details=over)
+    assert isinstance(build_failure([m]), BudgetExceededError) and build_failure([m]).exit_code == 3
+    gated = Manifest(format="pte", precision="int8", file="model.int8.pte", class_names=["a", "b"],
+                     details={"status": "gate_failed", "gate_failed_reason": "r"})
+    assert isinstance(build_failure([gated]), GateFailedError) and build_failure([gated]).exit_code == 3
+    assert build_failure([Manifest(format="pte", precision="int8", file="f", class_names=["a", "b"], details=same)]) is None
