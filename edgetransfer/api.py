@@ -170,14 +170,15 @@ class Bundle(_bundle.Bundle):
 
     def quantize(self, *, target: str | None = None, precision: str = "int8", calibration: str | None = None,
                  max_accuracy_drop: float | None = None, max_steps: int = 8, preset: str | None = None,
-                 per_channel: bool | None = None, exclude_nodes: Sequence[str] = ()) -> Artifact:
+                 per_channel: bool | None = None, exclude_nodes: Sequence[str] = (), adaround: str = "off") -> Artifact:
         """fp32 ONNX -> INT8 QDQ held to the accuracy budget, or fp16 (``edgetransfer quantize``).
-        Raises BudgetExceededError (after writing the artifact) when INT8 stays over budget."""
+        Raises BudgetExceededError (after writing the artifact) when INT8 stays over budget.
+        ``adaround``: the ladder's AdaRound rung, off / auto / on (opt-in: minutes)."""
         from .pipeline import stage_quantize
 
         return self._artifact(stage_quantize(self.dir, self.resolve_target(target), calibration, precision=precision,
                                              preset=preset, per_channel=per_channel, max_accuracy_drop=max_accuracy_drop,
-                                             max_steps=max_steps, nodes_to_exclude=tuple(exclude_nodes)))
+                                             max_steps=max_steps, nodes_to_exclude=tuple(exclude_nodes), adaround=adaround))
 
     def build(self, *, target: str | None = None, formats: Sequence[str] | None = None,
               calibration: str | None = None) -> list[Artifact]:

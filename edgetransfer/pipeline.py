@@ -126,13 +126,14 @@ def quantization_preset(target: Target, preset: str | None = None, per_channel: 
 def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None, *, precision: str = "int8",
                    preset: str | None = None, per_channel: bool | None = None, max_accuracy_drop: float | None = None,
                    max_steps: int = 8, nodes_to_exclude=(), mode: str = "static", allow_unsupported_precision: bool = False,
-                   max_float_share: float = 0.05):
+                   max_float_share: float = 0.05, adaround: str = "off"):
     """fp32 ONNX -> INT8 QDQ (``precision="int8"``) or fp16 (``"fp16"``) in the bundle; returns the manifest.
 
     INT8: calibrated on the training split (recipe ``recipe_name`` or the preset's), held to
     ``max_accuracy_drop`` (None = the target's ``accuracy_budget.max_top1_drop``) on the
     validation split by the INT8 ladder (:mod:`edgetransfer.quantize.ladder`; its float fallback keeps
-    at most ``max_float_share`` of the compute nodes in float, in at most ``max_steps`` steps). Raises
+    at most ``max_float_share`` of the compute nodes in float, in at most ``max_steps`` steps; its
+    AdaRound rung ``adaround``: off / auto / on, :class:`~edgetransfer.quantize.ladder.LadderConfig`). Raises
     :class:`BudgetExceededError` (exit code 3) after writing and registering an artifact that
     stays over budget (its manifest says ``budget_exceeded``). ``mode="dynamic"`` is refused.
     A precision the target does not list is a :class:`TargetError` before any work, unless
@@ -178,7 +179,7 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     m = qdq_int8_from_onnx(b.onnx_fp32, b.onnx_int8, calib, q, recipe, parity_x=x, parity_y=y,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max,
-                           ladder=LadderConfig(max_float_share=max_float_share))
+                           ladder=LadderConfig(max_float_share=max_float_share, adaround=adaround))
     b.register(m.file)
     if m.details.get("status") == "gate_failed":
         raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")
@@ -283,7 +284,8 @@ def stage_benchmark(bundle: Path, target: Target, data: Path | None = None, sett
 def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path | None = None, test: Path | None = None,
         test_fraction: float | None = None, export_cfg=None,
         recipe: str | None = None, settings: BenchSettings = BenchSettings(), val_fraction: float = 0.2,
-        max_accuracy_drop: float | None = None, max_steps: int = 8, force: bool = False) -> dict[str, Any]:
+        max_accuracy_drop: float | None = None, max_steps: int = 8, force: bool = False,
+        adaround: str = "off") -> dict[str, Any]:
     """The main job: train -> export -> quantize -> benchmark. Validates settings before work.
 
     Re-run into the same ``out``, it skips train / export / quantize when their inputs and
@@ -303,6 +305,9 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
 
         load_recipe(recipe or tgt.quantization.calibration)  # fail fast on a bad recipe
         AccuracyBudget(tgt.max_top1_drop if max_accuracy_drop is None else max_accuracy_drop, max_steps)
+        from .quantize.ladder import LadderConfig
+
+        LadderConfig(adaround=adaround)  # fail fast on a bad --adaround
     check_build_backends(tgt)  # a missing mobile backend fails now, not after training
     from .train import process_rank
 
@@ -332,11 +337,12 @@ def run(data: Path, out: Path, train_cfg, *, target: str = "x86-cpu", val: Path 
     if tgt.supports("int8"):
         t = time.perf_counter()
         k = key_of(recipe=recipe, drop=max_accuracy_drop, steps=max_steps, preset=tgt.quantization, budget=tgt.max_top1_drop,
-                   parent=read_manifest(b.onnx_fp32).sha256)
+                   **({"adaround": adaround} if adaround != "off" else {}), parent=read_manifest(b.onnx_fp32).sha256)
         try:
             if rr.needed("quantize", k):
                 try:
-                    stage_quantize(Path(out), tgt, recipe, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps)
+                    stage_quantize(Path(out), tgt, recipe, max_accuracy_drop=max_accuracy_drop, max_steps=max_steps,
+                                   adaround=adaround)
                 except BudgetExceededError:
                     rr.done("quantize", k)  # written and registered; a re-run with the same inputs reports it again
                     raise

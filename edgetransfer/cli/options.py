@@ -53,6 +53,9 @@ MAX_ACCURACY_DROP = typer.Option(None, "--max-accuracy-drop", rich_help_panel="Q
                                  help="largest INT8 top-1 drop vs fp32 ONNX, a fraction (0.005 = 0.5 pt); default: the target's budget")
 MAX_STEPS = typer.Option(8, "--max-steps", min=0, rich_help_panel="Quantization",
                          help="budget steps that keep the most sensitive nodes in float (0: measure only)")
+ADAROUND = typer.Option("off", "--adaround", rich_help_panel="Quantization",
+                        help="INT8 ladder rung d, AdaRound (learned weight rounding of the 8 most sensitive layers, minutes): "
+                             "off (default) | auto (only when ranges and bias correction do not hold) | on (always measured)")
 MAX_FLOAT_SHARE = typer.Option(0.05, "--max-float-share", min=0.0, max=1.0, rich_help_panel="Quantization",
                                 help="INT8 ladder: largest fraction of compute nodes (Conv/Gemm/MatMul) the float fallback may keep in float")
 

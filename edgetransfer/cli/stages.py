@@ -16,7 +16,7 @@ import typer
 from ..bundle import REPORT_MD
 from ..progress import set_quiet
 from . import present
-from .options import (CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_FLOAT_SHARE, MAX_STEPS, OUT, QUIET, TEST,
+from .options import (ADAROUND, CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCURACY_DROP, MAX_FLOAT_SHARE, MAX_STEPS, OUT, QUIET, TEST,
                       TEST_FRACTION, VAL, VAL_FRACTION,
                       bench_group, export_group, json_option, target_option, train_group, with_config)
 
@@ -40,6 +40,7 @@ def run(
     calibration: Optional[str] = CALIBRATION,
     max_accuracy_drop: Optional[float] = MAX_ACCURACY_DROP,
     max_steps: int = MAX_STEPS,
+    adaround: str = ADAROUND,
     as_json: bool = json_option(),
     quiet: bool = QUIET,
     force: bool = typer.Option(False, "--force", help="redo every stage, and replace an --out holding another dataset's bundle (moved to OUT/stale/)"),
@@ -55,7 +56,7 @@ def run(
     set_quiet(quiet or as_json)
     report = run_pipeline(data, out, recipe, target=target, val=val, recipe=calibration, settings=settings, export_cfg=export_cfg,
                           val_fraction=val_fraction, test=test, test_fraction=test_fraction, max_accuracy_drop=max_accuracy_drop,
-                          max_steps=max_steps, force=force)
+                          max_steps=max_steps, adaround=adaround, force=force)
     if not report:  # torchrun rank > 0: rank 0 exports, quantizes and reports
         return
     present.report(report, as_json)
@@ -115,6 +116,7 @@ def quantize(
     max_accuracy_drop: Optional[float] = MAX_ACCURACY_DROP,
     max_steps: int = MAX_STEPS,
     max_float_share: float = MAX_FLOAT_SHARE,
+    adaround: str = ADAROUND,
     exclude_node: Optional[List[str]] = typer.Option(None, "--exclude-node", help="node name kept in float (repeat)"),
     mode: str = typer.Option("static", "--mode", help="static (calibrated QDQ); dynamic is refused for convolutional models"),
     allow_unsupported_precision: bool = typer.Option(False, "--allow-unsupported-precision", help="write a precision the target does not list (recorded)"),
@@ -129,7 +131,7 @@ def quantize(
     tgt = target_for(bundle, target)
     m = stage_quantize(bundle, tgt, calibration, precision=precision, preset=preset, per_channel=per_channel,
                        max_accuracy_drop=max_accuracy_drop, max_steps=max_steps, nodes_to_exclude=exclude_node or (),
-                       max_float_share=max_float_share, mode=mode, allow_unsupported_precision=allow_unsupported_precision)
+                       max_float_share=max_float_share, adaround=adaround, mode=mode, allow_unsupported_precision=allow_unsupported_precision)
     present.quantized(bundle, m, precision)
 
 

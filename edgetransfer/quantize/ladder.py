@@ -10,7 +10,10 @@ b. cross-layer equalization + high-bias absorption (:mod:`~edgetransfer.quantize
    for graphs with depthwise convolutions; ``auto`` runs it only with per-tensor weights (with
    per-channel weights it lowered digits agreement 0.965 -> 0.938 in the previous measurement);
 c. bias correction (:mod:`~edgetransfer.quantize.bias_correction`) of EVERY rung-a candidate;
-d. AdaRound: not implemented (recorded as skipped);
+d. AdaRound (:mod:`~edgetransfer.quantize.adaround`), opt-in (``LadderConfig.adaround``, CLI
+   ``--adaround``): learned rounding of the weights of the :attr:`LadderConfig.adaround_layers` most
+   sensitive layers (ranked as rung e ranks units) of the best candidate's uncorrected float
+   model, then bias-corrected again; time-capped by :attr:`LadderConfig.adaround_seconds`;
 e. float fallback: quantization units ranked by the logit error each adds alone
    (:mod:`~edgetransfer.quantize.sensitivity`) per millisecond it costs to keep it in float on
    this host (ORT profiler time of its nodes in the fp32 model x (1 - INT8/fp32 b1 p50 ratio
@@ -67,7 +70,10 @@ class LadderConfig:
     number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them
     (1, the default: the classifier head, ``qat.qat_head``, measured to help on digits; 2+:
     ``qat.qat_tail``, which on hymenoptera's 128 calibration images over-fitted: val KL 8.6e-5 -> 8.1e-5
-    in 315 s)."""
+    in 315 s); ``adaround``: rung d, ``off`` (the default: opt-in, it costs minutes) / ``auto`` (only
+    when nothing of a-c holds) / ``on`` (always measured); ``adaround_layers``: how many of the most
+    sensitive weighted layers it re-rounds (0 = every quantized Conv/Gemm); ``adaround_iters``: Adam
+    steps per layer; ``adaround_seconds``: no layer is started after this many seconds."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"
@@ -75,6 +81,10 @@ class LadderConfig:
     max_float_share: float = 0.05
     qat: str = "auto"
     qat_nodes: int = 1
+    adaround: str = "off"
+    adaround_layers: int = 8
+    adaround_iters: int = 500
+    adaround_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
@@ -82,6 +92,10 @@ class LadderConfig:
             raise ConfigError(f"unknown range estimator(s) {bad}; known: {', '.join(ESTIMATORS)}")
         if self.qat not in ("auto", "on", "off"):
             raise ConfigError(f"qat must be auto, on or off (got {self.qat!r})")
+        if self.adaround not in ("auto", "on", "off"):
+            raise ConfigError(f"adaround must be auto, on or off (got {self.adaround!r})")
+        if self.adaround_layers < 0 or self.adaround_iters < 1 or self.adaround_seconds <= 0:
+            raise ConfigError("adaround_layers must be >= 0 (0 = all), adaround_iters >= 1 and adaround_seconds > 0")
         if self.equalize not in ("auto", "on", "off"):
             raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
         if not 0.0 <= self.max_float_share <= 1.0:
@@ -145,6 +159,7 @@ class Ladder:
         self.rungs: list[dict] = []
         self.n_compute = len(compute_nodes(pre))
         self._hists: dict[Path, dict] = {}
+        self._ranks: dict[tuple, tuple] = {}
 
     # -- one candidate ---------------------------------------------------------------------
     def _quantize(self, float_path: Path, path: Path, ranges: Path, excluded: Sequence[str]) -> tuple[list, dict, Any]:
@@ -245,13 +260,57 @@ class Ladder:
                 free.append(self.rung_bias_correction(r))
         else:
             self.rungs.append({"rung": "c:bias_correction", "skipped": "off (--no-bias-correction)", "seconds": 0.0})
-        if not self.done():
-            self.rungs.append({"rung": "d:adaround", "skipped": "not implemented in this version", "seconds": 0.0})
+        if not self.done() or self.cfg.adaround != "auto":  # "off" is recorded as skipped
+            self.rung_adaround(sens_images)
         if not self.done():
             self.rung_fallback(sens_images)
         if not self.done() or self.cfg.qat != "auto":  # "off" is recorded as skipped
             self.rung_qat()
         return self.best()
+
+    def _ranking(self, float_path: Path, qdq_path: Path, sens_images: int) -> tuple[np.ndarray, list]:
+        """(images, units of ``qdq_path`` ranked by the logit error each adds alone), cached."""
+        from .sensitivity import rank_units
+
+        key = (float_path, qdq_path)
+        if key not in self._ranks:
+            sx = self.calib_x[np.linspace(0, len(self.calib_x) - 1, min(sens_images, len(self.calib_x))).astype(int)]
+            self._ranks[key] = (sx, rank_units(float_path, qdq_path, sx, self.input_name))
+        return self._ranks[key]
+
+    def rung_adaround(self, sens_images: int) -> None:
+        """Rung d (:mod:`~edgetransfer.quantize.adaround`) on the best candidate's uncorrected float
+        model and its plain QDQ file; the result is bias-corrected again (:meth:`corrected`)."""
+        if self.cfg.adaround == "off":
+            self.rungs.append({"rung": "d:adaround", "skipped": "off (opt-in: --adaround auto|on, LadderConfig.adaround)",
+                               "seconds": 0.0})
+            return
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            self.rungs.append({"rung": "d:adaround", "skipped": "torch is not installed (pip install 'edgetransfer[train]')",
+                               "seconds": 0.0})
+            return
+        from .adaround import adaround
+
+        best = self.best()
+        s0 = time.perf_counter()
+        base = best.get("_base", best["_float"])
+        plain = next((r["_path"] for r in self.rungs if r.get("_float") == base and "_base" not in r
+                      and r.get("_ranges") == best["_ranges"] and r.get("excluded_nodes") == best["excluded_nodes"]), None)
+        if plain is None:
+            plain = self.td / f"plain{len(self.rungs)}.onnx"
+            self._quantize(base, plain, best["_ranges"], best["excluded_nodes"])
+        layers = None
+        if self.cfg.adaround_layers:
+            _, units = self._ranking(base, plain, sens_images)
+            layers = list(dict.fromkeys(n for u in units if u.kind == "weight" for n in u.nodes))[: self.cfg.adaround_layers]
+        out = self.td / f"adaround{len(self.rungs)}.onnx"
+        summary = adaround(base, plain, self.calib_x, self.input_name, out, layers=layers, iters=self.cfg.adaround_iters,
+                           max_seconds=self.cfg.adaround_seconds)
+        summary["selected"] = "all quantized Conv/Gemm" if layers is None else f"the {len(layers)} most sensitive weights"
+        self.corrected("d:adaround", out, best["_ranges"], best["excluded_nodes"], estimator=best.get("estimator"),
+                       based_on=best["rung"], adaround=summary, prep_seconds=time.perf_counter() - s0)
 
     def rung_qat(self) -> None:
         """Rung f (:mod:`~edgetransfer.quantize.qat`): the best candidate's classifier head
@@ -329,7 +388,7 @@ class Ladder:
             return self.candidate(name, base_float, ranges, excluded, **info)
         from .bias_correction import correct_biases
 
-        s0 = time.perf_counter()
+        s0 = time.perf_counter() - info.pop("prep_seconds", 0.0)
         plain = self.td / f"plain{len(self.rungs)}.onnx"
         excluded, _, _ = self._quantize(base_float, plain, ranges, excluded)
         out = self.td / f"biascorr{len(self.rungs)}.onnx"
@@ -338,8 +397,6 @@ class Ladder:
                               prep_seconds=time.perf_counter() - s0, _base=base_float, **info)
 
     def rung_fallback(self, sens_images: int) -> None:
-        from .sensitivity import rank_units
-
         best = self.best()
         steps = self.budget.max_steps
         cap = math.floor(self.cfg.max_float_share * self.n_compute + 1e-9)
@@ -348,9 +405,8 @@ class Ladder:
                                f"({self.cfg.max_float_share:.0%} of {self.n_compute})", "seconds": 0.0})
             return
         s0 = time.perf_counter()
-        sx = self.calib_x[np.linspace(0, len(self.calib_x) - 1, min(sens_images, len(self.calib_x))).astype(int)]
-        units = [u for u in rank_units(best["_float"], best["_path"], sx, self.input_name)
-                 if any(n not in best["excluded_nodes"] for n in u.nodes)]
+        sx, ranked = self._ranking(best["_float"], best["_path"], sens_images)
+        units = [u for u in ranked if any(n not in best["excluded_nodes"] for n in u.nodes)]
         t_fp32, t_int8 = b1_ms(best["_float"], sx), b1_ms(best["_path"], sx)
         saving = max(1.0 - t_int8 / t_fp32, 0.0) if t_fp32 > 0 else 0.0
         per_node = _node_times(best["_float"], node_ms(best["_float"], sx))

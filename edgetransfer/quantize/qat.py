@@ -50,6 +50,7 @@ biases as float, parity as for the head.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -63,6 +64,22 @@ from .bias_correction import _attrs
 # a range of several mean |logit|), the int32 bias rounding and the features' batch order; measured 2.9 % on the
 # tiny test model (16 images), see the rung record for EfficientNet-Lite0
 PARITY_TOL = 0.05
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch with one intra-op thread for the block. The QAT and AdaRound steps are small ops, and
+    torch's two threads on a shared 2-core host spin and starve: at a load average of 5, 500 steps
+    of a (8, 3, 32, 32) 1x1 conv took 62 s with two threads and 0.98 s with one (measured
+    2026-12-02)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def head_gemm(float_model):
@@ -141,11 +158,12 @@ def qat_head(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits:
 
     with torch.no_grad():
         kl0 = float(loss_fn()[0])
-    for _ in range(steps):
-        opt.zero_grad()
-        kl, _ = loss_fn()
-        (kl + l2 * ((w - w0t) ** 2).sum()).backward()
-        opt.step()
+    with one_torch_thread():
+        for _ in range(steps):
+            opt.zero_grad()
+            kl, _ = loss_fn()
+            (kl + l2 * ((w - w0t) ** 2).sum()).backward()
+            opt.step()
     with torch.no_grad():
         kl1, z = loss_fn()
         wq = _fq_weight(w, 0).numpy()
@@ -355,13 +373,14 @@ def qat_tail(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits:
     with torch.no_grad():
         kl0 = float(kl_of()[0])
     g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randperm(len(f), generator=g)[:batch]
-        opt.zero_grad()
-        kl, _ = kl_of(idx)
-        (kl + l2 * sum(((params[k] - p0[k]) ** 2).mean() for k in params)).backward()
-        opt.step()
-        sched.step()
+    with one_torch_thread():
+        for _ in range(steps):
+            idx = torch.randperm(len(f), generator=g)[:batch]
+            opt.zero_grad()
+            kl, _ = kl_of(idx)
+            (kl + l2 * sum(((params[k] - p0[k]) ** 2).mean() for k in params)).backward()
+            opt.step()
+            sched.step()
     with torch.no_grad():
         kl1, z = kl_of()
         for n in tail:

@@ -98,14 +98,18 @@ def find_units(float_model, qdq_model) -> list[tuple[Unit, dict]]:
                 qarr = _array(dq.input[0], inits)
                 if qarr.dtype == np.int32 or ftensor not in f_inits:
                     continue  # biases: int32, their error is below the weights'
-                key, payload = ("weight", ftensor), {"value": _dequant(qarr, scale, zp, axis)}
+                info = np.iinfo(qarr.dtype)
+                key, payload = ("weight", ftensor), {"value": _dequant(qarr, scale, zp, axis), "stored": dq.input[0],
+                                                     "scale": scale, "zero_point": zp, "axis": axis,
+                                                     "qmin": info.min, "qmax": info.max}
             elif q is not None and q.op_type == "QuantizeLinear" and q.input[0] in inits:  # float weight behind Q/DQ
                 if ftensor not in f_inits:
                     continue
                 info = np.iinfo(zp.dtype)
                 key = ("weight", ftensor)
                 payload = {"value": _fake_quant(_array(q.input[0], inits).astype(np.float32), scale.astype(np.float32),
-                                                zp.astype(np.float32), axis, info.min, info.max)}
+                                                zp.astype(np.float32), axis, info.min, info.max), "stored": q.input[0],
+                           "scale": scale, "zero_point": zp, "axis": axis, "qmin": info.min, "qmax": info.max}
             elif q is not None and q.op_type == "QuantizeLinear":  # activation
                 if ftensor in f_inits:
                     continue

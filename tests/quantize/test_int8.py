@@ -382,4 +382,5 @@ def test_free_rungs_are_all_measured_and_the_best_fidelity_holding_one_is_chosen
     assert all(r["holds"] for r in cands) and d["status"] == "ok"
     kl = {r["rung"]: r["judgement"]["fidelity"]["mean_kl"] for r in cands}
     assert d["chosen_rung"] == min(kl, key=kl.get), kl
-    assert not any(r["rung"].startswith(("d:", "e:")) for r in d["ladder"])  # nothing costly ran
+    assert not any(r["rung"].startswith(("d:", "e:")) and "skipped" not in r for r in d["ladder"])  # nothing costly ran
+    assert next(r for r in d["ladder"] if r["rung"] == "d:adaround")["skipped"].startswith("off (opt-in")
