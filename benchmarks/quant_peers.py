@@ -3,7 +3,9 @@
 (b) NNCF ``nncf.quantize`` with its defaults (``nncf``) and ``nncf.quantize_with_accuracy_control``
     (``nncf_accuracy_control``, max absolute drop = the target's budget, in a subprocess stopped after
     ``--timeout`` seconds), and
-(c) edgetransfer's INT8 ladder (``edgetransfer``, x86-cpu preset, decided on the validation split).
+(c) edgetransfer's INT8 ladder (``edgetransfer``, x86-cpu preset, decided on the validation split), with
+    its defaults and with its opt-in AdaRound rung (``edgetransfer_adaround``: ``--adaround auto``, run
+    only when ranges + bias correction do not hold on val).
 
 For each: TEST top-1 with its 95 % Wilson interval, the paired drop vs fp32 on the same test
 images with its Newcombe interval (:func:`edgetransfer.stats.budget_judge`), top-1 agreement with
@@ -53,7 +55,7 @@ from edgetransfer.targets import load_target  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGETRANSFER_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATASETS = ("digits", "hymenoptera", "pizza_steak_sushi")
-QUANTIZERS = ("edgetransfer", "nncf", "nncf_accuracy_control", "ort_default")
+QUANTIZERS = ("edgetransfer", "edgetransfer_adaround", "nncf", "nncf_accuracy_control", "ort_default")
 
 
 def ensure_bundle(ds: str, work: Path) -> Path:
@@ -93,12 +95,14 @@ def logits(path: Path, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 # -- the quantizers ----------------------------------------------------------------------------
 
-def q_edgetransfer(fp32: Path, out: Path, calib_x, vx, vy, budget: float) -> dict:
+def q_edgetransfer(fp32: Path, out: Path, calib_x, vx, vy, budget: float, adaround: str = "off") -> dict:
     from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx
+    from edgetransfer.quantize.ladder import LadderConfig
 
     tgt = load_target("x86-cpu")
     m = qdq_int8_from_onnx(fp32, out, calib_x, tgt.quantization, load_recipe(tgt.quantization.calibration),
-                           parity_x=vx, parity_y=vy, budget=AccuracyBudget(budget), target=tgt.name)
+                           parity_x=vx, parity_y=vy, budget=AccuracyBudget(budget), target=tgt.name,
+                           ladder=LadderConfig(adaround=adaround))
     return {"status": m.details["status"], "chosen_rung": m.details["chosen_rung"],
             "ladder": [(r["rung"], r.get("skipped") or round(r.get("top1_int8", float("nan")), 4)) for r in m.details["ladder"]]}
 
@@ -163,7 +167,11 @@ def q_nncf_accuracy_control(fp32: Path, out: Path, calib_x, vx, vy, budget: floa
     return {"nncf": nncf.__version__}
 
 
-RUN = {"edgetransfer": q_edgetransfer, "nncf": q_nncf, "nncf_accuracy_control": q_nncf_accuracy_control,
+def q_edgetransfer_adaround(fp32: Path, out: Path, calib_x, vx, vy, budget: float) -> dict:
+    return q_edgetransfer(fp32, out, calib_x, vx, vy, budget, adaround="auto")
+
+
+RUN = {"edgetransfer": q_edgetransfer, "edgetransfer_adaround": q_edgetransfer_adaround, "nncf": q_nncf, "nncf_accuracy_control": q_nncf_accuracy_control,
        "ort_default": q_ort_default}
 
 

@@ -72,7 +72,10 @@ class LadderConfig:
     ``qat.qat_tail``, which on hymenoptera's 128 calibration images over-fitted: val KL 8.6e-5 -> 8.1e-5
     in 315 s); ``adaround``: rung d, ``off`` (the default: opt-in, it costs minutes) / ``auto`` (only
     when nothing of a-c holds) / ``on`` (always measured); ``adaround_layers``: how many of the most
-    sensitive weighted layers it re-rounds (0 = every quantized Conv/Gemm); ``adaround_iters``: Adam
+    sensitive weighted layers it re-rounds (0 = every quantized Conv/Gemm; 8, measured on digits
+    with EfficientNet-Lite0, val mean KL vs fp32 after rung d: 4 layers 0.0162, 8 layers 0.0080, 16 layers
+    0.0102, bias correction alone 0.0197; the layer-wise reconstruction does not track the logits
+    beyond the most sensitive layers); ``adaround_iters``: Adam
     steps per layer; ``adaround_seconds``: no layer is started after this many seconds."""
 
     estimators: tuple[str, ...] = ("mse",)
