@@ -28,7 +28,14 @@ def data_lines(report: dict[str, Any]) -> list[str]:
     ds = report.get("dataset", {})
     splits = ds.get("splits") or {}
     head = ds.get("split", "val")
-    parts = [f"{r} {v['num_images']} images ({v.get('root') or '-'})" for r, v in splits.items()]
+    carved = {x.get("role"): x["note"].split(";")[0] for x in ds.get("roles") or []
+              if str(x.get("note", "")).startswith("carved")}  # a carved split shares its folder with another
+
+    def where(r: str, v: dict) -> str:
+        root = v.get("root") or "-"
+        return f"{carved[r]} of {root}" if r in carved else root
+
+    parts = [f"{r} {v['num_images']} images ({where(r, v)})" for r, v in splits.items()]
     lines = [f"Figures: `top-1` and the judgement are on **{head}**"
              + (f"; {', '.join(parts)}" if parts else "") + "."]
     if head == "test":

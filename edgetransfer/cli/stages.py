@@ -61,7 +61,7 @@ def run(
         return
     present.report(report, as_json)
     if not as_json:
-        present.info(f"bundle: {out}  (report.json, report.md)")
+        present.info(f"bundle: {out}  ({_report_files(out)})")
 
 
 @with_config(train_group, save_to="out")
@@ -236,6 +236,11 @@ def build(
     present.built_engine(bundle, m, precision, reused)
 
 
+def _report_files(out: Path) -> str:
+    """The report files written into ``out`` (report.png only with matplotlib)."""
+    return ", ".join(n for n in ("report.json", "report.md", "report.png") if (Path(out) / n).is_file())
+
+
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="bundle directory to write (the digits ImageFolder goes beside it)"),
     epochs: int = typer.Option(30, "--epochs", help="head epochs"),
@@ -251,4 +256,4 @@ def demo(
     present.info(f"digits ImageFolder: {data}")
     report = run_pipeline(data, out, TrainConfig(epochs=epochs, lr=3e-3), target=DEFAULT_TARGET)
     present.report(report, False)
-    present.info(f"bundle: {out}  (report.json, report.md)")
+    present.info(f"bundle: {out}  ({_report_files(out)})")

@@ -55,3 +55,16 @@ def test_report_schema_checks_the_gate_rows():
     bad = {**base, "gates": [{"artifact": "m", "gate": "g", "decision": "maybe", "passed": True}]}
     assert validate_report(ok) == []
     assert len(validate_report(bad)) == 2  # unknown decision, missing sample size
+
+
+def test_data_lines_say_which_split_was_carved_from_a_shared_folder():
+    from edgetransfer.bench.report_sections import data_lines
+
+    report = {"dataset": {"split": "test", "splits": {"test": {"root": "/d/val", "num_images": 8},
+                                                      "val": {"root": "/d/val", "num_images": 8}},
+                          "roles": [{"folder": "/d/val", "role": "val", "note": "picks the best epoch"},
+                                    {"folder": "/d/val", "role": "test", "note": "carved: 50% of val/ per class (seed 1); "
+                                                                                  "the report's headline figures"}]}}
+    line = data_lines(report)[0]
+    assert "test 8 images (carved: 50% of val/ per class (seed 1) of /d/val)" in line
+    assert "val 8 images (/d/val)" in line
