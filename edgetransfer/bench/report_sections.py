@@ -68,6 +68,18 @@ def judgement_lines(report: dict[str, Any]) -> list[str]:
                    f"{_pt(j['drop'])} {_iv(j['drop_interval95'])} | {j['mcnemar_p']:.3g} | {j['decided_by']} | "
                    f"{'yes' if j['holds'] else '**no**'} | {(_pt(v['drop']) + ' ' + _iv(v['drop_interval95'])) if v else '—'} | "
                    f"{speed} |")
+    small = [r for r in rows if r["judgement"].get("resolvable") is False]
+    if small:
+        j = small[0]["judgement"]
+        t = j.get("fidelity_thresholds") or {}
+        out += ["", f"**Too few images to resolve the budget:** one image is {100 / j['n']:.2f} pt of {j['split']} here, more "
+                    f"than the {j['budget'] * 100:.2f} pt budget, so 'within budget' rests on logit fidelity against fp32 "
+                    f"(decisive agreement >= {t.get('min_decisive_agreement')}, mean KL <= {t.get('max_mean_kl')}, mean "
+                    f"cosine >= {t.get('min_mean_cosine')}): " + "; ".join(
+                        f"{r['name']} [{r['runtime']}]: decisive agreement {f['decisive_agreement']:.3f} of "
+                        f"{f['decisive_images']}, KL {f['mean_kl']:.2g}, cosine {f['mean_cosine']:.4f}"
+                        for r in small for f in [r["judgement"].get("fidelity") or {}] if "mean_kl" in f)
+                + ". Measure on more images before trusting a small difference."]
     out += ["", "Per-class paired counts (headline split): " + "; ".join(
         f"{r['name']} [{r['runtime']}]: " + ", ".join(
             f"{c['class']} {c['n']} img, -{c['lost']}/+{c['gained']}" for c in r["judgement"].get("per_class") or [])

@@ -68,3 +68,16 @@ def test_data_lines_say_which_split_was_carved_from_a_shared_folder():
     line = data_lines(report)[0]
     assert "test 8 images (carved: 50% of val/ per class (seed 1) of /d/val)" in line
     assert "val 8 images (/d/val)" in line
+
+
+def test_judgement_lines_warn_when_one_image_outweighs_the_budget():
+    from edgetransfer.bench.report_sections import judgement_lines
+    from edgetransfer.stats import budget_judge
+
+    ref = _logits(8)
+    j = budget_judge(ref, ref + 0.01, ref.argmax(1), 0.005).to_dict()
+    assert j["resolvable"] is False  # 1 image = 12.5 pt > 0.5 pt
+    row = {"name": "model.int8.qdq.onnx", "runtime": "onnxruntime", "judgement": {**j, "vs": "model.onnx", "split": "test"}}
+    text = "\n".join(judgement_lines({"results": [row], "budget": {"max_top1_drop": 0.005}}))
+    assert "one image is 12.50 pt of test here, more than the 0.50 pt budget" in text
+    assert "model.int8.qdq.onnx [onnxruntime]: decisive agreement 1.000 of" in text
