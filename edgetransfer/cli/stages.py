@@ -238,7 +238,9 @@ def build(
 
 def _report_files(out: Path) -> str:
     """The report files written into ``out`` (report.png only with matplotlib)."""
-    return ", ".join(n for n in ("report.json", "report.md", "report.png") if (Path(out) / n).is_file())
+    from ..bundle import REPORT_JSON, REPORT_MD, REPORT_PNG
+
+    return ", ".join(n for n in (REPORT_JSON, REPORT_MD, REPORT_PNG) if (Path(out) / n).is_file())
 
 
 def demo(

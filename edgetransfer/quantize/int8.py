@@ -112,7 +112,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                        recipe: CalibrationRecipe, *, parity_x: np.ndarray | None = None, parity_y: np.ndarray | None = None,
                        target: str | None = None, nodes_to_exclude: Sequence[str] = (), budget: AccuracyBudget | None = None,
                        cache_dir: Path | None = None, opset_max: int | None = None, check_opt_off: bool = True,
-                       ladder: LadderConfig | None = None) -> Manifest:
+                       ladder: LadderConfig | None = None, qat_x=None) -> Manifest:
     """Quantize the fp32 ONNX ``onnx_path`` to an INT8 QDQ ONNX ``out`` (+ manifest).
 
     ``calib``: calibration images of the training split, as samples (preprocessed here with the
@@ -122,6 +122,8 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
     ``nodes_to_exclude``: node names kept in floating point from the start. ``budget``: see
     :class:`AccuracyBudget` (None: no budget, figures only). ``cache_dir``: calibration range
     cache (None: a temporary one). ``opset_max``: the target's opset ceiling, checked on the result.
+    ``qat_x``: float32 (M, 3, S, S) training-split images for the ladder's QAT rung, or a callable
+    returning them (called only when the rung runs); default: the calibration images.
 
     Returns the manifest; ``details["status"]`` is ``ok`` or ``budget_exceeded`` (the file is
     written in both cases so it can be inspected; the caller decides the exit code).
@@ -165,7 +167,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         lad = Ladder(td, pre, calib_x, input_name, preset, recipe, ladder or LadderConfig(), cache.path,
                      # TensorRT-placement files are judged with reference Q/DQ semantics (ORT's CPU fusions are not TensorRT's)
                      lambda p: onnx_logits(p, parity_x, optimize=preset.placement != "tensorrt"), ref, parity_y, budget,
-                     nodes_to_exclude)
+                     nodes_to_exclude, qat_x=qat_x)
         chosen = lad.run(budget.sensitivity_images if budget is not None else 8)
         status = Status.OK if budget is None or chosen.get("holds") else Status.BUDGET_EXCEEDED
         chosen["path"] = chosen["_path"]

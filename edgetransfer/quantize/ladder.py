@@ -154,11 +154,13 @@ class Ladder:
 
     def __init__(self, td: Path, pre: Path, calib_x: np.ndarray, input_name: str, preset, recipe, cfg: LadderConfig,
                  recipe_ranges: Path, logits_of: Callable[[Path], np.ndarray], ref: np.ndarray | None,
-                 labels: np.ndarray | None, budget, excluded: Sequence[str] = ()):
+                 labels: np.ndarray | None, budget, excluded: Sequence[str] = (),
+                 qat_x: np.ndarray | Callable[[], np.ndarray] | None = None):
         self.td, self.pre, self.calib_x, self.input_name = td, pre, calib_x, input_name
         self.preset, self.recipe, self.cfg, self.recipe_ranges = preset, recipe, cfg, recipe_ranges
         self.logits_of, self.ref, self.labels, self.budget = logits_of, ref, labels, budget
         self.excluded0 = list(excluded)
+        self._qat_x = calib_x if qat_x is None else qat_x  # rung f's training images (training split), maybe lazy
         self.rungs: list[dict] = []
         self.n_compute = len(compute_nodes(pre))
         self._hists: dict[Path, dict] = {}
@@ -333,11 +335,14 @@ class Ladder:
         best = self.best()
         s0 = time.perf_counter()
         out = self.td / f"qat{len(self.rungs)}.onnx"
-        ref = onnx_logits(self.pre, self.calib_x)
+        if callable(self._qat_x):
+            self._qat_x = self._qat_x()
+        self.qat_x = self._qat_x
+        ref = onnx_logits(self.pre, self.qat_x)
         if self.cfg.qat_nodes == 1:  # the head alone: measured on digits (test agreement 0.9889 -> 0.9916)
-            summary = qat_head(best["_float"], best["_path"], self.calib_x, ref, self.input_name, out)
+            summary = qat_head(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out)
         else:
-            summary = qat_tail(best["_float"], best["_path"], self.calib_x, ref, self.input_name, out,
+            summary = qat_tail(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out,
                                qat_nodes=self.cfg.qat_nodes)
         if "skipped" in summary:
             self.rungs.append({"rung": "f:qat", **summary, "seconds": time.perf_counter() - s0})
@@ -345,7 +350,7 @@ class Ladder:
         r = self.candidate("f:qat", out, best["_ranges"], best["excluded_nodes"], estimator=best.get("estimator"),
                            based_on=best["rung"], qat=strip_private(summary), prep_seconds=time.perf_counter() - s0,
                            **({"_base": best["_base"]} if "_base" in best else {}))
-        r["qat"]["parity"] = par = head_parity(r["_path"], summary, self.calib_x, self.input_name)
+        r["qat"]["parity"] = par = head_parity(r["_path"], summary, self.qat_x, self.input_name)
         if not par["passed"]:
             r["holds"] = False
             r["qat_failed"] = (f"QDQ head vs fake-quantized torch head: max |diff| {par['rel_diff']:.3%} of the mean "

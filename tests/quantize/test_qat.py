@@ -68,6 +68,7 @@ def test_qat_head_lowers_the_kl_and_ort_requantizes_its_weights_exactly(setup, t
     assert len(wq) == 1 and np.array_equal(wq[0].astype(np.int64), np.rint(qint).astype(np.int64))
     par = head_parity(q2, s, setup["cx"], "input")
     assert par["passed"] and par["agreement"] == 1.0 and par["rel_diff"] <= 0.05, par
+    assert par["images"] == 16 and 0 <= par["saturated_images"] < 16 and par["output_range"][0] < 0 < par["output_range"][1]
     # and on held-out images the re-quantized file is closer to fp32 than the starting candidate
     rv = onnx_logits(pre, setup["vx"])
     err0 = float(((onnx_logits(q, setup["vx"]) - rv) ** 2).mean())
