@@ -87,6 +87,17 @@ def splits(b: Bundle, spec: PreprocessSpec, recipe):
     return calib_x, vx[d], vy[d], vx[t], vy[t], "no test split in the bundle: validation split cut in two seeded halves"
 
 
+def qat_images(b: Bundle, spec: PreprocessSpec) -> list:
+    """The training images the product's QAT rung uses (edgetransfer.pipeline.stage_quantize)."""
+    import dataclasses
+
+    from edgetransfer.pipeline import QAT_IMAGES
+
+    train = b.folder("train")
+    recipe = load_recipe(load_target("x86-cpu").quantization.calibration)
+    return select_calibration_set(train, dataclasses.replace(recipe, num_samples=min(QAT_IMAGES, len(train))))
+
+
 def logits(path: Path, x: np.ndarray, batch: int = 32) -> np.ndarray:
     from edgetransfer.runtime.ort import onnx_logits
 
@@ -95,14 +106,14 @@ def logits(path: Path, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 # -- the quantizers ----------------------------------------------------------------------------
 
-def q_edgetransfer(fp32: Path, out: Path, calib_x, vx, vy, budget: float, adaround: str = "off") -> dict:
+def q_edgetransfer(fp32: Path, out: Path, calib_x, vx, vy, budget: float, adaround: str = "off", qat_x=None) -> dict:
     from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx
     from edgetransfer.quantize.ladder import LadderConfig
 
     tgt = load_target("x86-cpu")
     m = qdq_int8_from_onnx(fp32, out, calib_x, tgt.quantization, load_recipe(tgt.quantization.calibration),
                            parity_x=vx, parity_y=vy, budget=AccuracyBudget(budget), target=tgt.name,
-                           ladder=LadderConfig(adaround=adaround))
+                           ladder=LadderConfig(adaround=adaround), qat_x=qat_x)
     return {"status": m.details["status"], "chosen_rung": m.details["chosen_rung"],
             "ladder": [(r["rung"], r.get("skipped") or round(r.get("top1_int8", float("nan")), 4)) for r in m.details["ladder"]]}
 
@@ -167,8 +178,8 @@ def q_nncf_accuracy_control(fp32: Path, out: Path, calib_x, vx, vy, budget: floa
     return {"nncf": nncf.__version__}
 
 
-def q_edgetransfer_adaround(fp32: Path, out: Path, calib_x, vx, vy, budget: float) -> dict:
-    return q_edgetransfer(fp32, out, calib_x, vx, vy, budget, adaround="auto")
+def q_edgetransfer_adaround(fp32: Path, out: Path, calib_x, vx, vy, budget: float, qat_x=None) -> dict:
+    return q_edgetransfer(fp32, out, calib_x, vx, vy, budget, adaround="auto", qat_x=qat_x)
 
 
 RUN = {"edgetransfer": q_edgetransfer, "edgetransfer_adaround": q_edgetransfer_adaround, "nncf": q_nncf, "nncf_accuracy_control": q_nncf_accuracy_control,
@@ -246,7 +257,7 @@ def run_dataset(ds: str, args) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     arrays = outdir / "arrays.pkl"
     with open(arrays, "wb") as fh:
-        pickle.dump({"calib_x": calib_x, "vx": vx, "vy": vy}, fh)
+        pickle.dump({"calib_x": calib_x, "vx": vx, "vy": vy, "qat": qat_images(b, spec), "spec": spec.to_dict()}, fh)
     ref = logits(fp32, tx)
     res = {}
     for q in args.quantizers:
@@ -278,7 +289,8 @@ def child(argv) -> None:
     set_quiet(True)
     with open(arrays, "rb") as fh:
         a = pickle.load(fh)
-    info = RUN[q](Path(fp32), Path(out), a["calib_x"], a["vx"], a["vy"], float(budget))
+    kw = {"qat_x": lambda: load_arrays(a["qat"], PreprocessSpec.from_dict(a["spec"]))[0]} if q.startswith("edgetransfer") else {}
+    info = RUN[q](Path(fp32), Path(out), a["calib_x"], a["vx"], a["vy"], float(budget), **kw)
     print(json.dumps(info))
 
 
