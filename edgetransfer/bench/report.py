@@ -184,7 +184,7 @@ def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[s
             first = k == 0
             rows.append([
                 r["name"], r["precision"], r["runtime"], status,
-                _fmt(r.get("size_mib")), top1_cell(acc), _fmt(val and val.get("top1"), 4), _fmt(acc.get("agreement_with_fp32"), 4),
+                _fmt(r.get("size_mib")), top1_cell(acc), top1_cell(val) if val else _fmt(None), _fmt(acc.get("agreement_with_fp32"), 4),
                 _fmt(lat and lat["batch_size"]), _fmt(lat and lat["p50_ms"]), _fmt(lat and lat["p90_ms"]),
                 _fmt(lat and lat["p99_ms"]), _fmt(lat and lat["throughput_ips"], 1),
                 _fmt(e2e.get("p50_ms")) if first and (not lat or lat["batch_size"] == 1) else "",
