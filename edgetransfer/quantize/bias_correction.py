@@ -101,14 +101,13 @@ def mean_inputs(float_model, tensors: dict[str, tuple | None], x: np.ndarray, in
     return {t: (s[0] / len(x), s[1] / len(x)) for t, s in sums.items()}
 
 
-def _input_qparams(qdq_model, node) -> tuple | None:
-    """(scale, zero_point, qmin, qmax) of the DequantizeLinear feeding ``node``'s data input in
-    the QDQ model, or None when that input is float."""
+def dq_qparams(qdq_model, tensor: str) -> tuple | None:
+    """(scale, zero_point, qmin, qmax) of the per-tensor DequantizeLinear producing ``tensor`` in the
+    QDQ model (scale and zero point initializers), or None when ``tensor`` is not made by one."""
     from onnx import numpy_helper
 
-    producer = {o: n for n in qdq_model.graph.node for o in n.output}
     inits = {i.name: i for i in qdq_model.graph.initializer}
-    dq = producer.get(node.input[0])
+    dq = next((n for n in qdq_model.graph.node if tensor in n.output), None)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
         return None
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
@@ -117,6 +116,11 @@ def _input_qparams(qdq_model, node) -> tuple | None:
         return None
     info = np.iinfo(zp.dtype)
     return float(scale.reshape(())), float(zp.reshape(())), info.min, info.max
+
+
+def _input_qparams(qdq_model, node) -> tuple | None:
+    """:func:`dq_qparams` of ``node``'s data input: None when that input is float."""
+    return dq_qparams(qdq_model, node.input[0])
 
 
 def correct_biases(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str, out_float: Path,

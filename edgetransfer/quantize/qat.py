@@ -180,20 +180,13 @@ def qat_head(float_path: Path, qdq_path: Path, calib_x: np.ndarray, fp32_logits:
 def _output_range(model) -> tuple[float, float] | None:
     """The float range [lo, hi] the graph output's DequantizeLinear can represent (the Gemm
     output's Q/DQ pair calibrated on fp32 logits), or None when the output is not dequantized."""
-    from onnx import numpy_helper
+    from .bias_correction import dq_qparams
 
-    inits = {i.name: i for i in model.graph.initializer}
-    out = model.graph.output[0].name
-    dq = next((n for n in model.graph.node if out in n.output), None)
-    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in inits:
+    qp = dq_qparams(model, model.graph.output[0].name)
+    if qp is None:
         return None
-    sc = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-    zp = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else np.array(0, np.uint8)
-    if sc.size != 1:
-        return None
-    info = np.iinfo(zp.dtype)
-    z = float(zp.reshape(()))
-    return float((info.min - z) * sc.reshape(())), float((info.max - z) * sc.reshape(()))
+    scale, zp, qmin, qmax = qp
+    return (qmin - zp) * scale, (qmax - zp) * scale
 
 
 def head_parity(qdq_path: Path, summary: dict, calib_x: np.ndarray, input_name: str) -> dict:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 pytest.importorskip("onnxruntime.quantization", reason="the export extra (onnxruntime) is not installed")
 pytest.importorskip("torch", reason="AdaRound needs the train extra (torch)")
 
-from ..fixtures.onnx_models import _head, _model, write_onnx  # noqa: E402
-from .test_rungs import RECIPE, _quantize, _x  # noqa: E402
+from ..fixtures.onnx_models import write_onnx  # noqa: E402
+from .test_rungs import RECIPE, _dw_net, _quantize, _x  # noqa: E402
 
 from edgetransfer.errors import ConfigError  # noqa: E402
 from edgetransfer.quantize.adaround import adaround  # noqa: E402
@@ -32,14 +32,7 @@ def _coarse_dw_net() -> onnx.ModelProto:
     w2 = rng.normal(0, 0.2, (8, 1, 3, 3))
     w2[:, 0, 0, 0] = 3.0  # sets each channel's symmetric step to 3 / 127
     w3 = rng.normal(0, 0.5, (4, 8, 1, 1))
-    head, hinit = _head()
-    hinit["w_fc"] = rng.normal(0, 1, (2, 4))
-    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1"),
-             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="dw", group=8, pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-             helper.make_node("Conv", ["r2", "w3", "b3"], ["h"], name="conv3")] + head
-    return _model(nodes, {"w1": w1, "b1": b1, "w2": w2, "b2": np.zeros(8), "w3": w3, "b3": np.zeros(4), **hinit})
+    return _dw_net(rng, w1, b1, w2, w3)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,11 @@ def _depthwise_net() -> onnx.ModelProto:
     b1 = np.abs(rng.normal(0.2, 0.1, 8)) * s
     w2 = rng.normal(0, 1, (8, 1, 3, 3)) / s[:, None, None, None]
     w3 = rng.normal(0, 1, (4, 8, 1, 1))
+    return _dw_net(rng, w1, b1, w2, w3)
+
+
+def _dw_net(rng, w1, b1, w2, w3) -> onnx.ModelProto:
+    """conv1 (3->8) -> Relu -> depthwise 3x3 (8 groups) -> Relu -> conv3 (8->4) -> head (fc weights from ``rng``)."""
     head, hinit = _head()
     hinit["w_fc"] = rng.normal(0, 1, (2, 4))
     nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1"),
