@@ -77,7 +77,7 @@ def _activation_after(fm, node):
     return c, float(lo), float(hi)
 
 
-def _layer_fn(node, w_shape):
+def _layer_fn(node):
     """torch function (x, w, b) -> y for a Conv or Gemm ``node`` (Gemm: weight as stored)."""
     import torch.nn.functional as F
 
@@ -229,7 +229,7 @@ def adaround(float_path: Path, qdq_path: Path, calib_x: np.ndarray, input_name: 
         tgt_name = act[0].output[0] if act else fn_node.output[0]
         (target,) = exposed_outputs(float_path, [tgt_name], calib_x, input_name)
         (x_q,) = exposed_outputs_model(qm, [qn.input[0]], calib_x, input_name)
-        q, rec = adaround_layer(_layer_fn(fn_node, w.shape), x_q, target, w, b, p["scale"], p["zero_point"],
+        q, rec = adaround_layer(_layer_fn(fn_node), x_q, target, w, b, p["scale"], p["zero_point"],
                                 p["axis"] if np.size(p["scale"]) > 1 else _wq_axis(fn_node), int(p["qmin"]), int(p["qmax"]),
                                 (act[1], act[2]) if act else None, iters=iters, batch=batch, lr=lr, seed=seed)
         s = np.asarray(p["scale"], np.float32)
