@@ -210,7 +210,11 @@ def speed(path: Path, ref: Path, x: np.ndarray, args) -> dict:
     x1, x8 = np.ascontiguousarray(x[:1]), np.ascontiguousarray(np.resize(x, (8,) + x.shape[1:]))
     s_ref, s = make_session(ref), make_session(path)
     try:
-        req, ov_error = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request(), None
+        # the product's OpenVINO runner settings (edgetransfer.runtime.openvino): f32 inference precision for fp32 and
+        # INT8 files. OpenVINO's default on this AMX host is bf16, which runs the float remainder of an INT8 file (and
+        # any float-fallback node) in bf16 and flatters it against ORT fp32
+        req, ov_error = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                                   "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request(), None
     except RuntimeError as exc:  # OpenVINO's CPU plugin refuses some QDQ layouts
         req, ov_error = None, str(exc).strip().splitlines()[-1][:200]
     name = s.get_inputs()[0].name
