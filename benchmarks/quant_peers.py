@@ -48,9 +48,11 @@ from edgetransfer.bundle import Bundle  # noqa: E402
 from edgetransfer.data import PreprocessSpec, load_arrays  # noqa: E402
 from edgetransfer.progress import set_quiet  # noqa: E402
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set  # noqa: E402
+from edgetransfer.runtime.openvino import compile_config  # noqa: E402
 from edgetransfer.quantize.graphstats import float_node_share  # noqa: E402
 from edgetransfer.stats import budget_judge, wilson_interval  # noqa: E402
 from edgetransfer.targets import load_target  # noqa: E402
+from edgetransfer.types import Precision  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGETRANSFER_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -210,11 +212,9 @@ def speed(path: Path, ref: Path, x: np.ndarray, args) -> dict:
     x1, x8 = np.ascontiguousarray(x[:1]), np.ascontiguousarray(np.resize(x, (8,) + x.shape[1:]))
     s_ref, s = make_session(ref), make_session(path)
     try:
-        # the product's OpenVINO runner settings (edgetransfer.runtime.openvino): f32 inference precision for fp32 and
-        # INT8 files. OpenVINO's default on this AMX host is bf16, which runs the float remainder of an INT8 file (and
-        # any float-fallback node) in bf16 and flatters it against ORT fp32
-        req, ov_error = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                                   "INFERENCE_PRECISION_HINT": "f32"}).create_infer_request(), None
+        # the product runner's properties: f32 inference precision for INT8 files (OpenVINO's default on an AMX host
+        # is bf16, which runs the float remainder of an INT8 file, float-fallback nodes included, in bf16)
+        req, ov_error = ov.Core().compile_model(str(path), "CPU", compile_config(Precision.INT8)).create_infer_request(), None
     except RuntimeError as exc:  # OpenVINO's CPU plugin refuses some QDQ layouts
         req, ov_error = None, str(exc).strip().splitlines()[-1][:200]
     name = s.get_inputs()[0].name

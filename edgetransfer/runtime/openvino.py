@@ -23,6 +23,15 @@ from .base import Runner, register_runner
 _OV_TYPES = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8", "i64": "int64", "i32": "int32"}
 
 
+def compile_config(precision: Precision) -> dict[str, Any]:
+    """The ``compile_model`` properties the runner starts from: ``PERFORMANCE_HINT`` ``LATENCY``, and
+    ``INFERENCE_PRECISION_HINT`` ``f32`` for fp32 and INT8 artifacts (see the module docstring)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision in (Precision.FP32, Precision.INT8):
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return config
+
+
 @register_runner(Format.ONNX, Runtime.OPENVINO)
 class OpenVinoRunner(Runner):
     """``options``: ``device`` (OpenVINO device name, default ``CPU``), ``config`` (extra
@@ -40,10 +49,7 @@ class OpenVinoRunner(Runner):
         ov = require("openvino", "openvino", "the OpenVINO runner")
         self._core = ov.Core()
         self.device = self.options.get("device", "CPU")
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        precision = self.manifest.precision if self.manifest else Precision.FP32
-        if precision in (Precision.FP32, Precision.INT8):
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+        config = compile_config(self.manifest.precision if self.manifest else Precision.FP32)
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         config.update(self.options.get("config", {}))
