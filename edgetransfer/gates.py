@@ -81,7 +81,7 @@ def flip_gate(reference: np.ndarray, candidate: np.ndarray, *, name: str, spec: 
     sizes = (f"{int(flips.sum())} flip(s) of {n} images, {df} of {nd} decisive (fp32 margin >= {spec.decisive_margin}; "
              f"{allowed} allowed), mean |logit diff| {rel:.1%} of mean |reference logit|")
     if df <= allowed:
-        return GateResult(name, True, f"{name}: passed: {sizes}", fig)
+        return GateResult(name, True, f"{name}: passed on decisive flips ({df} <= {allowed} allowed): {sizes}", fig)
     if rel <= spec.max_rel_logit_diff:
         return GateResult(name, True, f"{name}: passed on the logit tolerance ({rel:.1%} <= {spec.max_rel_logit_diff:.0%}): {sizes}", fig)
     return GateResult(name, False, f"{name}: failed: {sizes} (> {spec.max_rel_logit_diff:.0%})", fig)

@@ -7,7 +7,8 @@ import os
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 import sys
 
@@ -29,11 +30,16 @@ def log(msg: str) -> None:
 
 @contextlib.contextmanager
 def task(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """``with task("Extracting features", total=n) as advance: advance(k)``."""
+    """``with task("Extracting features", total=n) as advance: advance(k)``. ``total`` None: a step
+    of unknown length, shown as a spinner with the elapsed time (no "0/?" counter)."""
     if _quiet:
         yield lambda k=1: None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as prog:
+    cols = ((TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+             TimeRemainingColumn()) if total is not None else
+            (SpinnerColumn(finished_text="[green]done"), TextColumn("[bold]{task.description}"), TimeElapsedColumn()))
+    with Progress(*cols, console=console, transient=False) as prog:
         tid = prog.add_task(description, total=total)
         yield lambda k=1: prog.advance(tid, k)
+        if total is None:  # the spinner turns into "done"
+            prog.update(tid, total=1, completed=1)

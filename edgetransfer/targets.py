@@ -425,9 +425,14 @@ def load_target(name_or_path: str | os.PathLike, directory: Path | None = None) 
         if not path.is_file():
             import difflib
 
-            near = difflib.get_close_matches(str(name_or_path), list_targets(directory), n=1)
+            known = list_targets(directory)
+            # every known name holding all the words of the query (jetson-orin: both Orins), else the closest spelling
+            words = [w for w in str(name_or_path).lower().replace("_", "-").split("-") if w]
+            near = [t for t in known if words and all(w in t.split("-") for w in words)]
+            near = near or difflib.get_close_matches(str(name_or_path), known, n=1)
+            hint = f" (did you mean {' or '.join(repr(t) for t in near[:3])}?)" if near else ""
             raise TargetError(
-                f"unknown target {str(name_or_path)!r}{' (did you mean ' + repr(near[0]) + '?)' if near else ''}; "
+                f"unknown target {str(name_or_path)!r}{hint}; "
                 f"known targets: {', '.join(list_targets(directory)) or '(none)'}"
                 " (or pass the path of a target YAML file)"
             )

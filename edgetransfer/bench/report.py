@@ -164,6 +164,17 @@ def _provider_cell(r: dict[str, Any]) -> str:
 HEADER = ["artifact", "precision", "runtime", "status", "MiB", "top-1", "top-1 val", "agree fp32", "batch", "p50 ms", "p90 ms", "p99 ms",
           "img/s", "e2e p50 ms", "mem MiB", "provider", "Pareto"]
 _TEXT_COLUMNS = ("artifact", "precision", "runtime", "status", "provider", "Pareto")
+_COMPACT = ("artifact", "runtime", "status", "top-1", "batch", "p50 ms", "img/s", "Pareto")  # names carry the precision
+
+
+def _pct_cell(lat: dict | None, p: int) -> str:
+    """The p-th percentile latency; marked ``†`` when the loop made fewer calls than the percentile
+    needs to rest on at least one call above it (1 / (1 - p/100): 10 for p90, 100 for p99)."""
+    if not lat:
+        return _fmt(None)
+    cell = _fmt(lat[f"p{p}_ms"])
+    need = round(1 / (1 - p / 100))
+    return cell + "†" if lat.get("iterations") is not None and lat["iterations"] < need else cell
 
 
 def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -185,8 +196,8 @@ def table_rows(report: dict[str, Any], with_errors: bool = True) -> tuple[list[s
             rows.append([
                 r["name"], r["precision"], r["runtime"], status,
                 _fmt(r.get("size_mib")), top1_cell(acc), top1_cell(val) if val else _fmt(None), _fmt(acc.get("agreement_with_fp32"), 4),
-                _fmt(lat and lat["batch_size"]), _fmt(lat and lat["p50_ms"]), _fmt(lat and lat["p90_ms"]),
-                _fmt(lat and lat["p99_ms"]), _fmt(lat and lat["throughput_ips"], 1),
+                _fmt(lat and lat["batch_size"]), _fmt(lat and lat["p50_ms"]), _pct_cell(lat, 90), _pct_cell(lat, 99),
+                _fmt(lat and lat["throughput_ips"], 1),
                 _fmt(e2e.get("p50_ms")) if first and (not lat or lat["batch_size"] == 1) else "",
                 _fmt(mem.get("growth_mib"), 1) if first else "",
                 _provider_cell(r), "*" if r.get("pareto") else "",
@@ -230,7 +241,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         *data_lines(report),
         f"Latency: {st.get('warmup')} warm-up calls, then at least {st.get('min_iterations')} calls and {st.get('min_seconds')} s "
         "per figure; `e2e` = JPEG bytes in, decode + preprocess + inference + softmax/top-k, batch 1; "
-        "`mem` = resident-set growth while loaded and running; `Pareto` `*` = on the accuracy/latency Pareto front (no other row both faster and more accurate).",
+        "`mem` = resident-set growth while loaded and running (in this process: the first row of a runtime also pays for "
+        "loading that runtime's libraries, so compare rows of one runtime); `†` = fewer timed calls than the percentile "
+        "needs (p90: 10, p99: 100), an interpolation between the slowest calls; `Pareto` `*` = on the accuracy/latency Pareto front (no other row both faster and more accurate).",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if h in _TEXT_COLUMNS else "---:" for h in header) + "|",
@@ -285,17 +298,29 @@ def write_report(report: dict[str, Any], out_dir: Path, *, plot: bool = True) ->
 def print_table(report: dict[str, Any]) -> None:
     import sys
 
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     header, rows = table_rows(report)
-    t = Table(title=f"edgetransfer report — target {report.get('target')}")
-    for h in header:
-        t.add_column(h, justify="left" if h in _TEXT_COLUMNS else "right")
-    for row in rows:
-        t.add_row(*(escape(c) for c in row))  # error texts hold [brackets] (pip extras): not markup
     con = Console(width=None if sys.stdout.isatty() else 200)
+    keep = list(range(len(header)))
+    if con.width < 160:  # a terminal too narrow for 17 columns: the columns that decide, the rest is in report.md
+        keep = [i for i, h in enumerate(header) if h in _COMPACT]
+    compact = len(keep) < len(header)
+    if compact:  # point estimates only (intervals in report.md), no vertical rules: fits 80 columns
+        rows = [[c.split(" [")[0] if header[i] == "top-1" else c for i, c in enumerate(r)] for r in rows]
+    t = Table(title=f"edgetransfer report — target {report.get('target')}"
+              + (" (compact: intervals and every column in report.md)" if compact else ""),
+              **({"box": None, "pad_edge": False, "show_edge": False} if compact else {}))
+    for i in keep:
+        # fold, never cut with "…": a name the user cannot read whole is no use; figures never wrap
+        text = header[i] in _TEXT_COLUMNS
+        t.add_column(header[i], justify="left" if text else "right", overflow="fold", no_wrap=not text,
+                     min_width=min(max([len(header[i])] + [len(r[i]) for r in rows]), 24) if header[i] in ("artifact", "runtime") else None)
+    for row in rows:
+        t.add_row(*(escape(row[i]) for i in keep))  # error texts hold [brackets] (pip extras): not markup
     con.print(t)
     for n in report.get("notes") or []:
         con.print(f"note: {escape(n)}")

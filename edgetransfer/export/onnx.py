@@ -235,7 +235,7 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
         meta = {"exporter": exporter}
         graph = _finalise(path, class_names, preprocessing, meta)
         verify_dynamic_batch(path, len(class_names), input_size)
-        with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
+        with task(f"PyTorch reference logits ({len(parity_x)} images)", None):
             ref = torch_logits(model, parity_x)
         details: dict[str, Any] = {"exporter": exporter, "exporter_errors": errors, "opset": opset,
                                    "shape_inference": "onnx strict (value_info kept)", "graph": graph}
@@ -256,7 +256,7 @@ def export_module(model, path: Path, *, input_size: int, class_names: list[str],
                                      "nodes_before": graph["nodes"], "nodes_after": slim_graph["nodes"],
                                      "parity_vs_unsimplified": s_stats.to_dict()}
             details["graph"] = slim_graph
-        with task(f"Parity vs PyTorch ({len(parity_x)} images)", None):
+        with task(f"ONNX parity vs PyTorch ({len(parity_x)} images)", None):
             result = judge(ref, onnx_logits(path, parity_x), Tolerance(**tol), what="ONNX export", output=OUTPUT_NAME)
         stats = result.raise_for().stats
     finally:

@@ -17,6 +17,7 @@ def test_version():
 @pytest.mark.parametrize("args, words", [
     (["trian"], "Did you mean 'train'?"),
     (["targets", "show", "x86-cpuu"], "did you mean 'x86-cpu'?"),
+    (["targets", "show", "jetson-orin"], "did you mean 'jetson-agx-orin' or 'jetson-orin-nano'?"),
     (["train", "DATA", "--out", "o", "--epochs", "abc"], "'--epochs'"),
     (["train", "DATA", "--out", "o", "--epochs", "0"], "--epochs must be >= 1"),
     (["train"], "Missing argument"),
