@@ -45,67 +45,18 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..onnx_inspect import count_ops
 from ..parity import compare_logits
 from ..progress import log
 from ..stats import budget_judge
 from .graphstats import b1_ms, compute_nodes, depthwise_convs, node_ms
+from .ladder_config import LadderConfig  # noqa: F401  (re-exported: the ladder's public configuration)
 from .ort_qdq import quantize_with_ranges, requantized_by_ort
-from .ranges import ESTIMATORS
-
-
-@dataclass(frozen=True)
-class LadderConfig:
-    """``estimators``: range estimators tried after the recipe's method (rung a);
-    ``equalize``: ``auto`` / ``on`` / ``off`` (rung b); ``bias_correction`` (rung c);
-    ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %);
-    ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``; ``qat_nodes``: the
-    number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them
-    (1, the default: the classifier head, ``qat.qat_head``, measured to help on digits; 2+:
-    ``qat.qat_tail``, which on hymenoptera's 128 calibration images over-fitted: val KL 8.6e-5 -> 8.1e-5
-    in 315 s); ``adaround``: rung d, ``off`` (the default: opt-in, it costs minutes) / ``auto`` (only
-    when nothing of a-c holds) / ``on`` (always measured); ``adaround_layers``: how many of the most
-    sensitive weighted layers it re-rounds (0 = every quantized Conv/Gemm; 8, measured on digits
-    with EfficientNet-Lite0, val mean KL vs fp32 after rung d: 4 layers 0.0162, 8 layers 0.0080, 16 layers
-    0.0102, bias correction alone 0.0197; the layer-wise reconstruction does not track the logits
-    beyond the most sensitive layers); ``adaround_iters``: Adam
-    steps per layer; ``adaround_seconds``: no layer is started after this many seconds."""
-
-    estimators: tuple[str, ...] = ("mse",)
-    equalize: str = "auto"
-    bias_correction: bool = True
-    max_float_share: float = 0.05
-    qat: str = "auto"
-    qat_nodes: int = 1
-    adaround: str = "off"
-    adaround_layers: int = 8
-    adaround_iters: int = 500
-    adaround_seconds: float = 600.0
-
-    def __post_init__(self) -> None:
-        bad = [e for e in self.estimators if e not in ESTIMATORS]
-        if bad:
-            raise ConfigError(f"unknown range estimator(s) {bad}; known: {', '.join(ESTIMATORS)}")
-        if self.qat not in ("auto", "on", "off"):
-            raise ConfigError(f"qat must be auto, on or off (got {self.qat!r})")
-        if self.adaround not in ("auto", "on", "off"):
-            raise ConfigError(f"adaround must be auto, on or off (got {self.adaround!r})")
-        if self.adaround_layers < 0 or self.adaround_iters < 1 or self.adaround_seconds <= 0:
-            raise ConfigError("adaround_layers must be >= 0 (0 = all), adaround_iters >= 1 and adaround_seconds > 0")
-        if self.equalize not in ("auto", "on", "off"):
-            raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
-        if not 0.0 <= self.max_float_share <= 1.0:
-            raise ConfigError(f"--max-float-share must be a fraction in [0, 1] (got {self.max_float_share}); 0.05 = 5 %")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _score(r: dict) -> tuple:
@@ -335,9 +286,7 @@ class Ladder:
         best = self.best()
         s0 = time.perf_counter()
         out = self.td / f"qat{len(self.rungs)}.onnx"
-        if callable(self._qat_x):
-            self._qat_x = self._qat_x()
-        self.qat_x = self._qat_x
+        self.qat_x = self.train_x()
         ref = onnx_logits(self.pre, self.qat_x)
         if self.cfg.qat_nodes == 1:  # the head alone: measured on digits (test agreement 0.9889 -> 0.9916)
             summary = qat_head(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out)
@@ -356,6 +305,12 @@ class Ladder:
             r["qat_failed"] = (f"QDQ head vs fake-quantized torch head: max |diff| {par['rel_diff']:.3%} of the mean "
                                f"|logit| > {par['tolerance']:.0%}")
             r["_score_penalty"] = True
+
+    def train_x(self) -> np.ndarray:
+        """The training-split images of rungs d (``adaround_images: train``) and f, decoded once."""
+        if callable(self._qat_x):
+            self._qat_x = self._qat_x()
+        return self._qat_x
 
     def rung_equalize(self) -> dict | None:
         from .equalize import channel_min, equalize
