@@ -21,9 +21,9 @@ e. float fallback: quantization units ranked by the logit error each adds alone
    :attr:`LadderConfig.max_float_share` of the compute nodes; each step quantized from the
    uncorrected float model and bias-corrected again (a layer kept in float must lose the
    correction made for its rounding, and its neighbours' shifts change);
-f. QAT of the classifier head on the best candidate's own INT8 features of the calibration
-   images (:mod:`~edgetransfer.quantize.qat`), parity-checked against the fake-quantized torch
-   head.
+f. QAT of the network's tail (default: the last 2 weighted nodes and what follows them; 1 = the
+   classifier head) on the best candidate's own INT8 features of the training images
+   (:mod:`~edgetransfer.quantize.qat`), parity-checked against the fake-quantized torch tail.
 
 Which candidate is chosen. Rungs a-c give files of the same graph (same nodes quantized, same
 speed) and cost seconds, so ALL of them are measured, and the chosen one is the candidate that
@@ -288,7 +288,7 @@ class Ladder:
         out = self.td / f"qat{len(self.rungs)}.onnx"
         self.qat_x = self.train_x()
         ref = onnx_logits(self.pre, self.qat_x)
-        if self.cfg.qat_nodes == 1:  # the head alone: measured on digits (test agreement 0.9889 -> 0.9916)
+        if self.cfg.qat_nodes == 1:  # the head alone (the default tail of 2 nodes: see LadderConfig)
             summary = qat_head(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out)
         else:
             summary = qat_tail(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out,
@@ -391,6 +391,12 @@ class Ladder:
                 break
             r = self.corrected(f"e:float_fallback:{step}", best.get("_base", best["_float"]), best["_ranges"], excl,
                                units=k, based_on=best["rung"], **({"ranking": ranking} if step == 1 else {}))
+            if r["float_compute_nodes"] > cap:  # the exclusions added so ORT does not re-quantize them count too
+                r.update(holds=False, _score_penalty=True, over_float_cap=(
+                    f"{r['float_compute_nodes']} compute node(s) in float after the exclusions ONNX Runtime needs "
+                    f"> cap {cap} (--max-float-share {self.cfg.max_float_share}): measured, never chosen"))
+                log(f"  INT8 rung {r['rung']}: {r['over_float_cap']}")
+                break
             if r.get("holds") or k == len(units) or not r["num_dequantize_nodes"]:
                 break
 

@@ -139,6 +139,29 @@ def test_float_fallback_respects_the_cap(data, sensitive, tmp_path):
     assert "float cap 0 compute node(s)" in m.details["ladder"][-2]["skipped"]
 
 
+def test_float_fallback_counts_the_exclusions_ort_needs_against_the_cap(data, sensitive, tmp_path, monkeypatch):
+    """The unit (conv1, conv2) fits a cap of 2 compute nodes, but if keeping conv2 in float also needs
+    fc in float (so ONNX Runtime does not re-quantize conv2 at load time), the file has 3: it is
+    measured, marked over the cap and never chosen."""
+    import edgetransfer.quantize.ladder as ladder_mod
+
+    real = ladder_mod.requantized_by_ort
+
+    def needs_fc(path, excluded):
+        out = real(path, excluded)
+        return {**out, "conv2": ["fc"]} if "conv2" in excluded and "fc" not in excluded else out
+
+    monkeypatch.setattr(ladder_mod, "requantized_by_ort", needs_fc)
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4),
+                           ladder=LadderConfig(max_float_share=0.67, qat="off"))
+    d = m.details
+    fb = next(r for r in d["ladder"] if r["rung"] == "e:float_fallback:1")
+    assert fb["float_compute_nodes"] == 3 and "> cap 2" in fb["over_float_cap"] and fb["holds"] is False
+    assert d["chosen_rung"] != "e:float_fallback:1" and d["status"] == "budget_exceeded"
+    assert d["float_compute_share"] == 0.0
+
+
 def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
     """conv2 alone in float sits between quantized neighbours: ORT's WeightBiasQuantization would
     give it INT8 weights again at load time, so its consumer (pool) is kept in float too."""
