@@ -306,7 +306,10 @@ def print_table(report: dict[str, Any]) -> None:
     header, rows = table_rows(report)
     con = Console(width=None if sys.stdout.isatty() else 200)
     keep = list(range(len(header)))
-    if con.width < 160:  # a terminal too narrow for 17 columns: the columns that decide, the rest is in report.md
+    # a console narrower than the full table (each column as wide as its widest cell, 3 characters of rule and
+    # padding per column): only the columns that decide, the rest is in report.md
+    need = sum(max([len(h)] + [len(r[i]) for r in rows]) + 3 for i, h in enumerate(header)) + 1
+    if con.width < need:
         keep = [i for i, h in enumerate(header) if h in _COMPACT]
     compact = len(keep) < len(header)
     if compact:  # point estimates only (intervals in report.md), no vertical rules: fits 80 columns
