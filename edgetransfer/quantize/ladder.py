@@ -293,6 +293,10 @@ class Ladder:
         else:
             summary = qat_tail(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out,
                                qat_nodes=self.cfg.qat_nodes)
+            if "skipped" in summary:  # a tail torch cannot run here (a residual Add from before the cut): the head
+                why = summary["skipped"]
+                summary = qat_head(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out)
+                summary["tail_skipped"] = f"tail of {self.cfg.qat_nodes} nodes: {why}; the head alone was trained"
         if "skipped" in summary:
             self.rungs.append({"rung": "f:qat", **summary, "seconds": time.perf_counter() - s0})
             return

@@ -21,7 +21,8 @@ class LadderConfig:
     (2, the default, ``qat.qat_tail``: EfficientNet-Lite0's 1x1 conv_head + the classifier; measured on
     digits 2026-12-03, same ladder otherwise, on the 1024 training images of the QAT rung: val mean KL
     0.0024 and agreement 0.9889, holds, test agreement 0.9889 and KL 0.0028 in 55 s, where the head
-    alone gave test agreement 0.981; 1: the classifier head alone, ``qat.qat_head``; on 128
+    alone gave test agreement 0.981; a tail torch cannot run here, e.g. one reading a residual from before
+    the cut, falls back to the head, recorded as ``tail_skipped``; 1: the classifier head alone, ``qat.qat_head``; on 128
     calibration images the tail over-fitted on hymenoptera: val KL 8.6e-5 -> 8.1e-5 in 315 s); ``adaround``: rung d, ``off`` (the default: opt-in, it costs minutes) / ``auto`` (only
     when nothing of a-c holds) / ``on`` (always measured); ``adaround_layers``: how many of the most
     sensitive weighted layers it re-rounds (0 = every quantized Conv/Gemm; 8, measured on digits

@@ -130,3 +130,14 @@ def test_qat_tail_of_two_weighted_nodes(setup, tmp_path):
     err0 = float(((onnx_logits(q, setup["vx"]) - rv) ** 2).mean())
     err1 = float(((onnx_logits(q2, setup["vx"]) - rv) ** 2).mean())
     assert err1 < err0, (err0, err1)
+
+
+def test_a_tail_torch_cannot_run_falls_back_to_the_head(setup, tmp_path):
+    """qat_nodes beyond what the graph maps (here more weighted nodes than the net has): the rung
+    trains the classifier head alone and records why the tail was not trained."""
+    m = qdq_int8_from_onnx(setup["model"], tmp_path / "q.onnx", setup["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=setup["vx"], parity_y=setup["vy"], budget=AccuracyBudget(0.005, max_steps=0),
+                           ladder=LadderConfig(qat="on", qat_nodes=5))
+    f = [r for r in m.details["ladder"] if r["rung"] == "f:qat"]
+    assert len(f) == 1 and "fewer than 5 weighted nodes" in f[0]["qat"]["tail_skipped"], f[0]
+    assert f[0]["qat"]["parity"]["passed"] and f[0]["qat"]["kl_after"] <= f[0]["qat"]["kl_before"]
