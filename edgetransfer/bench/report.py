@@ -298,7 +298,6 @@ def write_report(report: dict[str, Any], out_dir: Path, *, plot: bool = True) ->
 def print_table(report: dict[str, Any]) -> None:
     import sys
 
-    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
