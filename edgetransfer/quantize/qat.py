@@ -1,5 +1,6 @@
-"""Rung f of the INT8 ladder: quantization-aware fine-tuning (QAT) of the classifier head on the
-INT8 model's own features.
+"""Rung f of the INT8 ladder: quantization-aware fine-tuning (QAT) of the network's tail
+(:func:`qat_tail`, the ladder's default: the last 2 weighted nodes) or of the classifier head
+alone (:func:`qat_head`) on the INT8 model's own features.
 
 Why the head, and why on the INT8 features: the quantization error of a CNN is spread over its
 early layers (EfficientNet-Lite0 on digits, measured 2026-12-02 by
