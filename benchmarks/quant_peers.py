@@ -52,7 +52,7 @@ from edgetransfer.progress import set_quiet  # noqa: E402
 from edgetransfer.quantize.calibration import load_recipe, select_calibration_set  # noqa: E402
 from edgetransfer.runtime.openvino import compile_config  # noqa: E402
 from edgetransfer.quantize.graphstats import float_node_share  # noqa: E402
-from edgetransfer.stats import budget_judge, wilson_interval  # noqa: E402
+from edgetransfer.stats import budget_judge, softmax_margin, wilson_interval  # noqa: E402
 from edgetransfer.targets import load_target  # noqa: E402
 from edgetransfer.types import Precision  # noqa: E402
 
@@ -245,15 +245,13 @@ def figures(ref_logits, path: Path, tx, ty, budget: float) -> dict:
     j = budget_judge(ref_logits, cand, ty, budget)
     f = j.figures
     k8 = int((cand.argmax(1) == ty).sum())
-    p = np.exp(ref_logits - ref_logits.max(1, keepdims=True))
-    p = np.sort(p / p.sum(1, keepdims=True), 1)
     lost = (ref_logits.argmax(1) == ty) & (cand.argmax(1) != ty)
     return {"test_top1_fp32": f["top1_fp32"], "test_top1_int8": f["top1_cand"],
             "test_top1_int8_interval95": list(wilson_interval(k8, len(ty))), "test_top1_drop": f["drop"],
             "drop_interval95": f["drop_interval95"], "agreement": f["fidelity"]["agreement"],
             "lost": f["lost"], "gained": f["gained"], "test_images": len(ty), "budget_holds_on_test": j.holds,
             # how close to a tie fp32 was on each image INT8 lost: top-1 minus top-2 softmax probability
-            "lost_fp32_margins": [round(float(v), 4) for v in (p[lost, -1] - p[lost, -2])]}
+            "lost_fp32_margins": [round(float(v), 4) for v in softmax_margin(ref_logits)[lost]]}
 
 
 def run_dataset(ds: str, args) -> dict:

@@ -131,12 +131,18 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def decisive_mask(ref: np.ndarray, margin: float) -> np.ndarray:
-    """bool (N,): images whose reference softmax margin (top-1 minus top-2 probability) of the
-    float (N, C) logits ``ref`` is at least ``margin`` (one class: every image is decisive)."""
+def softmax_margin(ref: np.ndarray) -> np.ndarray:
+    """float (N,): top-1 minus top-2 softmax probability of the float (N, C) logits ``ref`` (one
+    class: the top-1 probability, 1.0)."""
     pr = _softmax(ref)
     top2 = np.sort(pr, 1)[:, -2:] if pr.shape[1] > 1 else np.concatenate([np.zeros_like(pr), pr], 1)
-    return (top2[:, 1] - top2[:, 0]) >= margin
+    return top2[:, 1] - top2[:, 0]
+
+
+def decisive_mask(ref: np.ndarray, margin: float) -> np.ndarray:
+    """bool (N,): images whose reference softmax margin (:func:`softmax_margin`) of the float
+    (N, C) logits ``ref`` is at least ``margin`` (one class: every image is decisive)."""
+    return softmax_margin(ref) >= margin
 
 
 @dataclass(frozen=True)

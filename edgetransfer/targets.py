@@ -433,7 +433,7 @@ def load_target(name_or_path: str | os.PathLike, directory: Path | None = None) 
             hint = f" (did you mean {' or '.join(repr(t) for t in near[:3])}?)" if near else ""
             raise TargetError(
                 f"unknown target {str(name_or_path)!r}{hint}; "
-                f"known targets: {', '.join(list_targets(directory)) or '(none)'}"
+                f"known targets: {', '.join(known) or '(none)'}"
                 " (or pass the path of a target YAML file)"
             )
     try:

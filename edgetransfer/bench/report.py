@@ -307,8 +307,8 @@ def print_table(report: dict[str, Any]) -> None:
     keep = list(range(len(header)))
     # a console narrower than the full table (each column as wide as its widest cell, 3 characters of rule and
     # padding per column): only the columns that decide, the rest is in report.md
-    need = sum(max([len(h)] + [len(r[i]) for r in rows]) + 3 for i, h in enumerate(header)) + 1
-    if con.width < need:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    if con.width < sum(w + 3 for w in widths) + 1:
         keep = [i for i, h in enumerate(header) if h in _COMPACT]
     compact = len(keep) < len(header)
     if compact:  # point estimates only (intervals in report.md), no vertical rules: fits 80 columns
@@ -320,7 +320,7 @@ def print_table(report: dict[str, Any]) -> None:
         # fold, never cut with "…": a name the user cannot read whole is no use; figures never wrap
         text = header[i] in _TEXT_COLUMNS
         t.add_column(header[i], justify="left" if text else "right", overflow="fold", no_wrap=not text,
-                     min_width=min(max([len(header[i])] + [len(r[i]) for r in rows]), 24) if header[i] in ("artifact", "runtime") else None)
+                     min_width=min(widths[i], 24) if header[i] in ("artifact", "runtime") else None)
     for row in rows:
         t.add_row(*(escape(row[i]) for i in keep))  # error texts hold [brackets] (pip extras): not markup
     con.print(t)
