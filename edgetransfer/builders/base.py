@@ -179,6 +179,40 @@ class Builder(ABC):
         return {"calibration": r.to_dict() if r else None, "num_calibration_images": len(self.inputs.calibration),
                 "calibration_images": [str(s.path) for s in self.inputs.calibration]}
 
+    # -- the mobile INT8 ladder -------------------------------------------------------------
+    def rung(self, name: str, cand: np.ndarray, seconds: float, **info: Any) -> dict[str, Any]:
+        """One INT8 candidate judged on the parity images as the ONNX ladder judges its rungs a-c:
+        ``cand`` float32 (N, C) logits of the candidate on ``inputs.parity_x``; returns the record
+        (rung name, ``info``, parity figures, logit fidelity vs fp32, top-1 of both, the budget
+        judgement and ``holds`` when labels and a budget are known, ``seconds``)."""
+        from ..parity import compare_logits
+        from ..stats import budget_judge, logit_fidelity
+
+        ref, y = self.reference, self.inputs.parity_y
+        rec: dict[str, Any] = {"rung": name, **info, "parity": compare_logits(ref, cand).to_dict(),
+                               "fidelity": logit_fidelity(ref, cand), "seconds": float(seconds)}
+        if y is not None:
+            t32, t8 = (float((a.argmax(1) == y).mean()) for a in (ref, cand))
+            rec.update(top1_fp32=t32, top1_int8=t8, top1_drop=t32 - t8)
+            if self.inputs.max_top1_drop is not None:
+                j = budget_judge(ref, cand, y, self.inputs.max_top1_drop)
+                rec["judgement"] = {k: v for k, v in j.to_dict().items() if k != "per_class"}
+                rec["holds"] = bool(j.holds)
+        log(f"  {self.format} INT8 rung {name}: agreement {rec['parity']['agreement']:.4f}, mean KL "
+            f"{rec['fidelity']['mean_kl']:.2e}" + (f", top-1 {rec['top1_int8']:.4f} (fp32 {rec['top1_fp32']:.4f})" if y is not None else "")
+            + (f": {'holds' if rec['holds'] else 'does not hold'}" if "holds" in rec else ""))
+        return rec
+
+    @staticmethod
+    def choose(rungs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The candidate a mobile INT8 file is made from: one that holds the budget (when judged), then
+        the lowest mean KL vs fp32, then the highest agreement. The candidates are files of the same
+        graph (same speed), so every one is measured, as the ONNX ladder's rungs a-c are
+        (:mod:`edgetransfer.quantize.ladder`: a borderline val image must not pick the file)."""
+        if not rungs:
+            raise ValueError("no INT8 candidate to choose from")
+        return max(rungs, key=lambda r: (bool(r.get("holds", True)), -r["fidelity"]["mean_kl"], r["parity"]["agreement"]))
+
     def parity(self, path: Path, precision: Precision) -> dict[str, Any]:
         """Compare the artifact at ``path`` with the fp32 reference; raise ParityError out of tolerance.
 

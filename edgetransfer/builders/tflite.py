@@ -9,12 +9,15 @@ tensors are int8 as well (the LiteRT runner quantizes/dequantizes with their own
 point). Calibration: the images of the project's calibration recipe (training split,
 class-stratified, seeded), one at a time, and the absolute min/max over all of them — the same
 statistic as the ONNX INT8 recipe (ORT ``CalibMovingAverage: False``), not ai-edge-quantizer's default
-0.95 moving average.
+0.95 moving average. A small ladder picks the file (``TfliteFromTorch._ladder``, every rung in
+``details.ladder``): rung a, the fp32 model as converted; rung c, the model with its biases
+corrected for the same int8 scheme (:mod:`edgetransfer.builders.bias_correction`).
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,6 @@ from ..errors import ConfigError, require
 from ..progress import task
 from ..types import Format, Precision
 from .base import Builder, register_builder, static_batch_logits
-
 
 METADATA_NOTE = ("not written: the TFLite metadata writer (tflite-support) pins protobuf < 4 and would downgrade the "
                  "protobuf that onnx and ai-edge-litert need; labels.txt and the manifest's preprocessing carry the same facts")
@@ -59,21 +61,25 @@ class TfliteFromTorch(Builder):
     _float_bytes: bytes | None = None
 
     def float_model(self) -> bytes:
-        """The fp32 flatbuffer (converted once per converter, reused by the INT8 build)."""
+        """The fp32 flatbuffer of the checkpoint (converted once per converter, reused by the INT8 build)."""
         if self._float_bytes is None:
-            torch = require("torch", "train")
-            litert_torch = require("litert_torch", self.extra, "LiteRT conversion")
             from ..checkpoint import load_checkpoint
 
             model, _ = load_checkpoint(self.source)
-            s = self.spec.input_size
-            with torch.no_grad():
-                edge = litert_torch.convert(model.eval(), (torch.zeros(1, 3, s, s),))
-            with tempfile.TemporaryDirectory(prefix="edgetransfer-tflite-") as td:
-                p = Path(td) / "float.tflite"
-                edge.export(str(p))
-                self._float_bytes = p.read_bytes()
+            self._float_bytes = self.flatbuffer(model)
         return self._float_bytes
+
+    def flatbuffer(self, model) -> bytes:
+        """``litert_torch.convert`` of ``model`` (an ``nn.Module`` taking float32 (1, 3, S, S)) at batch 1."""
+        torch = require("torch", "train")
+        litert_torch = require("litert_torch", self.extra, "LiteRT conversion")
+        s = self.spec.input_size
+        with torch.no_grad():
+            edge = litert_torch.convert(model.eval(), (torch.zeros(1, 3, s, s),))
+        with tempfile.TemporaryDirectory(prefix="edgetransfer-tflite-") as td:
+            p = Path(td) / "float.tflite"
+            edge.export(str(p))
+            return p.read_bytes()
 
     def convert(self, precision: Precision, out: Path) -> dict[str, Any]:
         buf = self.float_model()
@@ -85,11 +91,49 @@ class TfliteFromTorch(Builder):
         if self.inputs.recipe is not None and self.inputs.recipe.method != "minmax":
             raise ConfigError(f"calibration method {self.inputs.recipe.method!r} is not implemented for LiteRT INT8 "
                               "(ai-edge-quantizer's static recipe calibrates min/max); use a recipe with method: minmax")
-        x = self.calibration_arrays()
-        details.update(self._quantize(buf, x, out))
+        details.update(self._ladder(buf, out))
         details.update(self.calibration_details())
         self._io = tflite_io(out)
         return details
+
+    def _ladder(self, buf: bytes, out: Path) -> dict[str, Any]:
+        """The mobile INT8 ladder for LiteRT (rungs a and c of :mod:`edgetransfer.quantize.ladder`):
+        a: ai-edge-quantizer on the fp32 flatbuffer ``buf``; c: the same on the flatbuffer of the
+        bias-corrected model (:func:`~edgetransfer.builders.bias_correction.correct_biases_torch`,
+        the same int8 scheme: weights symmetric per channel, activations affine per tensor). Each
+        candidate is the real .tflite, judged on the parity images (``Builder.rung``);
+        :meth:`Builder.choose` picks the one written at ``out``. ``options["bias_correction"] = False``
+        leaves rung c out. Returns the manifest details of the chosen file, with ``ladder``."""
+        x = self.calibration_arrays()
+        rungs, files = [], []
+        with tempfile.TemporaryDirectory(prefix="edgetransfer-tflite-int8-") as td:
+            variants = [("a:ranges:minmax", lambda: (buf, {}))]
+            if self.inputs.options.get("bias_correction", True):
+                variants.append(("c:bias_correction:minmax", lambda: self._corrected_float(x)))
+            for name, make in variants:
+                t0 = time.perf_counter()
+                fbuf, info = make()
+                path = Path(td) / f"rung{len(rungs)}.tflite"
+                q = self._quantize(fbuf, x, path)
+                rungs.append(self.rung(name, self.candidate_logits(path, self.inputs.parity_x), time.perf_counter() - t0, **info))
+                files.append((path.read_bytes(), q))
+        chosen = self.choose(rungs)
+        data, q = files[rungs.index(chosen)]
+        out.write_bytes(data)
+        return {**q, "ladder": rungs, "chosen_rung": chosen["rung"], "bias_corrected": "bias_correction" in chosen}
+
+    def _corrected_float(self, x: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+        """(fp32 flatbuffer of the bias-corrected checkpoint, {"bias_correction": summary})."""
+        from ..checkpoint import load_checkpoint
+        from .bias_correction import correct_biases_torch
+
+        model, _ = load_checkpoint(self.source)
+        model.eval()
+        t0 = time.perf_counter()
+        with task(f"Bias correction ({len(x)} calibration images)", None):
+            bc = correct_biases_torch(model, x)
+        bc["seconds"] = time.perf_counter() - t0
+        return self.flatbuffer(model), {"bias_correction": bc}
 
     def io_specs(self, precision: Precision) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The file's own tensors (read back by :func:`tflite_io` after conversion)."""

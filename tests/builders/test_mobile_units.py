@@ -222,3 +222,25 @@ def test_mobile_int8_over_the_budget_is_written_budget_exceeded_and_exits_3():
                      details={"status": "gate_failed", "gate_failed_reason": "r"})
     assert isinstance(build_failure([gated]), GateFailedError) and build_failure([gated]).exit_code == 3
     assert build_failure([Manifest(format="pte", precision="int8", file="f", class_names=["a", "b"], details=same)]) is None
+
+
+def test_mobile_ladder_chooses_a_candidate_that_holds_then_the_lowest_kl():
+    """``Builder.rung`` judges each mobile INT8 candidate like an ONNX ladder rung; ``choose`` takes
+    one that holds the budget, then the lowest mean KL vs fp32 (never a closer one that does not hold)."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    ref = np.stack([np.where(y == 0, 2.0, -2.0), np.where(y == 0, -2.0, 2.0)], 1).astype(np.float32)
+    b = _fake_builder(ref, ref, y, 0.01)
+    near = b.rung("c:near", ref + rng.normal(0, 0.02, ref.shape).astype(np.float32), 1.0)
+    far = b.rung("a:far", ref + rng.normal(0, 0.3, ref.shape).astype(np.float32), 2.0, activation_observer="X")
+    flipped = ref.copy()
+    flipped[:20] = flipped[:20, ::-1]  # 5 pt lost: does not hold, although most logits are exact
+    broken = b.rung("c:broken", flipped, 1.0)
+    assert near["holds"] and far["holds"] and not broken["holds"] and far["activation_observer"] == "X"
+    assert near["fidelity"]["mean_kl"] < far["fidelity"]["mean_kl"] and near["seconds"] == 1.0
+    assert near["top1_drop"] == 0.0 and broken["top1_drop"] == pytest.approx(0.05)
+    assert b.choose([far, broken, near]) is near and b.choose([broken, far]) is far
+    closer_but_over = {**near, "holds": False, "fidelity": {**near["fidelity"], "mean_kl": 0.0}}
+    assert b.choose([closer_but_over, far]) is far
+    with pytest.raises(ValueError, match="no INT8 candidate"):
+        b.choose([])
