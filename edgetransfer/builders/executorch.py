@@ -158,11 +158,9 @@ class PteFromTorch(Builder):
         observers = self._observers()
         variants = [("a:observer:" + observers[0], model, observers[0], {})]
         if self.inputs.options.get("bias_correction", True):
-            t0 = time.perf_counter()
             corrected = copy.deepcopy(model)
             with task(f"Bias correction ({len(x)} calibration images)", None):
-                bc = correct_biases_torch(corrected, x)
-            bc["seconds"] = time.perf_counter() - t0
+                bc = correct_biases_torch(corrected, x)  # its own "seconds"
             variants += [("c:bias_correction:" + o, corrected, o, {"bias_correction": bc}) for o in observers]
         rungs, modules = [], []
         for name, m, observer, info in variants:
