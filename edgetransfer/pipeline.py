@@ -190,7 +190,8 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                            qat_x=lambda: load_arrays(qat_images, spec)[0],
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max,
-                           ladder=LadderConfig(max_float_share=max_float_share, adaround=adaround))
+                           ladder=LadderConfig(max_float_share=max_float_share, adaround=adaround,
+                                               host_is_target=target.host_is_target()))
     b.register(m.file)
     if m.details.get("status") == "gate_failed":
         raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")

@@ -105,3 +105,27 @@ def node_ms(path: Path, x1: np.ndarray, iterations: int = 10) -> dict[str, float
             per.setdefault(e["name"][: -len("_kernel_time")], []).append(e["dur"] / 1e3)
     # the first 2 runs are warm-up: keep the last `iterations` values of each node
     return {k: float(np.sum(v[-iterations:]) / iterations) for k, v in per.items()}
+
+
+def float_node_times(float_path: Path, prof: dict[str, float]) -> dict[str, float]:
+    """Profiler times by float-model node name. ORT reports a fused node under the first node's name
+    or, after its NCHWc rewrite, under its output tensor + ``_nchwc``; a Conv fused with the
+    Relu/Clip that follows is reported under the activation's output: that time goes to the Conv."""
+    m = _load(float_path)
+    by_out = {o: n for n in m.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: dict[str, float] = {}
+    for k, ms in prof.items():
+        key = k[: -len("_nchwc")] if k.endswith("_nchwc") else k
+        node = next((n for n in m.graph.node if n.name == key), None) or by_out.get(key)
+        if node is None:
+            continue
+        if node.op_type in ("Relu", "Clip"):
+            p = by_out.get(node.input[0])
+            if p is not None and p.op_type in ("Conv", "Gemm") and len(consumers.get(p.output[0], [])) == 1:
+                node = p
+        out[node.name] = out.get(node.name, 0.0) + ms
+    return out

@@ -5,7 +5,10 @@ Rungs (every one recorded in the INT8 manifest, ``details.ladder``, with its fig
 
 a. activation ranges: the calibration recipe's method (ORT calibrator, cached), then each range
    estimator of :attr:`LadderConfig.estimators` (:mod:`~edgetransfer.quantize.ranges`, one
-   histogram pass shared by all of them);
+   histogram pass shared by all of them). Between the two, speed-aware placement
+   (:mod:`~edgetransfer.quantize.placement`, ``a:placement``; files for ONNX Runtime's CPU on this
+   host's kind of CPU): compute nodes whose INT8 kernel is slower than fp32 here stay in float,
+   within the float cap, when the whole file is then faster; every later candidate keeps them;
 b. cross-layer equalization + high-bias absorption (:mod:`~edgetransfer.quantize.equalize`),
    for graphs with depthwise convolutions; ``auto`` runs it only with per-tensor weights (with
    per-channel weights it lowered digits agreement 0.965 -> 0.938 in the previous measurement);
@@ -54,7 +57,7 @@ from ..onnx_inspect import count_ops
 from ..parity import compare_logits
 from ..progress import log
 from ..stats import budget_judge
-from .graphstats import b1_ms, compute_nodes, depthwise_convs, node_ms
+from .graphstats import b1_ms, compute_nodes, depthwise_convs, float_node_times, node_ms
 from .ladder_config import LadderConfig  # noqa: F401  (re-exported: the ladder's public configuration)
 from .ort_qdq import quantize_with_ranges, requantized_by_ort
 
@@ -69,32 +72,6 @@ def _score(r: dict) -> tuple:
     if kl is None or kl != kl:  # no budget (figures only) or no labels: nothing to rank on
         kl = float("inf")
     return (bool(r.get("holds")), -kl, r.get("parity", {}).get("agreement", 0.0), -r.get("top1_drop", 0.0))
-
-
-def _node_times(float_path: Path, prof: dict[str, float]) -> dict[str, float]:
-    """Profiler times by float-model node name. ORT reports a fused node under the first node's name
-    or, after its NCHWc rewrite, under its output tensor + ``_nchwc``; a Conv fused with the
-    Relu/Clip that follows is reported under the activation's output: that time goes to the Conv."""
-    import onnx
-
-    m = onnx.load(str(float_path), load_external_data=False)
-    by_out = {o: n for n in m.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in m.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    out: dict[str, float] = {}
-    for k, ms in prof.items():
-        key = k[: -len("_nchwc")] if k.endswith("_nchwc") else k
-        node = next((n for n in m.graph.node if n.name == key), None) or by_out.get(key)
-        if node is None:
-            continue
-        if node.op_type in ("Relu", "Clip"):
-            p = by_out.get(node.input[0])
-            if p is not None and p.op_type in ("Conv", "Gemm") and len(consumers.get(p.output[0], [])) == 1:
-                node = p
-        out[node.name] = out.get(node.name, 0.0) + ms
-    return out
 
 
 class Ladder:
@@ -170,7 +147,7 @@ class Ladder:
         return max((r for r in self.rungs if "_path" in r), key=_score)
 
     def done(self) -> bool:
-        return self.budget is None or any(r.get("holds") for r in self.rungs)
+        return self.budget is None or any(r.get("holds") and not r.get("_score_penalty") for r in self.rungs)
 
     def histograms(self, float_path: Path) -> dict:
         from .ort_qdq import op_types_to_quantize
@@ -201,6 +178,9 @@ class Ladder:
                                estimator=self.recipe.method, source="calibration recipe (ORT calibrator, cached)")]
         if self.budget is None:  # figures only: no decision to make
             return free[0]
+        placed = self.rung_placement(free[0])
+        if placed is not None:  # the plain file is slower: every later candidate keeps those nodes in float too
+            free = [placed]
         for est in self.cfg.estimators:
             if est == self.recipe.method:
                 continue
@@ -223,6 +203,50 @@ class Ladder:
         if not self.done() or self.cfg.qat != "auto":  # "off" is recorded as skipped
             self.rung_qat()
         return self.best()
+
+    def rung_placement(self, plain: dict) -> dict | None:
+        """Speed-aware placement (:mod:`~edgetransfer.quantize.placement`): the compute nodes of the
+        plain candidate ``plain`` that are slower in INT8 than in fp32 on this host, kept in float when
+        the whole file is then faster. Returns that candidate (``plain`` is then never chosen) or None."""
+        from .placement import MIN_EXTRA_MS, MIN_RATIO, PAIR_MARGIN, b1_pair_ms, slower_in_int8
+
+        cfg, tensorrt = self.cfg, self.preset.placement != "ort"
+        if cfg.speed_placement == "off" or (cfg.speed_placement == "auto" and (tensorrt or not cfg.host_is_target)):
+            why = ("off" if cfg.speed_placement == "off" else "TensorRT placement: ONNX Runtime CPU times are not "
+                   "TensorRT's" if tensorrt else "the target's CPU is not this host's kind: times measured here are not the target's")
+            self.rungs.append({"rung": "a:placement", "skipped": why, "seconds": 0.0})
+            return None
+        s0 = time.perf_counter()
+        x1, comp = self.calib_x[:1], compute_nodes(self.pre)
+        cap = math.floor(cfg.max_float_share * self.n_compute + 1e-9) - sum(n in plain["excluded_nodes"] for n in comp)
+        if cap <= 0:
+            self.rungs.append({"rung": "a:placement", "skipped": f"no float node left under the cap ({cfg.max_float_share:.0%} "
+                               f"of {self.n_compute} compute nodes)", "seconds": 0.0})
+            return None
+        slow, table = slower_in_int8(self.pre, plain["_path"], x1, [n for n in comp if n not in plain["excluded_nodes"]], cap)
+        info = {"min_ratio": MIN_RATIO, "min_extra_ms": MIN_EXTRA_MS, "float_cap_left": cap, "node_times": table[:6]}
+        if not slow:
+            self.rungs.append({"rung": "a:placement", "kept_in_float": [], **info, "seconds": time.perf_counter() - s0,
+                               "reason": f"no quantized compute node is >= {MIN_RATIO}x and >= {MIN_EXTRA_MS} ms "
+                               "slower in INT8 on this host"})
+            return None
+        rec = self.candidate(f"a:placement:{self.recipe.method}", self.pre, self.recipe_ranges, self.excluded0 + slow,
+                             estimator=self.recipe.method, kept_in_float=slow, **info, prep_seconds=time.perf_counter() - s0)
+        s1 = time.perf_counter()
+        t_plain, t_placed = b1_pair_ms(plain["_path"], rec["_path"], x1)
+        rec.update(b1_ms={"without": t_plain, "with": t_placed}, seconds=rec["seconds"] + time.perf_counter() - s1)
+        over = rec["float_compute_nodes"] > cap + sum(n in plain["excluded_nodes"] for n in comp)  # ORT's exclusions count
+        rec["adopted"] = t_placed < (1.0 - PAIR_MARGIN) * t_plain and not over
+        loser = plain if rec["adopted"] else rec  # one of the two files is slower: never chosen
+        loser["_score_penalty"] = True
+        loser["superseded"] = (f"b1 {t_placed:.2f} ms with {', '.join(slow)} in float vs {t_plain:.2f} ms without "
+                               "(ONNX Runtime CPU, this host)" + (": over the float cap with ONNX Runtime's exclusions" if over else ""))
+        log(f"  INT8 placement: {', '.join(slow)} {'kept' if rec['adopted'] else 'not kept'} in float: b1 "
+            f"{t_placed:.2f} vs {t_plain:.2f} ms")
+        if not rec["adopted"]:
+            return None
+        self.excluded0 = list(rec["excluded_nodes"])
+        return rec
 
     def _ranking(self, float_path: Path, qdq_path: Path, sens_images: int) -> tuple[np.ndarray, list]:
         """(images, units of ``qdq_path`` ranked by the logit error each adds alone), cached."""
@@ -376,7 +400,7 @@ class Ladder:
         units = [u for u in ranked if any(n not in best["excluded_nodes"] for n in u.nodes)]
         t_fp32, t_int8 = b1_ms(best["_float"], sx), b1_ms(best["_path"], sx)
         saving = max(1.0 - t_int8 / t_fp32, 0.0) if t_fp32 > 0 else 0.0
-        per_node = _node_times(best["_float"], node_ms(best["_float"], sx))
+        per_node = float_node_times(best["_float"], node_ms(best["_float"], sx))
         for u in units:
             u.cost_ms = max(sum(per_node.get(n, 0.0) for n in u.nodes) * saving, 1e-3)  # type: ignore[attr-defined]
         units.sort(key=lambda u: -u.mse / u.cost_ms)  # type: ignore[attr-defined]

@@ -32,7 +32,11 @@ class LadderConfig:
     minibatch 32, measured on digits 2026-12-03, one layer took 351-399 s on one torch thread, the
     600 s cap let 2 layers run and val mean KL was 0.0575, worse than bias correction's 0.0194);
     ``adaround_iters``: Adam
-    steps per layer; ``adaround_seconds``: no layer is started after this many seconds."""
+    steps per layer; ``adaround_seconds``: no layer is started after this many seconds.
+    ``speed_placement``: ``auto`` (for ONNX Runtime's Q/DQ placement when ``host_is_target``) / ``on``
+    / ``off``: compute nodes whose INT8 kernel is slower than fp32 on this host stay in float
+    (:mod:`~edgetransfer.quantize.placement`); ``host_is_target``: this host's CPU is the target's kind
+    (:meth:`edgetransfer.targets.Target.host_is_target`), so its per-node times are the target's."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"
@@ -44,6 +48,8 @@ class LadderConfig:
     adaround_layers: int = 8
     adaround_iters: int = 500
     adaround_seconds: float = 600.0
+    speed_placement: str = "auto"
+    host_is_target: bool = True
 
     def __post_init__(self) -> None:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
@@ -55,6 +61,8 @@ class LadderConfig:
             raise ConfigError(f"adaround must be auto, on or off (got {self.adaround!r})")
         if self.adaround_layers < 0 or self.adaround_iters < 1 or self.adaround_seconds <= 0:
             raise ConfigError("adaround_layers must be >= 0 (0 = all), adaround_iters >= 1 and adaround_seconds > 0")
+        if self.speed_placement not in ("auto", "on", "off"):
+            raise ConfigError(f"speed_placement must be auto, on or off (got {self.speed_placement!r})")
         if self.equalize not in ("auto", "on", "off"):
             raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
         if not 0.0 <= self.max_float_share <= 1.0:

@@ -104,12 +104,14 @@ def test_ladder_records_every_rung_and_falls_back_to_float_last(data, sensitive,
     # every rung with its figures and seconds: a-c all measured (same graph, same speed), bias correction
     # of each rung-a candidate; none of a-c can save the outlier, so the float fallback runs
     rungs = [r["rung"] for r in d["ladder"]]
-    assert rungs == ["a:ranges:minmax", "a:ranges:mse", "b:equalize", "c:bias_correction:minmax",
+    assert rungs == ["a:ranges:minmax", "a:placement", "a:ranges:mse", "b:equalize", "c:bias_correction:minmax",
                      "c:bias_correction:mse", "d:adaround", "e:float_fallback:1"], rungs
     assert all("seconds" in r for r in d["ladder"])
-    assert d["ladder"][2]["skipped"] == "no depthwise convolutions"
-    assert d["ladder"][3]["based_on"] == "a:ranges:minmax" and d["ladder"][4]["based_on"] == "a:ranges:mse"
-    for r in d["ladder"][:2] + d["ladder"][3:5]:
+    # speed-aware placement measured every node (cap 3) and kept none: kernels of microseconds never qualify
+    assert d["ladder"][1]["kept_in_float"] == [] and len(d["ladder"][1]["node_times"]) == 3
+    assert d["ladder"][3]["skipped"] == "no depthwise convolutions"
+    assert d["ladder"][4]["based_on"] == "a:ranges:minmax" and d["ladder"][5]["based_on"] == "a:ranges:mse"
+    for r in [d["ladder"][0], d["ladder"][2]] + d["ladder"][4:6]:
         assert r["top1_drop"] == 0.5 and not r["holds"] and r["num_excluded_nodes"] == 0 and "judgement" in r
     fb = d["ladder"][-1]
     assert fb["holds"] and d["chosen_rung"] == "e:float_fallback:1"
