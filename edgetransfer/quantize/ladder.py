@@ -33,8 +33,10 @@ speed) and cost seconds, so ALL of them are measured, and the chosen one is the 
 holds with the best logit fidelity (lowest mean KL vs fp32 on val). Stopping at the first that
 holds would let one borderline validation image pick the file (hymenoptera, 76 val images:
 minmax held on val and lost 1 of 77 test images; its bias-corrected sibling, KL 0.0001 vs
-0.0002, lost none; measured 2026-12-02). The rungs that cost speed or minutes (d, e) run only
-when none of a-c holds, and stop at the first step that holds; f runs last.
+0.0002, lost none; measured 2026-12-02). Placement is the one speed decision among them: of the
+plain file and the placed one, the slower is marked ``superseded`` and never chosen. The rungs that
+cost speed or minutes (d, e) run only when none of a-c holds, and stop at the first step that holds;
+f runs last.
 
 Rungs a-c act on the fp32 ONNX graph (after ``quant_pre_process``: BN folded) rather than on
 the PyTorch model: the same code then serves every model the export stage can write, and the
