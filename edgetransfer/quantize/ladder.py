@@ -220,7 +220,8 @@ class Ladder:
             return None
         s0 = time.perf_counter()
         x1, comp = self.calib_x[:1], compute_nodes(self.pre)
-        cap = math.floor(cfg.max_float_share * self.n_compute + 1e-9) - sum(n in plain["excluded_nodes"] for n in comp)
+        already = sum(n in plain["excluded_nodes"] for n in comp)  # compute nodes the plain file keeps in float
+        cap = math.floor(cfg.max_float_share * self.n_compute + 1e-9) - already
         if cap <= 0:
             self.rungs.append({"rung": "a:placement", "skipped": f"no float node left under the cap ({cfg.max_float_share:.0%} "
                                f"of {self.n_compute} compute nodes)", "seconds": 0.0})
@@ -237,7 +238,7 @@ class Ladder:
         s1 = time.perf_counter()
         t_plain, t_placed = b1_pair_ms(plain["_path"], rec["_path"], x1)
         rec.update(b1_ms={"without": t_plain, "with": t_placed}, seconds=rec["seconds"] + time.perf_counter() - s1)
-        over = rec["float_compute_nodes"] > cap + sum(n in plain["excluded_nodes"] for n in comp)  # ORT's exclusions count
+        over = rec["float_compute_nodes"] > cap + already  # ORT's exclusions count
         rec["adopted"] = t_placed < (1.0 - PAIR_MARGIN) * t_plain and not over
         loser = plain if rec["adopted"] else rec  # one of the two files is slower: never chosen
         loser["_score_penalty"] = True
