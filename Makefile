@@ -28,8 +28,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
+# Exit 3 is a finished job whose INT8 file did not hold the accuracy budget on val (written with status
+# budget_exceeded, the report says why and recommends another artifact): the demo ran, so make does not fail on it.
 demo: venv
-	$(VENV)/bin/edgetransfer demo --out runs/demo
+	$(VENV)/bin/edgetransfer demo --out runs/demo; rc=$$?; \
+	if [ $$rc -eq 3 ]; then echo "make demo: finished with exit status 3: the INT8 file did not hold the accuracy budget on val" \
+	  "(status budget_exceeded); runs/demo/report.md gives the judgement and the artifact it recommends instead"; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -198,8 +198,8 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     if m.details.get("status") == "budget_exceeded":
         bd = m.details["budget"]
         raise BudgetExceededError(
-            f"{m.file}: no quantizer rung holds the budget: it exceeds the budget {bd['max_top1_drop']:.4f} (top-1 drop "
-            f"{bd['top1_drop']:+.4f} vs fp32 ONNX on val; {(bd.get('judgement') or {}).get('reason') or 'see the manifest'}) after "
+            f"{m.file}: no quantizer rung holds the {bd['max_top1_drop'] * 100:.2f} pt budget against fp32 ONNX on val ("
+            f"{(bd.get('judgement') or {}).get('reason') or 'top-1 drop %+.4f; see the manifest' % bd['top1_drop']}) after "
             f"{len(bd['steps']) - 1} step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
             "written with status budget_exceeded. Raise --max-steps, relax --max-accuracy-drop, try another calibration "
             "recipe (--calibration), or ship the fp32 model")

@@ -293,11 +293,11 @@ def budget_judge(fp32_logits: np.ndarray, cand_logits: np.ndarray, labels: np.nd
         elif hi <= budget:
             # a paired bound says nothing about WHICH images change: INT8 that gains on some and loses on as many
             # others (digits: 1.4 pt gained on val at 96.7 % agreement, 1.7 pt lost on test) is not the fp32 model
-            holds, why = False, f"{head}: upper bound within the budget but logit fidelity fails ({'; '.join(fid_bad)})"
+            holds, why = False, f"{head}: top-1 upper bound within the {budget * 100:.2f} pt budget, but logit fidelity fails ({'; '.join(fid_bad)})"
         elif t.drop <= budget and fid_ok:
             holds, why = True, f"{head}: within the {budget * 100:.2f} pt budget, logit fidelity holds"
         elif t.drop <= budget:
-            holds, why = False, f"{head}: within the budget but logit fidelity fails ({'; '.join(fid_bad)})"
+            holds, why = False, f"{head}: top-1 drop within the {budget * 100:.2f} pt budget, but logit fidelity fails ({'; '.join(fid_bad)})"
         else:
             holds, why = False, f"{head}: over the {budget * 100:.2f} pt budget"
     else:

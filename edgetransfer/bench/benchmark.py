@@ -19,7 +19,7 @@ from ..artifacts import Manifest, read_manifest
 from ..bundle import BUILD_SCRIPT, SUSTAINED_PNG, Bundle, subsample
 from ..host import cpu_budget, cpu_info, cuda_device, load_average, usable_cpus  # noqa: F401 (cpu_info: re-exported)
 from ..data import ImageFolder, PreprocessSpec, load_arrays
-from ..errors import ArtifactError, DataError, MissingExtraError
+from ..errors import ArtifactError, ConfigError, DataError, MissingExtraError
 from ..progress import log, task
 from ..runtime.base import deactivate_quietly
 from ..runtime import get_runner_class, runtimes_for
@@ -51,6 +51,11 @@ class BenchSettings:
     idle_seconds: float = 2.0  # idle-power measurement before the run (only where a sensor exists)
     sustained: float | None = None  # seconds of one artifact at batch 1 with board sensors sampled (bench/sustained.py)
     sustained_artifact: str | None = None  # its file name (default: the first measured row)
+
+    def __post_init__(self) -> None:
+        """Raises ConfigError for settings no benchmark can run with (checked before any work starts)."""
+        if self.e2e_images < 1:
+            raise ConfigError(f"e2e_images must be >= 1 (got {self.e2e_images}); to skip the end-to-end timing pass --no-e2e")
 
 
 def environment(threads: int) -> dict[str, Any]:
@@ -222,8 +227,9 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     for p, m in arts:
         if m.details.get("status") == Status.BUDGET_EXCEEDED:
             b = m.details.get("budget", {})
-            notes.append(f"{p.name} breaks the accuracy budget: top-1 drop {b.get('top1_drop', float('nan')):.4f} > "
-                         f"{b.get('max_top1_drop', float('nan')):.4f} vs the {b.get('vs') or 'fp32 ONNX model'} on val")
+            why = (b.get("judgement") or {}).get("reason") or f"top-1 drop {b.get('top1_drop', float('nan')):+.4f}"
+            notes.append(f"{p.name} does not hold the {b.get('max_top1_drop', float('nan')) * 100:.2f} pt accuracy budget against "
+                         f"the {b.get('vs') or 'fp32 ONNX model'} on val: {why}")
         elif m.details.get("status") == Status.GATE_FAILED:
             notes.append(f"{p.name}: gate failed: {m.details.get('gate_failed_reason') or 'see its manifest'}")
     by_name = {p.name: m for p, m in arts}

@@ -235,7 +235,7 @@ def _plain(v: Any) -> Any:
 
 
 def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None = None,
-                not_saved: tuple[str, ...] = ("quiet", "as_json", "force")):
+                not_saved: tuple[str, ...] = ("quiet", "as_json", "force"), saved_as: dict[str, str] | None = None):
     """Decorate a command: add the groups' options (and ``--config``) to its signature; call it
     with one dataclass per group (parameter ``group.dest``) built from: the dataclass defaults <
     the ``--config`` file < options given on the command line (or from the environment).
@@ -246,6 +246,8 @@ def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None
     once the command has ended — also on an error or an interruption, provided the stage had
     created the directory (input rejected before any work leaves nothing behind).
     Keys of the file that are no option of this command are an error naming the known ones.
+    ``saved_as``: {parameter: key} for a parameter that is another spelling of ``key`` (``run``'s
+    ``--data`` of its DATA argument): its value, when given, is saved under ``key``.
     """
     def deco(fn: Callable) -> Callable:
         groups = [g() for g in group_factories]
@@ -271,6 +273,10 @@ def with_config(*group_factories: Callable[[], ConfigGroup], save_to: str | None
             ctx: typer.Context = kw.pop("_ctx")
             kw.pop("config")  # already applied, as the context's default_map (see _apply_config)
             resolved = {k: _plain(v) for k, v in kw.items() if k not in not_saved}
+            for alias, key in (saved_as or {}).items():
+                value = resolved.pop(alias, None)
+                if value is not None:
+                    resolved[key] = value
             for g in groups:
                 kw[g.dest] = g.build({o.param: kw.pop(o.param) for o in g.options})
             untouched = False

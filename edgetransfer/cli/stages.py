@@ -21,6 +21,18 @@ from .options import (ADAROUND, CALIBRATION, DEFAULT_TARGET, INVENTORY, MAX_ACCU
                       bench_group, export_group, json_option, target_option, train_group, with_config)
 
 
+def one_data_dir(data: Optional[Path], data_option: Optional[Path]) -> Path:
+    """``run``'s ImageFolder, given as its DATA argument or as ``--data``. Raises ConfigError when
+    neither or two different ones are given."""
+    from ..errors import ConfigError
+
+    if data is None and data_option is None:
+        raise ConfigError("no dataset: pass the ImageFolder as 'edgetransfer run DATA' (or --data DATA)")
+    if data is not None and data_option is not None and Path(data) != Path(data_option):
+        raise ConfigError(f"two datasets: DATA {data} and --data {data_option}; pass one of them")
+    return Path(data if data is not None else data_option)
+
+
 def target_for(bundle: Path, target: Optional[str]):
     """The one target rule (:meth:`edgetransfer.bundle.Bundle.resolve_target`)."""
     from ..bundle import Bundle
@@ -28,9 +40,11 @@ def target_for(bundle: Path, target: Optional[str]):
     return Bundle(Path(bundle)).resolve_target(target)
 
 
-@with_config(train_group, bench_group, export_group, save_to="out")
+@with_config(train_group, bench_group, export_group, save_to="out", saved_as={"data_option": "data"})
 def run(
-    data: Path = typer.Option(..., "--data", help="ImageFolder: DIR/<class>/<images> or DIR/{train,val,test}/<class>/<images>"),
+    data: Optional[Path] = typer.Argument(None, metavar="DATA", show_default=False,
+                                          help="ImageFolder: DIR/<class>/<images> or DIR/{train,val,test}/<class>/<images>"),
+    data_option: Optional[Path] = typer.Option(None, "--data", show_default=False, help="the same as DATA (either spelling)"),
     out: Path = OUT,
     target: str = target_option(DEFAULT_TARGET),
     val: Optional[Path] = VAL,
@@ -53,6 +67,7 @@ def run(
     OUT/config.yaml (reuse with --config)."""
     from ..pipeline import run as run_pipeline
 
+    data = one_data_dir(data, data_option)
     set_quiet(quiet or as_json)
     report = run_pipeline(data, out, recipe, target=target, val=val, recipe=calibration, settings=settings, export_cfg=export_cfg,
                           val_fraction=val_fraction, test=test, test_fraction=test_fraction, max_accuracy_drop=max_accuracy_drop,

@@ -173,3 +173,26 @@ def test_json_output_is_only_the_document(recorded, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout) == report  # nothing else on stdout ...
     assert "1 artifact(s) failed" in r.stderr  # ... notes go to stderr
+
+
+def test_run_takes_data_as_argument_or_option(recorded, tmp_path, monkeypatch):
+    import edgetransfer.pipeline as pipeline
+
+    _, data = recorded
+    runs = []
+    monkeypatch.setattr(pipeline, "run", lambda data, out, cfg, **kw: out.mkdir() or runs.append(data) or {})
+    for i, argv in enumerate((["run", str(data)], ["run", "--data", str(data)], ["run", str(data), "--data", str(data)])):
+        r = CliRunner().invoke(app, argv + ["--out", str(tmp_path / f"o{i}"), "-q"])
+        assert r.exit_code == 0, r.output
+        assert str(runs[-1]) == str(data)
+        saved = yaml.safe_load((tmp_path / f"o{i}" / "config.yaml").read_text())
+        assert saved["data"] == str(data) and "data_option" not in saved  # one key, reusable with --config
+    r = CliRunner().invoke(app, ["run", "--config", str(tmp_path / "o1" / "config.yaml"), "--out", str(tmp_path / "o3"), "-q"])
+    assert r.exit_code == 0 and str(runs[-1]) == str(data), r.output
+    from edgetransfer.errors import ConfigError  # edgetransfer's main() prints it and exits 2
+
+    r = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "o4")])
+    assert isinstance(r.exception, ConfigError) and "edgetransfer run DATA" in str(r.exception), r.output
+    r = CliRunner().invoke(app, ["run", str(data), "--data", str(tmp_path), "--out", str(tmp_path / "o5")])
+    assert isinstance(r.exception, ConfigError) and "two datasets" in str(r.exception), r.output
+    assert not (tmp_path / "o4").exists() and not (tmp_path / "o5").exists()
