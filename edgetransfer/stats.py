@@ -239,6 +239,12 @@ def per_class_paired(ref_pred: np.ndarray, cand_pred: np.ndarray, labels: np.nda
     return out
 
 
+def budget_reason(budget: dict[str, Any]) -> str:
+    """The sentence that explains a manifest's ``details.budget`` (its judgement's ``reason``; for a
+    manifest without one, its bare top-1 drop as a fraction)."""
+    return (budget.get("judgement") or {}).get("reason") or f"top-1 drop {budget.get('top1_drop', float('nan')):+.4f}"
+
+
 def budget_judge(fp32_logits: np.ndarray, cand_logits: np.ndarray, labels: np.ndarray, budget: float = 0.005, *,
                  max_class_drop: float = MAX_CLASS_DROP, fidelity: FidelityThresholds = FIDELITY, z: float = Z95,
                  class_names: list[str] | None = None) -> Judgement:

@@ -23,6 +23,7 @@ from ..errors import ArtifactError, ConfigError, DataError, MissingExtraError
 from ..progress import log, task
 from ..runtime.base import deactivate_quietly
 from ..runtime import get_runner_class, runtimes_for
+from ..stats import budget_reason
 from ..targets import Target
 from ..types import Format, Precision, Runtime, Status
 from .accuracy import accuracy, predict
@@ -227,9 +228,8 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
     for p, m in arts:
         if m.details.get("status") == Status.BUDGET_EXCEEDED:
             b = m.details.get("budget", {})
-            why = (b.get("judgement") or {}).get("reason") or f"top-1 drop {b.get('top1_drop', float('nan')):+.4f}"
             notes.append(f"{p.name} does not hold the {b.get('max_top1_drop', float('nan')) * 100:.2f} pt accuracy budget against "
-                         f"the {b.get('vs') or 'fp32 ONNX model'} on val: {why}")
+                         f"the {b.get('vs') or 'fp32 ONNX model'} on val: {budget_reason(b)}")
         elif m.details.get("status") == Status.GATE_FAILED:
             notes.append(f"{p.name}: gate failed: {m.details.get('gate_failed_reason') or 'see its manifest'}")
     by_name = {p.name: m for p, m in arts}
