@@ -19,8 +19,10 @@ d. AdaRound (:mod:`~edgetransfer.quantize.adaround`), opt-in (``LadderConfig.ada
    model, then bias-corrected again; time-capped by :attr:`LadderConfig.adaround_seconds`;
 e. float fallback: quantization units ranked by the logit error each adds alone
    (:mod:`~edgetransfer.quantize.sensitivity`) per millisecond it costs to keep it in float on
-   this host (ORT profiler time of its nodes in the fp32 model x (1 - INT8/fp32 b1 p50 ratio
-   measured here)); 1, 2, 4, ... units cumulatively, never more than
+   this host: for ONNX Runtime files when this host is the target's kind, the fp32 minus INT8 kernel
+   ms of its nodes (:func:`~edgetransfer.quantize.placement.node_time_pairs`: no INT8 gain, no cost),
+   else their fp32 kernel ms x (1 - INT8/fp32 b1 p50 of the whole file measured here); floor 0.001 ms;
+   1, 2, 4, ... units cumulatively, never more than
    :attr:`LadderConfig.max_float_share` of the compute nodes; each step quantized from the
    uncorrected float model and bias-corrected again (a layer kept in float must lose the
    correction made for its rounding, and its neighbours' shifts change);
@@ -402,13 +404,21 @@ class Ladder:
         sx, ranked = self._ranking(best["_float"], best["_path"], sens_images)
         units = [u for u in ranked if any(n not in best["excluded_nodes"] for n in u.nodes)]
         t_fp32, t_int8 = b1_ms(best["_float"], sx), b1_ms(best["_path"], sx)
-        saving = max(1.0 - t_int8 / t_fp32, 0.0) if t_fp32 > 0 else 0.0
-        per_node = float_node_times(best["_float"], node_ms(best["_float"], sx))
+        if self.preset.placement == "ort" and self.cfg.host_is_target:  # this host's kernels are the target's
+            from .placement import node_time_pairs
+
+            fp, q8 = node_time_pairs(best["_float"], best["_path"], sx[:1])  # a node INT8 runs slower costs nothing
+            cost = {n: fp[n] - q8.get(n, fp[n]) for n in fp}
+            how = "fp32 - INT8 kernel ms of its nodes (ORT profiler, min of 3, this host)"
+        else:  # other kernels: the fp32 kernel time x the whole file's INT8 saving measured here
+            saving = max(1.0 - t_int8 / t_fp32, 0.0) if t_fp32 > 0 else 0.0
+            cost = {n: v * saving for n, v in float_node_times(best["_float"], node_ms(best["_float"], sx)).items()}
+            how = "fp32 kernel ms of its nodes x (1 - INT8/fp32 b1 p50 of the whole file, this host)"
         for u in units:
-            u.cost_ms = max(sum(per_node.get(n, 0.0) for n in u.nodes) * saving, 1e-3)  # type: ignore[attr-defined]
+            u.cost_ms = max(sum(cost.get(n, 0.0) for n in u.nodes), 1e-3)  # type: ignore[attr-defined]
         units.sort(key=lambda u: -u.mse / u.cost_ms)  # type: ignore[attr-defined]
         ranking = {"images": int(len(sx)), "fp32_b1_ms": t_fp32, "int8_b1_ms": t_int8, "seconds": time.perf_counter() - s0,
-                   "metric": "mean squared logit error added by the unit alone / ms it costs in float on this host",
+                   "metric": "mean squared logit error added by the unit alone / ms it costs in float", "cost_ms": how,
                    "top_units": [{**u.to_dict(), "cost_ms": u.cost_ms} for u in units[:20]]}  # type: ignore[attr-defined]
         prev = list(best["excluded_nodes"])
         for step in range(1, steps + 1):

@@ -58,6 +58,21 @@ def int8_node_ms(qdq_path: Path, x1: np.ndarray, iterations: int = 10) -> dict[s
     return out
 
 
+def node_time_pairs(float_path: Path, qdq_path: Path, x1: np.ndarray, repeats: int = 3) -> tuple[dict, dict]:
+    """``(fp32, int8)``: kernel ms per run (batch 1) of every node of the fp32 model ``float_path``
+    and of the QDQ file ``qdq_path``, both by float-model node name (:func:`float_node_times`,
+    :func:`int8_node_ms`); each the minimum over ``repeats`` profiles taken interleaved, so a burst
+    of other work on the host hits both models alike and a busy host only adds time the minimum drops.
+    ``x1``: float32 (1, 3, S, S)."""
+    fp: dict[str, float] = {}
+    q8: dict[str, float] = {}
+    for _ in range(repeats):
+        for store, times in ((fp, float_node_times(float_path, node_ms(float_path, x1))), (q8, int8_node_ms(qdq_path, x1))):
+            for k, v in times.items():
+                store[k] = min(store.get(k, float("inf")), v)
+    return fp, q8
+
+
 def slower_in_int8(float_path: Path, qdq_path: Path, x1: np.ndarray, nodes: Sequence[str], limit: int,
                    min_ratio: float = MIN_RATIO, min_extra_ms: float = MIN_EXTRA_MS,
                    repeats: int = 3) -> tuple[list[str], list[dict]]:
@@ -65,13 +80,8 @@ def slower_in_int8(float_path: Path, qdq_path: Path, x1: np.ndarray, nodes: Sequ
     whose INT8 kernel time is >= ``min_ratio`` x their fp32 kernel time and >= ``min_extra_ms`` more
     than it, largest ratio first;
     ``table``: ``{"node", "fp32_ms", "int8_ms", "ratio"}`` of every node measured in both, largest
-    ratio first. ``x1``: float32 (1, 3, S, S). Times: min over ``repeats`` profiles, ms per run."""
-    fp: dict[str, float] = {}
-    q8: dict[str, float] = {}
-    for _ in range(repeats):  # interleaved, so a burst of other work hits both models alike
-        for store, times in ((fp, float_node_times(float_path, node_ms(float_path, x1))), (q8, int8_node_ms(qdq_path, x1))):
-            for k, v in times.items():
-                store[k] = min(store.get(k, float("inf")), v)
+    ratio first. ``x1``: float32 (1, 3, S, S). Times: :func:`node_time_pairs`, ms per run."""
+    fp, q8 = node_time_pairs(float_path, qdq_path, x1, repeats)
     table = [{"node": n, "fp32_ms": fp[n], "int8_ms": q8[n], "ratio": q8[n] / fp[n]}
              for n in nodes if fp.get(n, 0.0) > 0 and q8.get(n, 0.0) > 0]
     table.sort(key=lambda r: -r["ratio"])

@@ -123,6 +123,40 @@ def test_ladder_records_every_rung_and_falls_back_to_float_last(data, sensitive,
     assert count_ops(tmp_path / "q.onnx")["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
 
 
+def test_float_fallback_cost_is_the_measured_int8_saving_of_the_units_nodes(data, sensitive, tmp_path, monkeypatch):
+    """Rung e ranks units by logit error per ms kept in float; for ONNX Runtime files on the target's kind
+    of CPU that cost is fp32 - INT8 kernel ms of the unit's nodes (placement.node_time_pairs): here conv2
+    saves 1000 ms in INT8 and conv1 runs 0.2 ms SLOWER, so the outlier unit (conv1 + conv2: logit MSE 10.8)
+    costs 999.8 ms and ranks below the units that save nothing (floor 0.001 ms, MSE 4.5e-5); on another
+    kind of CPU the estimate is used and the outlier ranks first."""
+    from edgetransfer.quantize import placement
+
+    calls = []
+
+    def pairs(float_path, qdq_path, x1, repeats=3):
+        calls.append(x1.shape)
+        return {"conv1": 0.2, "conv2": 1000.0, "fc": 0.01}, {"conv1": 0.4, "conv2": 0.0, "fc": 0.01}
+
+    monkeypatch.setattr(placement, "node_time_pairs", pairs)
+    budget = AccuracyBudget(0.0, max_steps=1)
+    lad = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE, parity_x=data["vx"],
+                             parity_y=data["vy"], budget=budget, ladder=LadderConfig(max_float_share=1.0, speed_placement="off")
+                             ).details["ladder"]
+    rk = next(r for r in lad if r["rung"] == "e:float_fallback:1")["ranking"]
+    assert calls == [(1, 3, 8, 8)] and rk["cost_ms"].startswith("fp32 - INT8")
+    costs = {u["tensor"]: u["cost_ms"] for u in rk["top_units"]}
+    assert costs["m"] == pytest.approx(999.8) and rk["top_units"][0]["tensor"] != "m"
+    gain = [u["mse"] / u["cost_ms"] for u in rk["top_units"]]
+    assert gain == sorted(gain, reverse=True)
+    assert all(u["cost_ms"] == 1e-3 for u in rk["top_units"] if not {"conv1", "conv2"} & set(u["nodes"]))
+    # the target's CPU is not this host's kind: per-node times here say nothing of its kernels
+    other = qdq_int8_from_onnx(sensitive, tmp_path / "o.onnx", data["cx"], QuantizationPreset(), RECIPE, parity_x=data["vx"],
+                               parity_y=data["vy"], budget=budget, ladder=LadderConfig(max_float_share=1.0, host_is_target=False)
+                               ).details["ladder"]
+    other = next(r for r in other if r["rung"] == "e:float_fallback:1")["ranking"]
+    assert len(calls) == 1 and other["cost_ms"].startswith("fp32 kernel ms") and other["top_units"][0]["tensor"] == "m"
+
+
 def test_float_fallback_respects_the_cap(data, sensitive, tmp_path):
     """2 of 3 compute nodes would have to stay float: over a 50 % cap the ladder writes the best
     candidate with budget_exceeded instead of giving the speed away."""
