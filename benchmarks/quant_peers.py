@@ -12,7 +12,7 @@ images with its Newcombe interval (:func:`edgetransfer.stats.budget_judge`), top
 fp32, the share of compute nodes left in float (:mod:`edgetransfer.quantize.graphstats`), and
 ONNX Runtime / OpenVINO (CPU) b1 p50 and ORT b8 throughput relative to ORT fp32 b1 p50 / b8 img/s
 timed in the same run (the fp32 model is timed right before each candidate, ``--rounds`` times;
-medians). Calibration: 128 class-stratified training images (the x86-cpu recipe) for every
+medians of the per-round ratios, their quartiles in parentheses: the timing noise of the run). Calibration: 128 class-stratified training images (the x86-cpu recipe) for every
 quantizer; validation images for the decisions (edgetransfer's ladder, NNCF's accuracy control);
 test images only for the figures. A bundle without a test split (made before the data roles)
 gets its validation split cut in two seeded halves: decisions on one, figures on the other.
@@ -204,6 +204,11 @@ def quantize_in_subprocess(q: str, fp32: Path, out: Path, arrays: Path, budget: 
 
 # -- measuring ---------------------------------------------------------------------------------
 
+def _iqr(q) -> str:
+    """``lo-hi``: the quartiles of the per-round ratios (the timing noise of this run), ``-`` without them."""
+    return f"{q[0]:.2f}-{q[1]:.2f}" if q else "-"
+
+
 def speed(path: Path, ref: Path, x: np.ndarray, args) -> dict:
     """ORT b1 p50 / b8 img/s and OpenVINO b1 p50 of ``path``, the ORT fp32 ``ref`` timed right
     before it, ``args.rounds`` rounds; medians of the per-round ratios."""
@@ -226,15 +231,19 @@ def speed(path: Path, ref: Path, x: np.ndarray, args) -> dict:
 
     rounds = []
     for _ in range(args.rounds):
+        # the b1 figures back to back, then the b8 ones: the less time between a ratio's two figures, the less
+        # of the host's drift gets into it
         f1 = lat(lambda: s_ref.run(None, {name: x1}), 1, args.b1_iters).p50_ms
-        f8 = lat(lambda: s_ref.run(None, {name: x8}), 8, args.b8_iters).throughput_ips
         q1 = lat(lambda: s.run(None, {name: x1}), 1, args.b1_iters).p50_ms
-        q8 = lat(lambda: s.run(None, {name: x8}), 8, args.b8_iters).throughput_ips
         o1 = lat(lambda: req.infer({0: x1}), 1, args.b1_iters).p50_ms if req is not None else float("nan")
+        f8 = lat(lambda: s_ref.run(None, {name: x8}), 8, args.b8_iters).throughput_ips
+        q8 = lat(lambda: s.run(None, {name: x8}), 8, args.b8_iters).throughput_ips
         rounds.append({"ort": q1 / f1, "ov": o1 / f1, "b8": q8 / f8, "fp32_b1_p50_ms": f1, "ort_b1_p50_ms": q1,
                        "openvino_b1_p50_ms": o1})
     med = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
+    iqr = {k: [float(v) for v in np.percentile([r[k] for r in rounds], [25, 75])] for k in ("ort", "ov")}
     return {"ort_p50_ratio": med["ort"], "openvino_p50_ratio": None if ov_error else med["ov"],
+            "ort_p50_ratio_iqr": iqr["ort"], **({} if ov_error else {"openvino_p50_ratio_iqr": iqr["ov"]}),
             **({"openvino_error": ov_error} if ov_error else {}), "ort_b8_throughput_ratio": med["b8"],
             "fp32_b1_p50_ms": med["fp32_b1_p50_ms"], "ort_b1_p50_ms": med["ort_b1_p50_ms"],
             "openvino_b1_p50_ms": med["openvino_b1_p50_ms"]}
@@ -316,9 +325,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "quant-peers", help="bundles and quantized files")
     ap.add_argument("--reuse", action="store_true", help="reuse quantized files of a previous run made from the same fp32 model")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per quantizer before it is stopped")
-    # 9 rounds of 60: with 3 rounds of 40 two byte-identical files measured 0.46x and 0.61x ORT fp32 in one run
-    # (hymenoptera, 2026-12-03); with 9 x 60, 0.58x and 0.64x
-    ap.add_argument("--rounds", type=int, default=9)
+    # 15 rounds of 60: with 3 rounds of 40 two byte-identical files measured 0.46x and 0.61x ORT fp32 in one run
+    # (hymenoptera, 2026-12-03); with 9 x 60, 0.58x and 0.64x; on the faster AMD host (fp32 b1 2.2-3.4 ms, its speed
+    # drifting between runs) the same digits file measured 0.48x and 0.59x in two runs with 9 x 60 (2026-12-04)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--b1-iters", type=int, default=60)
     ap.add_argument("--b8-iters", type=int, default=8)
     args = ap.parse_args()
@@ -342,7 +352,8 @@ def main() -> None:
             dlo, dhi = r["drop_interval95"]
             print(f"| {ds} | {q} | {r['test_top1_fp32']:.4f} | {r['test_top1_int8']:.4f} [{lo:.3f}, {hi:.3f}] | "
                   f"{r['test_top1_drop'] * 100:.2f} [{dlo * 100:.1f}, {dhi * 100:.1f}] | {r['agreement']:.3f} | "
-                  f"{r['float_node_share']:.0%} | {r['ort_p50_ratio']:.2f}x | {_x(r['openvino_p50_ratio'])} | "
+                  f"{r['float_node_share']:.0%} | {r['ort_p50_ratio']:.2f}x ({_iqr(r.get('ort_p50_ratio_iqr'))}) | "
+                  f"{_x(r['openvino_p50_ratio'])} ({_iqr(r.get('openvino_p50_ratio_iqr'))}) | "
                   f"{r['ort_b8_throughput_ratio']:.2f}x | {r['seconds']:.0f} | "
                   f"{', '.join(f'{m:.2f}' for m in sorted(r['lost_fp32_margins'])[:6]) or '-'} |")
         print(f"\n{ds}: {d['split']}; {d['test_images']} test, {d['decision_images']} decision, "
