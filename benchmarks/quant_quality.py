@@ -1,11 +1,14 @@
 """INT8 quality/speed grid on a bundle: calibration method x per-channel/per-tensor x preset x
 accuracy budget on/off, against the bundle's fp32 ONNX model measured in the same run.
 
-For each combination: validation top-1, top-1 agreement with fp32, top-1 with ONNX Runtime graph
-optimisations off, nodes kept in float, b1 p50 latency and b8 throughput relative to ORT fp32
-(paired: the fp32 model is timed right before each candidate, --rounds times, medians reported).
-"budget on" re-uses the "budget off" model when it already meets the budget (the loop's step 0
-is that model), otherwise runs the sensitivity-ranked exclusion loop. Optionally an fp16 row.
+For each combination: test top-1, its drop and top-1 agreement with fp32 on the bundle's test split
+(no decision saw it; "—" for a bundle made before the test split), the same on the validation split
+(which decides the "budget on" rows), validation top-1 with ONNX Runtime graph optimisations off,
+nodes kept in float, b1 p50 latency and b8 throughput relative to ORT fp32 (paired: the fp32 model
+is timed right before each candidate, --rounds times, medians reported). "budget off" is the
+calibration recipe's plain QDQ file; "budget on" re-uses it when it already meets the budget on
+val, otherwise runs the INT8 ladder (:mod:`edgetransfer.quantize.ladder`, decided on val).
+Optionally an fp16 row.
 
     python -m edgetransfer run --data ../shared/data/hymenoptera --out /tmp/bees --quiet
     python benchmarks/quant_quality.py --bundle /tmp/bees --out /tmp/bees-qq [--fp16]
@@ -48,6 +51,13 @@ RECIPES = {"minmax": "default", "entropy": "entropy", "percentile": "percentile"
 def logits_of(sess, x: np.ndarray, batch: int = 32) -> np.ndarray:
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def _test(r: dict) -> str:
+    """The row's three test cells (``— | — | — |`` for a bundle without a test split)."""
+    if "test_top1" not in r:
+        return "— | — | — | "
+    return f"{r['test_top1']:.4f} | {100 * r['test_top1_drop']:+.2f} | {r['test_agreement']:.4f} | "
 
 
 def paired_speed(path: Path, ref_path: Path, x: np.ndarray, args) -> dict:
@@ -125,11 +135,14 @@ def main() -> None:
     val = b.folder("val")
     vx, vy = load_arrays(val.samples, spec)
     train = b.folder("train")
+    # the figures a user reads are on test (no decision saw it); val decides the budget-on rows and is shown beside
+    tx, ty = load_arrays(b.folder("test").samples, spec) if b.has_test else (None, None)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
     ref = logits_of(make_session(fp32_path, threads=args.threads), vx)
     ref_top1 = float((ref.argmax(1) == vy).mean())
+    ref_t = logits_of(make_session(fp32_path, threads=args.threads), tx) if tx is not None else None
     calib_cache: dict = {}
     rows = []
 
@@ -140,6 +153,10 @@ def main() -> None:
              "mean_abs_logit_diff": d["parity"]["mean_abs"], "top1_opt_off": d["optimizations_on_off"]["top1_off"],
              "excluded_nodes": d["num_excluded_nodes"], "status": d.get("status"), "same_model_as_off": same_as_off,
              "calibration_s": d["calibration_cache"]["seconds"], "quantize_s": d["seconds"], "file": str(path)}
+        if tx is not None:
+            lt = logits_of(make_session(path, threads=args.threads), tx)
+            r.update(test_top1=float((lt.argmax(1) == ty).mean()), test_agreement=float((lt.argmax(1) == ref_t.argmax(1)).mean()))
+            r["test_top1_drop"] = float((ref_t.argmax(1) == ty).mean()) - r["test_top1"]
         r.update(paired_speed(path, fp32_path, vx, args))
         return r
 
@@ -202,18 +219,22 @@ def main() -> None:
           f"(medians of the paired measurements; range {min(fp32_b1, default=0):.2f}-{max(fp32_b1, default=0):.2f} ms). "
           f"rel = median over {args.rounds} rounds of candidate / fp32 measured right before it.")
     print()
-    print("| preset | method | weights | budget | top-1 | drop (pt) | agree | top-1 opt off | float nodes | b1 p50 ms | b1 rel | b8 img/s | b8 rel |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    if tx is not None:
+        print(f"test: {len(ty)} images, fp32 top-1 {float((ref_t.argmax(1) == ty).mean()):.4f} (no decision saw them); "
+              "val: the split the budget-on rows were decided on")
+    print("| preset | method | weights | budget | test top-1 | test drop (pt) | test agree | val top-1 | val drop (pt) | val agree "
+          "| val top-1 opt off | float nodes | b1 p50 ms | b1 rel | b8 img/s | b8 rel |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "top1" not in r:
-            print(f"| {r['preset']} | {r['method']} | {r['granularity']} | {r['budget']} | {r['status']} |" + " — |" * 9)
+            print(f"| {r['preset']} | {r['method']} | {r['granularity']} | {r['budget']} | {r['status']} |" + " — |" * 12)
             continue
         print(f"| {r['preset']} | {r['method']} | {r['granularity']} | {r['budget']}{' (=off)' if r['same_model_as_off'] and r['budget'] == 'on' else ''}"
-              f"{' ' + r['status'] if r['status'] not in ('ok', None) else ''} | {r['top1']:.4f} | {100 * r['top1_drop']:+.2f} | "
+              f"{' ' + r['status'] if r['status'] not in ('ok', None) else ''} | {_test(r)}{r['top1']:.4f} | {100 * r['top1_drop']:+.2f} | "
               f"{r['agreement']:.4f} | {r['top1_opt_off']:.4f} | {r['excluded_nodes']} | {r['b1_p50_ms']:.2f} | "
               f"{r['b1_p50_rel']:.2f} | {r['b8_ips']:.1f} | {r['b8_ips_rel']:.2f} |")
     if fp16_row:
-        print(f"| fp16 (onnxconverter-common) | — | — | — | {fp16_row['top1']:.4f} | {100 * (ref_top1 - fp16_row['top1']):+.2f} | "
+        print(f"| fp16 (onnxconverter-common) | — | — | — | — | — | — | {fp16_row['top1']:.4f} | {100 * (ref_top1 - fp16_row['top1']):+.2f} | "
               f"{fp16_row['agreement']:.4f} | — | — | {fp16_row['b1_p50_ms']:.2f} | {fp16_row['b1_p50_rel']:.2f} | "
               f"{fp16_row['b8_ips']:.1f} | {fp16_row['b8_ips_rel']:.2f} |")
     # the fastest INT8 model that keeps the accuracy budget (a fast model that lost accuracy is no answer)
