@@ -21,11 +21,6 @@ from ..targets import QuantizationPreset
 from .calibration import CalibrationRecipe
 
 
-def _calibrate_method(q, recipe: CalibrationRecipe):
-    return {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
-            "percentile": q.CalibrationMethod.Percentile}[recipe.method]
-
-
 def op_types_to_quantize() -> list[str]:
     """ORT's default op list of ``quantize_static`` (QLinear + QDQ registries); calibration uses
     the same list so the cached ranges cover exactly what the quantizer asks for."""
@@ -71,12 +66,20 @@ def preprocess(onnx_path: Path, out: Path) -> None:
 def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
                          nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any] | None:
     """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run); a preset
-    with ``placement: tensorrt`` goes to :mod:`.tensorrt_qdq` instead (returns its placement summary)."""
+    with ``placement: tensorrt`` goes to :mod:`.tensorrt_qdq` instead (returns its placement summary).
+
+    ``ranges``: a calibration cache (``save_tensors_data`` JSON): the recipe's own (ORT calibrator,
+    tagged with the recipe's method) or a range estimator's (:func:`~.ranges.write_ranges`, tagged
+    MinMax). ORT passes the cache's tagged method on, whatever ``recipe`` says: it refuses a cache
+    whose method differs from ``calibrate_method``, and the ranges in it are final either way (with an
+    entropy recipe, the ladder's mse candidate raised exactly that ValueError before, 2026-12-04)."""
     if preset.placement == "tensorrt":
         from .tensorrt_qdq import quantize_tensorrt
 
         return quantize_tensorrt(pre, out, ranges, preset, nodes_to_exclude)
     q = require("onnxruntime.quantization", "export", "INT8 quantization")
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
     qtype = {"uint8": q.QuantType.QUInt8, "int8": q.QuantType.QInt8}
     extra = {
         "ActivationSymmetric": preset.symmetric_activations,
@@ -89,7 +92,7 @@ def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: Quantizatio
     q.quantize_static(
         str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel,
         activation_type=qtype[preset.activation_type], weight_type=qtype[preset.weight_type],
-        calibrate_method=_calibrate_method(q, recipe), nodes_to_exclude=list(nodes_to_exclude),
+        calibrate_method=load_tensors_data(ranges).calibration_method, nodes_to_exclude=list(nodes_to_exclude),
         op_types_to_quantize=op_types_to_quantize(), extra_options=extra, calibration_cache_path=str(ranges),
     )
 

@@ -157,6 +157,22 @@ def test_float_fallback_cost_is_the_measured_int8_saving_of_the_units_nodes(data
     assert len(calls) == 1 and other["cost_ms"].startswith("fp32 kernel ms") and other["top_units"][0]["tensor"] == "m"
 
 
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_ladder_runs_under_a_non_minmax_recipe(data, sensitive, tmp_path, method):
+    """The ladder's estimator candidates (mse, tagged MinMax in their cache files) under an entropy or percentile
+    recipe: ORT is given each cache's own method (it refused the mismatch with a ValueError before), and every
+    rung-a file is judged."""
+    import dataclasses
+
+    recipe = dataclasses.replace(RECIPE, method=method, num_bins=128, num_quantized_bins=32)
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), recipe, parity_x=data["vx"],
+                           parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1), ladder=LadderConfig(max_float_share=1.0))
+    rungs = {r["rung"]: r for r in m.details["ladder"]}
+    assert {f"a:ranges:{method}", "a:ranges:mse", f"c:bias_correction:{method}", "c:bias_correction:mse"} <= set(rungs)
+    assert all(r["parity"]["num_samples"] == 16 for r in rungs.values() if "parity" in r)
+    assert m.details["calibration"]["method"] == method
+
+
 def test_float_fallback_respects_the_cap(data, sensitive, tmp_path):
     """2 of 3 compute nodes would have to stay float: over a 50 % cap the ladder writes the best
     candidate with budget_exceeded instead of giving the speed away."""
