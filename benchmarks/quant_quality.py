@@ -150,7 +150,7 @@ def main() -> None:
         d = m.details
         r = {"method": method, "granularity": gran, "preset": preset_name, "budget": "on" if budget_on else "off",
              "top1": d["val_top1_int8"], "top1_drop": d["val_top1_drop"], "agreement": d["parity"]["agreement"],
-             "mean_abs_logit_diff": d["parity"]["mean_abs"], "top1_opt_off": d["optimizations_on_off"]["top1_off"],
+             "mean_abs_logit_diff": d["parity"]["mean_abs"], "top1_opt_off": d["optimizations_on_off"].get("top1_off"),  # None: made for TensorRT (no ORT on/off check)
              "excluded_nodes": d["num_excluded_nodes"], "status": d.get("status"), "same_model_as_off": same_as_off,
              "calibration_s": d["calibration_cache"]["seconds"], "quantize_s": d["seconds"], "file": str(path)}
         if tx is not None:
@@ -231,7 +231,7 @@ def main() -> None:
             continue
         print(f"| {r['preset']} | {r['method']} | {r['granularity']} | {r['budget']}{' (=off)' if r['same_model_as_off'] and r['budget'] == 'on' else ''}"
               f"{' ' + r['status'] if r['status'] not in ('ok', None) else ''} | {_test(r)}{r['top1']:.4f} | {100 * r['top1_drop']:+.2f} | "
-              f"{r['agreement']:.4f} | {r['top1_opt_off']:.4f} | {r['excluded_nodes']} | {r['b1_p50_ms']:.2f} | "
+              f"{r['agreement']:.4f} | {'—' if r['top1_opt_off'] is None else format(r['top1_opt_off'], '.4f')} | {r['excluded_nodes']} | {r['b1_p50_ms']:.2f} | "
               f"{r['b1_p50_rel']:.2f} | {r['b8_ips']:.1f} | {r['b8_ips_rel']:.2f} |")
     if fp16_row:
         print(f"| fp16 (onnxconverter-common) | — | — | — | — | — | — | {fp16_row['top1']:.4f} | {100 * (ref_top1 - fp16_row['top1']):+.2f} | "
