@@ -12,9 +12,10 @@ images with its Newcombe interval (:func:`edgetransfer.stats.budget_judge`), top
 fp32, the share of compute nodes left in float (:mod:`edgetransfer.quantize.graphstats`), and
 ONNX Runtime / OpenVINO (CPU) b1 p50 and ORT b8 throughput relative to ORT fp32 b1 p50 / b8 img/s
 timed in the same run (the fp32 model is timed right before each candidate, ``--rounds`` times;
-medians of the per-round ratios, their quartiles in parentheses: the timing noise of the run). Calibration: 128 class-stratified training images (the x86-cpu recipe) for every
-quantizer; validation images for the decisions (edgetransfer's ladder, NNCF's accuracy control);
-test images only for the figures. A bundle without a test split (made before the data roles)
+medians of the per-round ratios, their quartiles in parentheses: the timing noise of the run).
+Calibration: 128 class-stratified training images (the x86-cpu recipe) for every quantizer;
+validation images for the decisions (edgetransfer's ladder, NNCF's accuracy control); test
+images only for the figures. A bundle without a test split (made before the data roles)
 gets its validation split cut in two seeded halves: decisions on one, figures on the other.
 
     pip install -e '.[bench]'           # nncf==3.4.0 (never in the core install)

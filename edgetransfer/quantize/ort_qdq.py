@@ -70,9 +70,10 @@ def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: Quantizatio
 
     ``ranges``: a calibration cache (``save_tensors_data`` JSON): the recipe's own (ORT calibrator,
     tagged with the recipe's method) or a range estimator's (:func:`~.ranges.write_ranges`, tagged
-    MinMax). ORT passes the cache's tagged method on, whatever ``recipe`` says: it refuses a cache
-    whose method differs from ``calibrate_method``, and the ranges in it are final either way (with an
-    entropy recipe, the ladder's mse candidate raised exactly that ValueError before, 2026-12-04)."""
+    MinMax). ``quantize_static`` is given the cache's own method as ``calibrate_method``, whatever
+    ``recipe`` says (``recipe`` is not used here): ORT raises ValueError for a cache whose method differs
+    from ``calibrate_method``, and the ranges in the cache are final either way (under an entropy
+    recipe the ladder's mse candidate raised exactly that before, 2026-12-04)."""
     if preset.placement == "tensorrt":
         from .tensorrt_qdq import quantize_tensorrt
 
