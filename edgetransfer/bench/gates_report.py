@@ -15,7 +15,8 @@ Each row: ``artifact``, ``gate``, ``decision`` (``passed`` | ``failed`` | ``not_
 flip gates; ``held`` | ``exceeded`` for the budget), ``passed`` (bool, None when not applicable),
 ``images`` (the sample size: int, None when not applicable), ``decisive_images`` / ``flips`` /
 ``decisive_flips`` / ``allowed_flips`` / ``rel_logit_diff`` (flip gates), ``decided_by`` /
-``lost`` / ``gained`` (budget), ``reason`` (the job's own sentence). No I/O, never raises on a
+``lost`` / ``gained`` / ``chosen_rung`` (budget: the INT8 ladder candidate the file is, named in the reason too),
+``reason`` (the job's own sentence). No I/O, never raises on a
 manifest without gates (it contributes no row).
 """
 
@@ -30,6 +31,21 @@ def _flip_row(artifact: str, g: dict[str, Any]) -> dict[str, Any]:
     return {"artifact": artifact, "gate": g.get("gate"), "decision": "passed" if g.get("passed") else "failed",
             "passed": bool(g.get("passed")), "images": g.get("images"), **{k: g.get(k) for k in FLIP_KEYS},
             "reason": g.get("reason")}
+
+
+def _with_rung(reason: str | None, d: dict[str, Any]) -> str | None:
+    """The budget row's reason + which INT8 ladder candidate the file is (``chosen_rung``), the
+    calibration recipe's method when the chosen candidate's ranges are another estimator's, and the
+    float share: the file a user gets need not be the recipe they asked for."""
+    rung = d.get("chosen_rung")
+    if not rung:
+        return reason
+    method = (d.get("calibration") or {}).get("method")
+    est = next((p for p in rung.split(":")[1:] if p in ("minmax", "entropy", "percentile", "mse")), None)
+    other = f", ranges {est} where the recipe asked for {method}" if method and est and est != method else ""
+    share = d.get("float_compute_share")
+    floats = f", {share:.0%} of compute nodes in float" if isinstance(share, (int, float)) else ""
+    return f"{reason or ''}; the file is ladder candidate {rung}{other}{floats}"
 
 
 def collect_gates(manifests: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,7 +66,7 @@ def collect_gates(manifests: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"artifact": name, "gate": f"INT8 accuracy budget ({(d['budget'].get('max_top1_drop') or 0) * 100:.2f} pt, val)",
                          "decision": "held" if j["holds"] else "exceeded", "passed": bool(j["holds"]), "images": j.get("n"),
                          "decided_by": j.get("decided_by"), "lost": j.get("lost"), "gained": j.get("gained"),
-                         "reason": j.get("reason")})
+                         "chosen_rung": d.get("chosen_rung"), "reason": _with_rung(j.get("reason"), d)})
     return rows
 
 

@@ -25,7 +25,8 @@ def test_flip_gates_and_budget_rows_carry_decision_and_sample_size():
         "model.int8.qdq.onnx": SimpleNamespace(details={
             "optimizations_on_off": {"applies": True, **oo},
             "budget": {"max_top1_drop": 0.005, "judgement": {"holds": False, "n": 16, "lost": 1, "gained": 0,
-                                                             "decided_by": "fidelity", "reason": "one image > budget"}}}),
+                                                             "decided_by": "fidelity", "reason": "one image > budget"}},
+            "chosen_rung": "c:bias_correction:mse", "calibration": {"method": "entropy"}, "float_compute_share": 0.04}),
         "model.trt.int8.qdq.onnx": SimpleNamespace(details={"optimizations_on_off": {"applies": False, "reason": "TensorRT"}}),
         "model.int8.pte": SimpleNamespace(details={"gate": mobile}),
     }
@@ -38,6 +39,9 @@ def test_flip_gates_and_budget_rows_carry_decision_and_sample_size():
     ]
     assert rows[0]["flips"] == 1 and rows[0]["decisive_images"] == 24 and rows[0]["allowed_flips"] == 0 and rows[3]["flips"] == 24 and rows[3]["passed"] is False
     assert rows[1]["gate"] == "INT8 accuracy budget (0.50 pt, val)" and rows[1]["lost"] == 1
+    # which ladder candidate the file is, and that its ranges are not the recipe's (asked: entropy)
+    assert rows[1]["reason"] == ("one image > budget; the file is ladder candidate c:bias_correction:mse, ranges mse where "
+                                 "the recipe asked for entropy, 4% of compute nodes in float")
     md = "\n".join(gate_lines({"gates": rows}))
     assert md.count("\n| model.") == 4 and "| **failed** | 24 |" in md and "| **exceeded** | 16 |" in md
     assert "| not_applicable | — |" in md and "-1 / +0 (paired)" in md
