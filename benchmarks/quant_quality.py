@@ -140,9 +140,10 @@ def main() -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    ref = logits_of(make_session(fp32_path, threads=args.threads), vx)
+    fp32_sess = make_session(fp32_path, threads=args.threads)
+    ref = logits_of(fp32_sess, vx)
     ref_top1 = float((ref.argmax(1) == vy).mean())
-    ref_t = logits_of(make_session(fp32_path, threads=args.threads), tx) if tx is not None else None
+    ref_t = logits_of(fp32_sess, tx) if tx is not None else None
     calib_cache: dict = {}
     rows = []
 

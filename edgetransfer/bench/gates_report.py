@@ -41,7 +41,8 @@ def _with_rung(reason: str | None, d: dict[str, Any]) -> str | None:
     if not rung:
         return reason
     method = (d.get("calibration") or {}).get("method")
-    est = next((p for p in rung.split(":")[1:] if p in ("minmax", "entropy", "percentile", "mse")), None)
+    # the ladder records each rung-a..c candidate's range estimator (later rungs keep their base's: none recorded)
+    est = next((r.get("estimator") for r in d.get("ladder") or [] if isinstance(r, dict) and r.get("rung") == rung), None)
     other = f", ranges {est} where the recipe asked for {method}" if method and est and est != method else ""
     share = d.get("float_compute_share")
     floats = f", {share:.0%} of compute nodes in float" if isinstance(share, (int, float)) else ""

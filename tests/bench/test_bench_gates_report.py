@@ -26,7 +26,8 @@ def test_flip_gates_and_budget_rows_carry_decision_and_sample_size():
             "optimizations_on_off": {"applies": True, **oo},
             "budget": {"max_top1_drop": 0.005, "judgement": {"holds": False, "n": 16, "lost": 1, "gained": 0,
                                                              "decided_by": "fidelity", "reason": "one image > budget"}},
-            "chosen_rung": "c:bias_correction:mse", "calibration": {"method": "entropy"}, "float_compute_share": 0.04}),
+            "chosen_rung": "c:bias_correction:mse", "calibration": {"method": "entropy"}, "float_compute_share": 0.04,
+            "ladder": [{"rung": "a:ranges:entropy", "estimator": "entropy"}, {"rung": "c:bias_correction:mse", "estimator": "mse"}]}),
         "model.trt.int8.qdq.onnx": SimpleNamespace(details={"optimizations_on_off": {"applies": False, "reason": "TensorRT"}}),
         "model.int8.pte": SimpleNamespace(details={"gate": mobile}),
     }
