@@ -191,7 +191,9 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                            target=target.name, nodes_to_exclude=tuple(nodes_to_exclude), budget=budget,
                            cache_dir=b.calibration_cache, opset_max=target.opset_max,
                            ladder=LadderConfig(max_float_share=max_float_share, adaround=adaround,
-                                               host_is_target=target.host_is_target()))
+                                               host_is_target=target.host_is_target(),
+                                               placement_runtimes=tuple(r.value for r in target.runtimes
+                                                                        if r.value in ("onnxruntime", "openvino"))))
     b.register(m.file)
     if m.details.get("status") == "gate_failed":
         raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")

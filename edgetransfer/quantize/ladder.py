@@ -212,7 +212,7 @@ class Ladder:
         """Speed-aware placement (:mod:`~edgetransfer.quantize.placement`): the compute nodes of the
         plain candidate ``plain`` that are slower in INT8 than in fp32 on this host, kept in float when
         the whole file is then faster. Returns that candidate (``plain`` is then never chosen) or None."""
-        from .placement import MIN_EXTRA_MS, MIN_RATIO, PAIR_MARGIN, b1_pair_ms, slower_in_int8
+        from .placement import MIN_EXTRA_MS, MIN_RATIO, placement_verdict, slower_in_int8
 
         cfg, tensorrt = self.cfg, self.preset.placement != "ort"
         if cfg.speed_placement == "off" or (cfg.speed_placement == "auto" and (tensorrt or not cfg.host_is_target)):
@@ -238,16 +238,15 @@ class Ladder:
         rec = self.candidate(f"a:placement:{self.recipe.method}", self.pre, self.recipe_ranges, self.excluded0 + slow,
                              estimator=self.recipe.method, kept_in_float=slow, **info, prep_seconds=time.perf_counter() - s0)
         s1 = time.perf_counter()
-        t_plain, t_placed = b1_pair_ms(plain["_path"], rec["_path"], x1)
-        rec.update(b1_ms={"without": t_plain, "with": t_placed}, seconds=rec["seconds"] + time.perf_counter() - s1)
+        v = placement_verdict(plain["_path"], rec["_path"], x1, cfg.placement_runtimes)
+        rec.update({k: v[k] for k in ("b1_ms", "b1_ms_openvino") if k in v}, seconds=rec["seconds"] + time.perf_counter() - s1)
         over = rec["float_compute_nodes"] > cap + already  # ORT's exclusions count
-        rec["adopted"] = t_placed < (1.0 - PAIR_MARGIN) * t_plain and not over
+        rec["adopted"] = v["adopted"] and not over
         loser = plain if rec["adopted"] else rec  # one of the two files is slower: never chosen
         loser["_score_penalty"] = True
-        loser["superseded"] = (f"b1 {t_placed:.2f} ms with {', '.join(slow)} in float vs {t_plain:.2f} ms without "
-                               "(ONNX Runtime CPU, this host)" + (": over the float cap with ONNX Runtime's exclusions" if over else ""))
-        log(f"  INT8 placement: {', '.join(slow)} {'kept' if rec['adopted'] else 'not kept'} in float: b1 "
-            f"{t_placed:.2f} vs {t_plain:.2f} ms")
+        loser["superseded"] = (f"{', '.join(slow)} in float: {v['reason']} (this host)"
+                               + (": over the float cap with ONNX Runtime's exclusions" if over else ""))
+        log(f"  INT8 placement: {', '.join(slow)} {'kept' if rec['adopted'] else 'not kept'} in float: {v['reason']}")
         if not rec["adopted"]:
             return None
         self.excluded0 = list(rec["excluded_nodes"])

@@ -36,7 +36,10 @@ class LadderConfig:
     ``speed_placement``: ``auto`` (for ONNX Runtime's Q/DQ placement when ``host_is_target``) / ``on``
     / ``off``: compute nodes whose INT8 kernel is slower than fp32 on this host stay in float
     (:mod:`~edgetransfer.quantize.placement`); ``host_is_target``: this host's CPU is the target's kind
-    (:meth:`edgetransfer.targets.Target.host_is_target`), so its per-node times are the target's."""
+    (:meth:`edgetransfer.targets.Target.host_is_target`), so its per-node times are the target's;
+    ``placement_runtimes``: the runtimes a placed file must not be slower on (``onnxruntime``, and
+    ``openvino`` where the target benchmarks it: the pipeline passes the target's ``runtimes``;
+    :func:`~edgetransfer.quantize.placement.placement_verdict`)."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"
@@ -50,6 +53,7 @@ class LadderConfig:
     adaround_seconds: float = 600.0
     speed_placement: str = "auto"
     host_is_target: bool = True
+    placement_runtimes: tuple[str, ...] = ("onnxruntime", "openvino")
 
     def __post_init__(self) -> None:
         bad = [e for e in self.estimators if e not in ESTIMATORS]
@@ -63,6 +67,8 @@ class LadderConfig:
             raise ConfigError("adaround_layers must be >= 0 (0 = all), adaround_iters >= 1 and adaround_seconds > 0")
         if self.speed_placement not in ("auto", "on", "off"):
             raise ConfigError(f"speed_placement must be auto, on or off (got {self.speed_placement!r})")
+        if not set(self.placement_runtimes) <= {"onnxruntime", "openvino"}:
+            raise ConfigError(f"placement_runtimes: onnxruntime and/or openvino (got {list(self.placement_runtimes)})")
         if self.equalize not in ("auto", "on", "off"):
             raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
         if not 0.0 <= self.max_float_share <= 1.0:

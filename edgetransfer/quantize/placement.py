@@ -16,8 +16,14 @@ per-node kernel times of the fp32 model and of a plain QDQ candidate, from ORT's
 batch 1, the minimum over ``repeats`` profiles (robust to a busy host); a node qualifies when its
 INT8 time is at least ``min_ratio`` times its fp32 time. The nodes found are kept in float only
 when the whole file, quantized with them excluded, is faster than without (medians of interleaved
-rounds): a node kept in float adds a Q/DQ transition the per-node times do not show. The nodes count
-against the ladder's float cap (``LadderConfig.max_float_share``).
+rounds): a node kept in float adds a Q/DQ transition the per-node times do not show. Where the
+target also benchmarks the file on OpenVINO (``LadderConfig.placement_runtimes``, x86-cpu's
+``runtimes``), the placed file must be faster on balance of both (:func:`placement_verdict`): one
+file serves every runtime of the target, and a placement that buys ONNX Runtime a few per cent by
+costing OpenVINO as much is not a speed-up. Measured on pizza_steak_sushi (AMD EPYC host, 2026-12-04): the stem in
+float ran ONNX Runtime 0.47-0.52x fp32 where the fully quantized file ran 0.48x, but OpenVINO 0.449-0.457x
+where the fully quantized file ran 0.415-0.435x; the ladder had adopted it on ONNX Runtime's 1.12 vs
+1.16 ms. The nodes count against the ladder's float cap (``LadderConfig.max_float_share``).
 
 Applies to files for ONNX Runtime's CPU execution provider on this host's kind of CPU only
 (``LadderConfig.host_is_target``): per-node times on an x86 workstation say nothing about an ARM
@@ -27,6 +33,7 @@ phone or TensorRT.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -89,11 +96,78 @@ def slower_in_int8(float_path: Path, qdq_path: Path, x1: np.ndarray, nodes: Sequ
     return slow[: max(limit, 0)], table
 
 
-def b1_pair_ms(a: Path, b: Path, x1: np.ndarray, rounds: int = 5, iterations: int = 20) -> tuple[float, float]:
-    """Batch-1 median ms of ``a`` and of ``b`` under ONNX Runtime CPU, ``rounds`` interleaved
-    rounds of ``iterations`` runs each (a, b, a, b, ...); medians of the per-round medians."""
+def _openvino_b1(path: Path, x1: np.ndarray):
+    """A function timing ``iterations`` batch-1 OpenVINO CPU calls of ``path`` (median ms), compiled
+    as the product's runner compiles an INT8 file; None when OpenVINO is not installed or refuses it."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino as ov
+
+    from ..runtime.openvino import compile_config
+    from ..types import Precision
+
+    try:
+        req = ov.Core().compile_model(str(path), "CPU", compile_config(Precision.INT8)).create_infer_request()
+    except RuntimeError:
+        return None
+    feed = {0: np.ascontiguousarray(x1[:1])}
+
+    def run(iterations: int) -> float:
+        for _ in range(3):
+            req.infer(feed)
+        ts = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            req.infer(feed)
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(ts))
+
+    return run
+
+
+def b1_pair_ms(a: Path, b: Path, x1: np.ndarray, rounds: int = 5, iterations: int = 20,
+               runtime: str = "onnxruntime") -> tuple[float, float] | None:
+    """Batch-1 median ms of ``a`` and of ``b`` under ``runtime`` (``onnxruntime``: CPU EP, a session
+    per round; ``openvino``: CPU plugin, each compiled once), ``rounds`` interleaved rounds of
+    ``iterations`` runs each (a, b, a, b, ...); medians of the per-round medians. None for
+    ``openvino`` when it is not installed or refuses one of the files."""
+    if runtime == "openvino":
+        ra, rb = _openvino_b1(a, x1), _openvino_b1(b, x1)
+        if ra is None or rb is None:
+            return None
+        fa, fb = ra, rb
+    else:
+        fa, fb = (lambda n: b1_ms(a, x1, n)), (lambda n: b1_ms(b, x1, n))
     ta, tb = [], []
     for _ in range(rounds):
-        ta.append(b1_ms(a, x1, iterations))
-        tb.append(b1_ms(b, x1, iterations))
+        ta.append(fa(iterations))
+        tb.append(fb(iterations))
     return float(np.median(ta)), float(np.median(tb))
+
+
+def placement_verdict(plain: Path, placed: Path, x1: np.ndarray, runtimes: Sequence[str] = ("onnxruntime",)) -> dict:
+    """Whether the ``placed`` file (some compute nodes kept in float) replaces the ``plain`` one:
+    faster under ONNX Runtime by :data:`PAIR_MARGIN` of the plain file's b1 median, and, when
+    ``openvino`` is in ``runtimes``, faster by :data:`PAIR_MARGIN` on balance: the geometric mean of
+    the two runtimes' with/without ratios (:func:`b1_pair_ms`; OpenVINO is timed only when ONNX
+    Runtime says yes). Returns ``{"adopted":
+    bool, "b1_ms": {"without", "with"} (ONNX Runtime, ms), "b1_ms_openvino": {...} (when timed),
+    "reason": str}``; ``x1``: float32 (1, 3, S, S)."""
+    t_plain, t_placed = b1_pair_ms(plain, placed, x1)
+    out: dict = {"b1_ms": {"without": t_plain, "with": t_placed}}
+    adopted = t_placed < (1.0 - PAIR_MARGIN) * t_plain
+    why = [f"ONNX Runtime b1 {t_placed:.2f} ms with vs {t_plain:.2f} ms without"]
+    if adopted and "openvino" in runtimes:
+        ov = b1_pair_ms(plain, placed, x1, runtime="openvino")
+        if ov is None:
+            why.append("OpenVINO not timed (not installed, or it refused a file)")
+        else:
+            out["b1_ms_openvino"] = {"without": ov[0], "with": ov[1]}
+            balance = ((t_placed / t_plain) * (ov[1] / ov[0])) ** 0.5
+            adopted = balance < 1.0 - PAIR_MARGIN
+            why.append(f"OpenVINO {ov[1]:.2f} vs {ov[0]:.2f} ms; both runtimes {balance:.3f}x"
+                       + ("" if adopted else f": not {PAIR_MARGIN:.0%} faster on balance"))
+    out.update(adopted=adopted, reason="; ".join(why))
+    return out
