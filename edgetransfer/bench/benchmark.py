@@ -32,6 +32,7 @@ from .e2e import encoded_payloads, measure_end_to_end
 from .gates_report import collect_gates
 from .latency import measure_latency
 from .memory import PeakMemory
+from .paired import measure_paired
 from .power import energy_figures, power_setup, sampling
 from .report import write_report
 
@@ -198,6 +199,7 @@ def benchmark_bundle(bundle: Path, target: Target, *, data: Path | None = None, 
                 a["agreement_with_fp32"] = 1.0
             row["reference"] = True
         results.append(row)
+    measure_paired(results, order, x, target, threads, Bundle(bundle).trt_cache)  # INT8 vs fp32, interleaved
     sustained = None
     if settings.sustained:
         sustained = measure_sustained(results, order, x, target, threads, settings, power_src, Bundle(bundle).trt_cache)

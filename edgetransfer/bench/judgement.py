@@ -78,16 +78,22 @@ def judge_rows(results: list[dict[str, Any]], manifests: dict[str, Manifest], y:
                                           "drop_interval95": v.figures["drop_interval95"], "n": v.figures["n"],
                                           "lost": v.figures["lost"], "gained": v.figures["gained"]} for role, v in by.items()}
         if r["precision"] == str(Precision.INT8):
-            mine, theirs = _p50(r), None
+            mine, theirs, sp = _p50(r), None, r.get("speed_paired") or {}
             if mine is not None:
                 theirs = _p50(parent, mine[0])
-            if mine and theirs and theirs[1] > 0:
-                ratio = mine[1] / theirs[1]
-                r["speed_vs_fp32"] = {"batch_size": mine[0], "ratio": ratio, "vs": parent["name"]}
+            if "ratio" in sp and sp.get("vs") == parent["name"]:  # interleaved with its parent: the host's drift cancels
+                mine, ratio, how = (sp["batch_size"], sp["p50_ms"]), sp["ratio"], f"paired, {sp['rounds']} interleaved rounds"
+            elif mine and theirs and theirs[1] > 0:
+                ratio, how = mine[1] / theirs[1], "sequential rows"
+            else:
+                ratio = None
+            if ratio is not None:
+                r["speed_vs_fp32"] = {"batch_size": mine[0], "ratio": ratio, "vs": parent["name"], "method": how,
+                                      **({"ratio_iqr": sp["ratio_iqr"]} if "ratio" in sp else {})}
                 r["not_faster"] = ratio >= NOT_FASTER_RATIO
                 if r["not_faster"]:
                     d = manifests[r["name"]].details if r["name"] in manifests else {}
-                    why = [f"b{mine[0]} p50 {mine[1]:.3f} ms = {ratio:.2f}x its fp32 parent {parent['name']} on {r['runtime']}"]
+                    why = [f"b{mine[0]} p50 {mine[1]:.3f} ms = {ratio:.2f}x its fp32 parent {parent['name']} on {r['runtime']} ({how})"]
                     if d.get("num_excluded_nodes"):
                         why.append(f"{d['num_excluded_nodes']} node(s) kept in float")
                     if r.get("host_latency_note"):

@@ -13,7 +13,10 @@ Schema history (``schema_version``):
    ``judgement`` / ``judgement_by_split`` (paired, vs the fp32 parent), ``not_faster`` (a flag
    beside status ``ok``, never a status), ``speed_vs_fp32``, ``host_latency_note`` per row;
    ``dataset.split`` / ``dataset.splits``, ``budget`` and ``recommended`` at the top level; status
-   ``gate_failed`` (an agreement gate failed: :mod:`edgetransfer.gates`).
+   ``gate_failed`` (an agreement gate failed: :mod:`edgetransfer.gates`). Within version 3 (no field
+   removed): ``speed_paired`` per INT8 row (:mod:`edgetransfer.bench.paired`: the row and its fp32
+   parent timed in interleaved rounds), and ``speed_vs_fp32.method`` / ``ratio_iqr`` saying which
+   figure ``not_faster`` was decided on.
 
 :data:`REPORT_SCHEMA` is a JSON Schema (draft 2020-12) of the required part; :func:`validate_report`
 checks a report against it without extra dependencies.

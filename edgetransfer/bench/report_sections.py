@@ -63,11 +63,22 @@ def judgement_lines(report: dict[str, Any]) -> list[str]:
         j = r["judgement"]
         v = (r.get("judgement_by_split") or {}).get("val") if j["split"] != "val" else None
         sp = r.get("speed_vs_fp32")
-        speed = "—" if not sp else f"{sp['ratio']:.2f}x" + (" (not faster)" if r.get("not_faster") else "")
+        iqr = (sp or {}).get("ratio_iqr")
+        speed = "—" if not sp else (f"{sp['ratio']:.2f}x" + (f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else " (sequential)")
+                                    + (" (not faster)" if r.get("not_faster") else ""))
         out.append(f"| {r['name']} | {r['runtime']} | {j['vs']} | {j['split']} | {j['n']} | {j['lost']} | {j['gained']} | "
                    f"{_pt(j['drop'])} {_iv(j['drop_interval95'])} | {j['mcnemar_p']:.3g} | {j['decided_by']} | "
                    f"{'yes' if j['holds'] else '**no**'} | {(_pt(v['drop']) + ' ' + _iv(v['drop_interval95'])) if v else '—'} | "
                    f"{speed} |")
+    paired = next(((r.get("speed_paired") or {}) for r in rows if "ratio" in (r.get("speed_paired") or {})), None)
+    if paired:
+        out += ["", f"`b1 p50 vs fp32`: the artifact and its fp32 parent timed in {paired['rounds']} interleaved rounds of "
+                    f"{paired['calls_per_round']} calls each, the median of the per-round p50 ratios (quartiles in "
+                    "parentheses; `edgetransfer.bench.paired`), so a slow spell of the host cancels; the main table's rows "
+                    "were timed one after another. `(sequential)`: no paired figure, the ratio of the main table's rows."]
+    for r in rows:
+        if "error" in (r.get("speed_paired") or {}):
+            out.append(f"- {r['name']} [{r['runtime']}]: no paired timing ({r['speed_paired']['error']})")
     small = [r for r in rows if r["judgement"].get("resolvable") is False]
     if small:
         j = small[0]["judgement"]

@@ -37,9 +37,9 @@ class LadderConfig:
     / ``off``: compute nodes whose INT8 kernel is slower than fp32 on this host stay in float
     (:mod:`~edgetransfer.quantize.placement`); ``host_is_target``: this host's CPU is the target's kind
     (:meth:`edgetransfer.targets.Target.host_is_target`), so its per-node times are the target's;
-    ``placement_runtimes``: the runtimes a placed file must not be slower on (``onnxruntime``, and
-    ``openvino`` where the target benchmarks it: the pipeline passes the target's ``runtimes``;
-    :func:`~edgetransfer.quantize.placement.placement_verdict`)."""
+    ``placement_runtimes``: the runtimes a placed file must be faster on (``onnxruntime``, and on
+    balance with ``openvino`` where the target benchmarks it: the pipeline passes the target's
+    ``runtimes``; :func:`~edgetransfer.quantize.placement.placement_verdict`)."""
 
     estimators: tuple[str, ...] = ("mse",)
     equalize: str = "auto"

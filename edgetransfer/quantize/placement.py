@@ -20,10 +20,10 @@ rounds): a node kept in float adds a Q/DQ transition the per-node times do not s
 target also benchmarks the file on OpenVINO (``LadderConfig.placement_runtimes``, x86-cpu's
 ``runtimes``), the placed file must be faster on balance of both (:func:`placement_verdict`): one
 file serves every runtime of the target, and a placement that buys ONNX Runtime a few per cent by
-costing OpenVINO as much is not a speed-up. Measured on pizza_steak_sushi (AMD EPYC host, 2026-12-04): the stem in
-float ran ONNX Runtime 0.47-0.52x fp32 where the fully quantized file ran 0.48x, but OpenVINO 0.449-0.457x
-where the fully quantized file ran 0.415-0.435x; the ladder had adopted it on ONNX Runtime's 1.12 vs
-1.16 ms. The nodes count against the ladder's float cap (``LadderConfig.max_float_share``).
+costing OpenVINO as much is not a speed-up. Measured on pizza_steak_sushi (AMD EPYC host,
+2026-12-04, benchmarks/quant_peers.py's timing, two runs): the stem in float ran ONNX Runtime
+0.47-0.52x fp32 where the fully quantized file ran 0.48x, but OpenVINO 0.449-0.457x where the fully
+quantized file ran 0.415-0.435x; the ladder had adopted it on ONNX Runtime's 1.12 vs 1.16 ms. The nodes count against the ladder's float cap (``LadderConfig.max_float_share``).
 
 Applies to files for ONNX Runtime's CPU execution provider on this host's kind of CPU only
 (``LadderConfig.host_is_target``): per-node times on an x86 workstation say nothing about an ARM
@@ -152,9 +152,8 @@ def placement_verdict(plain: Path, placed: Path, x1: np.ndarray, runtimes: Seque
     faster under ONNX Runtime by :data:`PAIR_MARGIN` of the plain file's b1 median, and, when
     ``openvino`` is in ``runtimes``, faster by :data:`PAIR_MARGIN` on balance: the geometric mean of
     the two runtimes' with/without ratios (:func:`b1_pair_ms`; OpenVINO is timed only when ONNX
-    Runtime says yes). Returns ``{"adopted":
-    bool, "b1_ms": {"without", "with"} (ONNX Runtime, ms), "b1_ms_openvino": {...} (when timed),
-    "reason": str}``; ``x1``: float32 (1, 3, S, S)."""
+    Runtime says yes). Returns ``{"adopted": bool, "b1_ms": {"without", "with"} (ONNX Runtime, ms),
+    "b1_ms_openvino": {...} (ms, when timed), "reason": str}``; ``x1``: float32 (1, 3, S, S)."""
     t_plain, t_placed = b1_pair_ms(plain, placed, x1)
     out: dict = {"b1_ms": {"without": t_plain, "with": t_placed}}
     adopted = t_placed < (1.0 - PAIR_MARGIN) * t_plain
