@@ -1,6 +1,6 @@
-"""Paired speed of a reduced-precision artifact against its fp32 parent on the same runtime: both
-loaded at once and timed in interleaved rounds (parent, artifact, parent, artifact, ...); the
-ratio is taken per round and the report gives its median with the quartiles beside it.
+"""Paired speed of an INT8 artifact against its fp32 parent on the same runtime: both loaded at
+once and timed in interleaved rounds (parent, artifact, parent, artifact, ...); the ratio is
+taken per round and the report gives its median with the quartiles beside it.
 
 Why. The report's latency rows are measured one artifact after another, seconds to minutes apart,
 and on a shared, throttled or virtualised host a slow spell lands on one row and not on the next:
