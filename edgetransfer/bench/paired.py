@@ -24,6 +24,7 @@ from ..runtime import get_runner_class
 from ..runtime.base import deactivate_quietly
 from ..targets import Target
 from ..types import Precision, Status
+from .judgement import fp32_parent
 from .latency import measure_latency
 
 ROUNDS = 9  # interleaved rounds; the median of 9 per-round ratios ignores up to 4 disturbed rounds
@@ -64,8 +65,6 @@ def measure_paired(results: list[dict[str, Any]], order: list[tuple], x: np.ndar
     batch size, with ``batch_size`` and ``vs``; ``{"error": ...}`` when either runner fails (the
     row keeps its sequential figures). ``order``: the benchmark's (path, manifest, runtime) items;
     ``x`` float32 (N, 3, S, S)."""
-    from .judgement import fp32_parent
-
     items = {(str(p), str(rt)): (p, m, rt) for p, m, rt in order}
     for r in results:
         if r["precision"] != str(Precision.INT8) or r["status"] == str(Status.FAILED) or not r.get("latency"):

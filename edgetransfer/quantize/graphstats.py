@@ -75,12 +75,17 @@ def b1_ms(path: Path, x1: np.ndarray, iterations: int = 20, threads: int | None 
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     feed = {name: np.ascontiguousarray(x1[:1])}
-    for _ in range(3):
-        sess.run(None, feed)
+    return median_call_ms(lambda: sess.run(None, feed), iterations)
+
+
+def median_call_ms(fn, iterations: int, warmup: int = 3) -> float:
+    """Median wall time (ms) of ``iterations`` calls of ``fn()`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
     ts = []
     for _ in range(iterations):
         t0 = time.perf_counter()
-        sess.run(None, feed)
+        fn()
         ts.append(time.perf_counter() - t0)
     return float(np.median(ts) * 1e3)
 

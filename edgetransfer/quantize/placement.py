@@ -33,13 +33,12 @@ phone or TensorRT.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .graphstats import b1_ms, float_node_times, node_ms
+from .graphstats import b1_ms, float_node_times, median_call_ms, node_ms
 
 # an INT8 node must take at least this many times its fp32 node's kernel time to qualify: per-node
 # profiler times of the same node varied 1.2-1.7x between two runs on the 2-core host (2026-12-03)
@@ -113,18 +112,7 @@ def _openvino_b1(path: Path, x1: np.ndarray):
     except RuntimeError:
         return None
     feed = {0: np.ascontiguousarray(x1[:1])}
-
-    def run(iterations: int) -> float:
-        for _ in range(3):
-            req.infer(feed)
-        ts = []
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            req.infer(feed)
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(ts))
-
-    return run
+    return lambda iterations: median_call_ms(lambda: req.infer(feed), iterations)
 
 
 def b1_pair_ms(a: Path, b: Path, x1: np.ndarray, rounds: int = 5, iterations: int = 20,
