@@ -146,7 +146,9 @@ def placement_verdict(plain: Path, placed: Path, x1: np.ndarray, runtimes: Seque
     out: dict = {"b1_ms": {"without": t_plain, "with": t_placed}}
     adopted = t_placed < (1.0 - PAIR_MARGIN) * t_plain
     why = [f"ONNX Runtime b1 {t_placed:.2f} ms with vs {t_plain:.2f} ms without"]
-    if adopted and "openvino" in runtimes:
+    if not adopted and "openvino" in runtimes:
+        why.append("OpenVINO not timed: not faster under ONNX Runtime")
+    elif adopted and "openvino" in runtimes:
         ov = b1_pair_ms(plain, placed, x1, runtime="openvino")
         if ov is None:
             why.append("OpenVINO not timed (not installed, or it refused a file)")
