@@ -76,7 +76,12 @@ FORMAT_FILES: dict[str, dict[str, str]] = {
 # files with a ``.json`` beside them that are not artifact manifests
 _NOT_MANIFESTS = {BUNDLE_FILE, REPORT_JSON, GOLDEN_FILE}
 
-PARITY_MAX_IMAGES = 256  # parity checks run on at most this many evenly spaced validation images
+PARITY_MAX_IMAGES = 256  # export / fp16 parity checks run on at most this many evenly spaced validation images
+# INT8 decisions (the ladder's accuracy budget, the ORT optimisations on/off gate, the mobile INT8 budget and
+# conversion parity) run on at most this many: a decision's power grows with its sample (digits' 359 val images
+# were cut to 256 before; one image is then 0.39 pt, more than a 0.28 pt step). 1024 images of 224 px are 617 MB
+# of float32
+DECISION_MAX_IMAGES = 1024
 SPLIT_KEYS = {"train": "train_files", "val": "val_files", "test": "test_files"}  # bundle.json keys of the data roles
 
 
@@ -285,6 +290,11 @@ class Bundle:
         from .data import load_arrays
 
         return load_arrays(subsample(self.folder("val").samples, max_images), spec)
+
+    def decision_arrays(self, spec: "PreprocessSpec") -> tuple["np.ndarray", "np.ndarray"]:
+        """:meth:`parity_arrays` for the INT8 decisions: up to :data:`DECISION_MAX_IMAGES` validation
+        images (all of a split that size or smaller)."""
+        return self.parity_arrays(spec, DECISION_MAX_IMAGES)
 
     # -- the target ------------------------------------------------------------------------
     @property

@@ -178,7 +178,7 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
                             max_steps=max_steps)
     recipe = load_recipe(recipe_name or q.calibration)
     calib = select_calibration_set(b.folder("train"), recipe)  # fails fast when the split is too small
-    x, y = b.parity_arrays(spec)
+    x, y = b.decision_arrays(spec)
     import dataclasses
 
     train = b.folder("train")
@@ -254,7 +254,7 @@ def stage_build(bundle: Path, target: Target, recipe_name: str | None = None, fo
     for cls in builders.values():
         cls.require_backend()
     ck = read_manifest(b.checkpoint)
-    x, y = b.parity_arrays(PreprocessSpec.from_dict(ck.preprocessing))
+    x, y = b.decision_arrays(PreprocessSpec.from_dict(ck.preprocessing))
     calib, recipe = [], None
     if target.supports("int8") and any(Precision.INT8 in cls.precisions for cls in builders.values()):
         recipe = load_recipe(recipe_name or target.quantization.calibration)

@@ -72,3 +72,19 @@ def test_register_refuses_a_modified_artifact_and_splits_must_exist(tmp_path):
     b.write_info(info)
     with pytest.raises(DataError, match="missing on this machine"):
         b.folder("val")
+
+
+def test_int8_decisions_use_up_to_1024_val_images_parity_checks_256(tmp_path):
+    pytest.importorskip("PIL")
+    from edgetransfer.bundle import DECISION_MAX_IMAGES, PARITY_MAX_IMAGES
+    from edgetransfer.data import PreprocessSpec
+
+    b = Bundle(make_bundle(tmp_path))
+    info = b.info
+    info["dataset"]["val_files"] = (info["dataset"]["val_files"] * 40)[:300]  # 300 val entries (8 files repeated)
+    b.write_info(info)
+    spec = PreprocessSpec.from_dict(json.loads((b.dir / "model.onnx.json").read_text())["preprocessing"])
+    x, y = b.decision_arrays(spec)
+    assert (PARITY_MAX_IMAGES, DECISION_MAX_IMAGES) == (256, 1024)
+    assert x.shape[0] == y.shape[0] == 300  # the whole split: digits' 359 val images were cut to 256 before
+    assert b.parity_arrays(spec)[0].shape[0] == 256
