@@ -27,8 +27,10 @@ e. float fallback: quantization units ranked by the logit error each adds alone
    uncorrected float model and bias-corrected again (a layer kept in float must lose the
    correction made for its rounding, and its neighbours' shifts change);
 f. QAT of the network's tail (default: the last 2 weighted nodes and what follows them; 1 = the
-   classifier head) on the best candidate's own INT8 features of the training images
-   (:mod:`~edgetransfer.quantize.qat`), parity-checked against the fake-quantized torch tail.
+   classifier head) on a candidate's own INT8 features of the training images
+   (:mod:`~edgetransfer.quantize.qat`), parity-checked against the fake-quantized torch tail: first
+   the best candidate without float fallback, then the best rung-e one
+   (:mod:`~edgetransfer.quantize.qat_rung`, which also says why rung e never builds on rung d).
 
 Which candidate is chosen. Rungs a-c give files of the same graph (same nodes quantized, same
 speed) and cost seconds, so ALL of them are measured, and the chosen one is the candidate that
@@ -297,46 +299,11 @@ class Ladder:
                        based_on=best["rung"], adaround=summary, prep_seconds=time.perf_counter() - s0)
 
     def rung_qat(self) -> None:
-        """Rung f (:mod:`~edgetransfer.quantize.qat`): the best candidate's classifier head
-        fine-tuned with fake quantization on its own INT8 features of the calibration images."""
-        from ..runtime.ort import onnx_logits
-        from .qat import head_parity, qat_head, qat_tail, strip_private
+        """Rung f: :func:`~edgetransfer.quantize.qat_rung.run_qat_rung` (the float-free candidate
+        first, then the best rung-e one)."""
+        from .qat_rung import run_qat_rung
 
-        if self.cfg.qat == "off":
-            self.rungs.append({"rung": "f:qat", "skipped": "off (LadderConfig.qat)", "seconds": 0.0})
-            return
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is None:  # an export-only install: the rung needs the trainer's torch
-            self.rungs.append({"rung": "f:qat", "skipped": "torch is not installed (pip install 'edgetransfer[train]')",
-                               "seconds": 0.0})
-            return
-        best = self.best()
-        s0 = time.perf_counter()
-        out = self.td / f"qat{len(self.rungs)}.onnx"
-        self.qat_x = self.train_x()
-        ref = onnx_logits(self.pre, self.qat_x)
-        if self.cfg.qat_nodes == 1:  # the head alone (the default tail of 2 nodes: see LadderConfig)
-            summary = qat_head(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out)
-        else:
-            summary = qat_tail(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out,
-                               qat_nodes=self.cfg.qat_nodes)
-            if "skipped" in summary:  # a tail torch cannot run here (a residual Add from before the cut): the head
-                why = summary["skipped"]
-                summary = qat_head(best["_float"], best["_path"], self.qat_x, ref, self.input_name, out)
-                summary["tail_skipped"] = f"tail of {self.cfg.qat_nodes} nodes: {why}; the head alone was trained"
-        if "skipped" in summary:
-            self.rungs.append({"rung": "f:qat", **summary, "seconds": time.perf_counter() - s0})
-            return
-        r = self.candidate("f:qat", out, best["_ranges"], best["excluded_nodes"], estimator=best.get("estimator"),
-                           based_on=best["rung"], qat=strip_private(summary), prep_seconds=time.perf_counter() - s0,
-                           **({"_base": best["_base"]} if "_base" in best else {}))
-        r["qat"]["parity"] = par = head_parity(r["_path"], summary, self.qat_x, self.input_name)
-        if not par["passed"]:
-            r["holds"] = False
-            r["qat_failed"] = (f"QDQ head vs fake-quantized torch head: max |diff| {par['rel_diff']:.3%} of the mean "
-                               f"|logit| > {par['tolerance']:.0%}")
-            r["_score_penalty"] = True
+        run_qat_rung(self)
 
     def train_x(self) -> np.ndarray:
         """The training-split images of rungs d (``adaround_images: train``) and f, decoded once."""
@@ -392,7 +359,9 @@ class Ladder:
                               prep_seconds=time.perf_counter() - s0, _base=base_float, **info)
 
     def rung_fallback(self, sens_images: int) -> None:
-        best = self.best()
+        from .qat_rung import fallback_base
+
+        best = fallback_base(self)  # the best candidate, but not an AdaRound one (see qat_rung)
         steps = self.budget.max_steps
         cap = math.floor(self.cfg.max_float_share * self.n_compute + 1e-9)
         if steps <= 0 or cap <= 0:
