@@ -8,15 +8,17 @@ Which candidates rung f fine-tunes (:func:`qat_bases`), in order, stopping at th
 2. ``f:qat:fallback``: when that does not hold and the best candidate overall is a rung-e one (nodes
    kept in float for accuracy), that one.
 
-Why the float-free candidate first: a node rung e keeps in float costs speed on some runtime even
-where it costs nothing on the one rung e measured. Digits, EfficientNet-Lite0, measured 2026-12-05:
-block 0's depthwise conv and the stem save nothing in INT8 under ONNX Runtime here, so rung e keeps
-them in float (4 % of the compute nodes), and OpenVINO then runs the file at 0.48x its fp32 parent
-where the fully quantized file ran at ~0.44x. On that bundle the float-free QAT candidate of the
-default ladder did not hold (val agreement 0.972, mean KL 0.0120: the error sits in the first layers,
-before the tail QAT trains), so the ladder went on to ``f:qat:fallback`` (agreement 0.994, KL
-0.0024, holds) in 21 s more; with ``--adaround auto`` the float-free one came to agreement 0.992,
-KL 0.0048, and missed the top-1 point budget on val by one image of 359 (-0.56 pt).
+Why the float-free candidate first: a node rung e keeps in float costs speed even where rung e counts
+it free. Digits, EfficientNet-Lite0, measured 2026-12-05: block 0's depthwise conv and the stem save
+nothing in INT8 kernel time under ONNX Runtime here, so rung e keeps them in float (4 % of the compute
+nodes), yet the whole file with those two in float ran 1.91 ms b1 vs 1.55 ms fully quantized under ONNX
+Runtime (placement's whole-file timing, ``benchmarks/quant_peers.py``: the Q/DQ around them is paid),
+and in that run the chosen file ran 0.56x ORT fp32 where the fully quantized files of hymenoptera and
+pizza_steak_sushi ran 0.48-0.49x. On that bundle the float-free QAT candidate of the default ladder did
+not hold (val agreement 0.972, mean KL 0.0120: the error sits in the first layers, before the tail QAT
+trains; 21 s spent), so the ladder went on to ``f:qat:fallback`` (agreement 0.994, KL 0.0024, holds,
+14 s); with ``--adaround auto`` the float-free one came to agreement 0.992, KL 0.0048, and missed the
+top-1 point budget on val by one image of 359 (-0.56 pt).
 
 Which candidate rung e builds on (:func:`fallback_base`): the best one, except an AdaRound (rung d)
 candidate. AdaRound fits each layer's rounding to its input in the QDQ model, with every upstream
