@@ -400,6 +400,10 @@ class Ladder:
                 break
             r = self.corrected(f"e:float_fallback:{step}", best.get("_base", best["_float"]), best["_ranges"], excl,
                                units=k, based_on=best["rung"], **({"ranking": ranking} if step == 1 else {}))
+            # what the step's float nodes cost the whole file, Q/DQ around them included (the ranking's per-node
+            # cost misses that); ONNX Runtime b1 median, measured after the base's int8_b1_ms, this host
+            r["b1_ms"] = b1_ms(r["_path"], sx)
+            r["b1_vs_base"] = r["b1_ms"] / t_int8 if t_int8 > 0 else None
             if r["float_compute_nodes"] > cap:  # the exclusions added so ORT does not re-quantize them count too
                 r.update(holds=False, _score_penalty=True, over_float_cap=(
                     f"{r['float_compute_nodes']} compute node(s) in float after the exclusions ONNX Runtime needs "

@@ -115,6 +115,8 @@ def test_ladder_records_every_rung_and_falls_back_to_float_last(data, sensitive,
         assert r["top1_drop"] == 0.5 and not r["holds"] and r["num_excluded_nodes"] == 0 and "judgement" in r
     fb = d["ladder"][-1]
     assert fb["holds"] and d["chosen_rung"] == "e:float_fallback:1"
+    # the step's whole-file b1 is measured beside the base's (the ranking's int8_b1_ms)
+    assert fb["b1_ms"] > 0 and fb["b1_vs_base"] == pytest.approx(fb["b1_ms"] / fb["ranking"]["int8_b1_ms"])
     # the most sensitive unit is the Mul output (the outlier tensor, folded into conv1 by
     # pre-processing): its consumer conv2 and its producer conv1 stay in float, nothing else
     assert fb["ranking"]["top_units"][0]["tensor"] == "m" and fb["ranking"]["top_units"][0]["cost_ms"] > 0
