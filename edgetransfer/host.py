@@ -45,6 +45,21 @@ def cpu_info() -> dict[str, Any]:
     return {"cpu": name, "cpu_features": [f for f in keep if f in flags], "arch": platform.machine()}
 
 
+_X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def int8_saturates(info: dict[str, Any] | None = None) -> bool:
+    """True on an x86 CPU without VNNI (``avx512_vnni``, ``avx_vnni``) or AMX-INT8: ONNX Runtime's
+    u8s8 INT8 kernels there use (V)PMADDUBSW, whose int16 sum of two u8 x s8 products saturates
+    (ONNX Runtime quantization guide, "When to use reduce_range"). ``info``: :func:`cpu_info`'s dict
+    (this CPU when None). False on ARM and other architectures (their dot-product kernels
+    accumulate in int32)."""
+    info = info or cpu_info()
+    if str(info.get("arch", "")).lower() not in _X86:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(info.get("cpu_features", []))
+
+
 def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
     """CPUs the cgroup quota allows (quota / period, e.g. 1.5), or None when unlimited or unreadable.
     Reads cgroup v2 ``ROOT/cpu.max`` ("max 100000" or "150000 100000"), else v1

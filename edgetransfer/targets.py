@@ -130,6 +130,14 @@ class QuantizationPreset:
     # ``fp32`` or ``fp16`` (ModelOpt's option: strongly typed TensorRT 11 runs fp32 tensors in fp32).
     placement: str = "ort"
     high_precision_dtype: str = "fp32"
+    # ``reduce_range``: 7-bit weights (ORT quantize_static ``reduce_range``: INT8 weights in [-64, 64]).
+    # On x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels use VPMADDUBSW, which adds two u8 x s8
+    # products into a saturating int16 (255 x 127 x 2 = 64770 > 32767); 7-bit weights keep the sum in
+    # range (255 x 64 x 2 = 32640). ONNX Runtime's quantization guide ("When to use reduce_range")
+    # recommends it there. ``None`` decides by the CPU this process runs on
+    # (:func:`edgetransfer.host.int8_saturates`); placement ``tensorrt`` never reduces (TensorRT's
+    # kernels do not saturate).
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         if self.format != "qdq":
@@ -138,6 +146,8 @@ class QuantizationPreset:
             raise TargetError(f"quantization.placement must be 'ort' or 'tensorrt' (got {self.placement!r})")
         if self.high_precision_dtype not in ("fp32", "fp16"):
             raise TargetError(f"quantization.high_precision_dtype must be 'fp32' or 'fp16' (got {self.high_precision_dtype!r})")
+        if self.reduce_range not in (None, True, False):
+            raise TargetError(f"quantization.reduce_range must be true, false or null (decide by this CPU), got {self.reduce_range!r}")
         if self.high_precision_dtype == "fp16" and self.placement != "tensorrt":
             raise TargetError("quantization.high_precision_dtype: fp16 needs placement: tensorrt (an fp16 remainder is for strongly "
                               "typed TensorRT builds)")
@@ -164,6 +174,17 @@ class QuantizationPreset:
     def zero_point_free(self) -> bool:
         """True when every zero point is 0 (signed symmetric activations and weights)."""
         return self.activation_type == "int8" and self.symmetric_activations and self.weight_type == "int8" and self.symmetric_weights
+
+    @property
+    def weights_reduced(self) -> bool:
+        """Whether INT8 weights are made 7-bit (``reduce_range``; ``None`` resolved on this CPU)."""
+        if self.placement == "tensorrt":
+            return False
+        if self.reduce_range is not None:
+            return self.reduce_range
+        from .host import int8_saturates
+
+        return int8_saturates()
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

@@ -64,6 +64,23 @@ from .ort_qdq import (  # noqa: F401  (public names builders and tests import fr
 # Now judged by edgetransfer.gates.flip_gate (its max_rel_logit_diff is this 5 %); kept for readers of old manifests.
 OPT_ON_OFF_TOLERANCE = {"max_rel_logit_diff": 0.05, "min_prediction_agreement": 0.98}
 
+def _weights_7bit(preset: QuantizationPreset) -> dict[str, Any]:
+    """What ``details.weights_7bit`` records: whether the INT8 weights were made 7-bit and why."""
+    from ..host import cpu_info, int8_saturates
+
+    on = preset.weights_reduced
+    if preset.placement == "tensorrt":
+        why = "placement tensorrt: TensorRT's INT8 kernels do not saturate, weights keep 8 bits"
+    elif preset.reduce_range is not None:
+        why = f"quantization.reduce_range: {str(preset.reduce_range).lower()} (set by the target or preset)"
+    elif on:
+        why = (f"this CPU ({cpu_info()['cpu']}) is x86 without VNNI: ONNX Runtime's u8s8 kernels saturate their int16 "
+               "pair sums with 8-bit weights (ONNX Runtime quantization guide, reduce_range)")
+    else:
+        why = "this CPU has VNNI (or is not x86): ONNX Runtime's INT8 kernels accumulate in int32"
+    return {"applied": on, "why": why, "cpu_saturates_u8s8": int8_saturates()}
+
+
 @dataclass(frozen=True)
 class AccuracyBudget:
     """``max_top1_drop``: largest allowed top-1 drop (fraction, e.g. 0.005 = 0.5 pt) of the INT8
@@ -151,7 +168,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         raise DataError("the calibration set is empty; calibration needs images of the training split")
     t0 = time.perf_counter()
     details: dict[str, Any] = {"quant_format": "QDQ", "preset": preset.to_dict(), "calibration": recipe.to_dict(),
-                               "num_calibration_images": int(len(calib_x))}
+                               "num_calibration_images": int(len(calib_x)), "weights_7bit": _weights_7bit(preset)}
     if calib_files is not None:
         details["calibration_images"] = calib_files
     with tempfile.TemporaryDirectory(prefix="edgetransfer-q-") as td:
@@ -187,7 +204,8 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                 details["gate_failed_reason"] = (
                     f"INT8 model: {gate.reason}. The fused integer kernels of this CPU ({', '.join(cpu_info()['cpu_features'])}) "
                     "and the reference Q/DQ semantics compute different functions: an optimiser rewrote the graph, or "
-                    "u8s8 products saturate (without VNNI ONNX Runtime recommends reduce_range). Try another preset "
+                    f"u8s8 products saturate (weights 7-bit: {preset.weights_reduced}; without VNNI ONNX Runtime "
+                    "recommends reduce_range, quantization.reduce_range: true). Try another preset "
                     "(--preset tensorrt is s8s8), or report it")
                 log(f"[yellow]{details['gate_failed_reason']}")
                 if status == Status.OK:
@@ -214,7 +232,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         "num_excluded_nodes": chosen["num_excluded_nodes"], "seconds": time.perf_counter() - t0,
         "node_counts": count_ops(out), "cpu": cpu_info(),
         "cpu_note": "INT8 results are recorded on this CPU; kernels without VNNI (avx512_vnni / avx_vnni) can saturate "
-                    "u8s8 products and give other results",
+                    "u8s8 products and give other results (see weights_7bit)",
         "ladder": rungs, "ladder_config": (ladder or LadderConfig()).to_dict(), "chosen_rung": chosen["rung"],
         "float_compute_share": chosen["float_share"],
         **({"tensorrt_placement": chosen["tensorrt_placement"]} if "tensorrt_placement" in chosen else {}),

@@ -91,7 +91,7 @@ def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: Quantizatio
         "OpTypesToExcludeOutputQuantization": list(preset.no_output_qdq_ops),
     }
     q.quantize_static(
-        str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel,
+        str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel, reduce_range=preset.weights_reduced,
         activation_type=qtype[preset.activation_type], weight_type=qtype[preset.weight_type],
         calibrate_method=load_tensors_data(ranges).calibration_method, nodes_to_exclude=list(nodes_to_exclude),
         op_types_to_quantize=op_types_to_quantize(), extra_options=extra, calibration_cache_path=str(ranges),

@@ -81,6 +81,7 @@ def run_qat_rung(lad) -> None:
                           "seconds": 0.0})
         return
     ref = None
+    wq = 64 if lad.preset.weights_reduced else 127  # ORT's 7-bit reduce_range weights are [-64, 64]
     for name, best in qat_bases(lad):
         s0 = time.perf_counter()
         out = lad.td / f"qat{len(lad.rungs)}.onnx"
@@ -88,12 +89,13 @@ def run_qat_rung(lad) -> None:
         if ref is None:
             ref = onnx_logits(lad.pre, x)
         if lad.cfg.qat_nodes == 1:  # the head alone (the default tail of 2 nodes: see LadderConfig)
-            summary = qat_head(best["_float"], best["_path"], x, ref, lad.input_name, out)
+            summary = qat_head(best["_float"], best["_path"], x, ref, lad.input_name, out, weight_qmax=wq)
         else:
-            summary = qat_tail(best["_float"], best["_path"], x, ref, lad.input_name, out, qat_nodes=lad.cfg.qat_nodes)
+            summary = qat_tail(best["_float"], best["_path"], x, ref, lad.input_name, out, qat_nodes=lad.cfg.qat_nodes,
+                               weight_qmax=wq)
             if "skipped" in summary:  # a tail torch cannot run here (a residual Add from before the cut): the head
                 why = summary["skipped"]
-                summary = qat_head(best["_float"], best["_path"], x, ref, lad.input_name, out)
+                summary = qat_head(best["_float"], best["_path"], x, ref, lad.input_name, out, weight_qmax=wq)
                 summary["tail_skipped"] = f"tail of {lad.cfg.qat_nodes} nodes: {why}; the head alone was trained"
         if "skipped" in summary:
             lad.rungs.append({"rung": name, **summary, "seconds": time.perf_counter() - s0})
