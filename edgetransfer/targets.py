@@ -130,13 +130,8 @@ class QuantizationPreset:
     # ``fp32`` or ``fp16`` (ModelOpt's option: strongly typed TensorRT 11 runs fp32 tensors in fp32).
     placement: str = "ort"
     high_precision_dtype: str = "fp32"
-    # ``reduce_range``: 7-bit weights (ORT quantize_static ``reduce_range``: INT8 weights in [-64, 64]).
-    # On x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels use VPMADDUBSW, which adds two u8 x s8
-    # products into a saturating int16 (255 x 127 x 2 = 64770 > 32767); 7-bit weights keep the sum in
-    # range (255 x 64 x 2 = 32640). ONNX Runtime's quantization guide ("When to use reduce_range")
-    # recommends it there. ``None`` decides by the CPU this process runs on
-    # (:func:`edgetransfer.host.int8_saturates`); placement ``tensorrt`` never reduces (TensorRT's
-    # kernels do not saturate).
+    # ``reduce_range``: 7-bit INT8 weights, [-64, 64] (ORT quantize_static ``reduce_range``), for x86 CPUs whose
+    # u8s8 kernels saturate (:func:`edgetransfer.host.int8_saturates`); None: decided on this CPU.
     reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
@@ -174,17 +169,6 @@ class QuantizationPreset:
     def zero_point_free(self) -> bool:
         """True when every zero point is 0 (signed symmetric activations and weights)."""
         return self.activation_type == "int8" and self.symmetric_activations and self.weight_type == "int8" and self.symmetric_weights
-
-    @property
-    def weights_reduced(self) -> bool:
-        """Whether INT8 weights are made 7-bit (``reduce_range``; ``None`` resolved on this CPU)."""
-        if self.placement == "tensorrt":
-            return False
-        if self.reduce_range is not None:
-            return self.reduce_range
-        from .host import int8_saturates
-
-        return int8_saturates()
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

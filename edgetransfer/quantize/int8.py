@@ -49,7 +49,7 @@ from ..types import Format, Precision, Status
 from .calibration import CalibrationRecipe, cached_ranges
 from .ladder import Ladder, LadderConfig
 from .ort_qdq import (  # noqa: F401  (public names builders and tests import from here)
-    copy_metadata as _copy_metadata, op_types_to_quantize, preprocess, quantize_with_ranges, requantized_by_ort,
+    copy_metadata as _copy_metadata, op_types_to_quantize, preprocess, quantize_with_ranges, requantized_by_ort, weights_reduced,
 )
 
 # ONNX Runtime with graph optimisations on runs QDQ models with fused integer kernels (QLinearConv:
@@ -68,7 +68,7 @@ def _weights_7bit(preset: QuantizationPreset) -> dict[str, Any]:
     """What ``details.weights_7bit`` records: whether the INT8 weights were made 7-bit and why."""
     from ..host import cpu_info, int8_saturates
 
-    on = preset.weights_reduced
+    on = weights_reduced(preset)
     if preset.placement == "tensorrt":
         why = "placement tensorrt: TensorRT's INT8 kernels do not saturate, weights keep 8 bits"
     elif preset.reduce_range is not None:
@@ -204,7 +204,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                 details["gate_failed_reason"] = (
                     f"INT8 model: {gate.reason}. The fused integer kernels of this CPU ({', '.join(cpu_info()['cpu_features'])}) "
                     "and the reference Q/DQ semantics compute different functions: an optimiser rewrote the graph, or "
-                    f"u8s8 products saturate (weights 7-bit: {preset.weights_reduced}; without VNNI ONNX Runtime "
+                    f"u8s8 products saturate (weights 7-bit: {weights_reduced(preset)}; without VNNI ONNX Runtime "
                     "recommends reduce_range, quantization.reduce_range: true). Try another preset "
                     "(--preset tensorrt is s8s8), or report it")
                 log(f"[yellow]{details['gate_failed_reason']}")

@@ -63,6 +63,15 @@ def preprocess(onnx_path: Path, out: Path) -> None:
         onnx.save_model(m, str(out), save_as_external_data=False)
 
 
+def weights_reduced(preset: QuantizationPreset) -> bool:
+    """Whether ``preset``'s INT8 weights are made 7-bit, [-64, 64] (``preset.reduce_range``; None:
+    :func:`edgetransfer.host.int8_saturates` on this CPU). Never for placement ``tensorrt``
+    (TensorRT's INT8 kernels do not saturate)."""
+    from ..host import int8_saturates
+
+    return preset.placement != "tensorrt" and (int8_saturates() if preset.reduce_range is None else preset.reduce_range)
+
+
 def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
                          nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any] | None:
     """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run); a preset
@@ -91,7 +100,8 @@ def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: Quantizatio
         "OpTypesToExcludeOutputQuantization": list(preset.no_output_qdq_ops),
     }
     q.quantize_static(
-        str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel, reduce_range=preset.weights_reduced,
+        str(pre), str(out), None, quant_format=q.QuantFormat.QDQ, per_channel=preset.per_channel,
+        reduce_range=weights_reduced(preset),
         activation_type=qtype[preset.activation_type], weight_type=qtype[preset.weight_type],
         calibrate_method=load_tensors_data(ranges).calibration_method, nodes_to_exclude=list(nodes_to_exclude),
         op_types_to_quantize=op_types_to_quantize(), extra_options=extra, calibration_cache_path=str(ranges),

@@ -24,7 +24,7 @@ gradients; Hinton et al. 2015 distillation loss):
    quantization, scale = max|w| / 127 per channel, the integer range [-127, 127] — the rule of
    ``onnxruntime.quantization`` for symmetric int8 weights (``quant_utils.compute_scale_zp`` with
    ``symmetric=True``: ``scale = max(|rmin|, |rmax|) / 127``, qmin -127 in the restricted range);
-   with 7-bit ``reduce_range`` weights (x86 without VNNI: :attr:`QuantizationPreset.weights_reduced`)
+   with 7-bit ``reduce_range`` weights (x86 without VNNI: :func:`~.ort_qdq.weights_reduced`)
    ``weight_qmax`` 64 and [-64, 64], ORT's ``ONNX_INT_TYPE_REDUCED_RANGE``.
 3. The trained weights go back into the FLOAT model as grid values ``W' = s * q`` (so
    ``quantize_static`` re-quantizes them to exactly ``q`` with the same scale: the per-channel

@@ -71,6 +71,7 @@ def run_qat_rung(lad) -> None:
     images, re-quantized and judged like any candidate, until one holds. Records a skipped rung
     when ``LadderConfig.qat`` is off or torch is not installed."""
     from ..runtime.ort import onnx_logits
+    from .ort_qdq import weights_reduced
     from .qat import head_parity, qat_head, qat_tail, strip_private
 
     if lad.cfg.qat == "off":
@@ -81,7 +82,7 @@ def run_qat_rung(lad) -> None:
                           "seconds": 0.0})
         return
     ref = None
-    wq = 64 if lad.preset.weights_reduced else 127  # ORT's 7-bit reduce_range weights are [-64, 64]
+    wq = 64 if weights_reduced(lad.preset) else 127  # ORT's 7-bit reduce_range weights are [-64, 64]
     for name, best in qat_bases(lad):
         s0 = time.perf_counter()
         out = lad.td / f"qat{len(lad.rungs)}.onnx"

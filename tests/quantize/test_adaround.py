@@ -19,13 +19,13 @@ from edgetransfer.errors import ConfigError  # noqa: E402
 from edgetransfer.quantize.adaround import adaround  # noqa: E402
 from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx  # noqa: E402
 from edgetransfer.quantize.ladder import LadderConfig  # noqa: E402
-from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges  # noqa: E402
+from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges, weights_reduced  # noqa: E402
 from edgetransfer.runtime.ort import onnx_logits  # noqa: E402
 from edgetransfer.targets import QuantizationPreset  # noqa: E402
 
 PER_CHANNEL = QuantizationPreset()
 # 7-bit weights on an x86 CPU without VNNI (ORT's u8s8 kernels saturate 8-bit ones there), else 8-bit
-QMAX = 64 if PER_CHANNEL.weights_reduced else 127
+QMAX = 64 if weights_reduced(PER_CHANNEL) else 127
 
 
 def _coarse_dw_net() -> onnx.ModelProto:

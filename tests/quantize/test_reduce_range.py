@@ -18,7 +18,7 @@ from .test_rungs import _dw_net, _quantize  # noqa: E402
 
 from edgetransfer.errors import TargetError  # noqa: E402
 from edgetransfer.host import int8_saturates  # noqa: E402
-from edgetransfer.quantize.ort_qdq import preprocess  # noqa: E402
+from edgetransfer.quantize.ort_qdq import preprocess, weights_reduced  # noqa: E402
 from edgetransfer.runtime.ort import onnx_logits  # noqa: E402
 from edgetransfer.targets import QuantizationPreset  # noqa: E402
 
@@ -34,10 +34,10 @@ def test_int8_saturates_on_x86_without_vnni_only():
 
 
 def test_preset_reduce_range_resolution():
-    assert QuantizationPreset(reduce_range=True).weights_reduced
-    assert not QuantizationPreset(reduce_range=False).weights_reduced
-    assert QuantizationPreset().weights_reduced == int8_saturates()  # None: this CPU decides
-    assert not QuantizationPreset.named("tensorrt", reduce_range=True).weights_reduced  # TensorRT never saturates
+    assert weights_reduced(QuantizationPreset(reduce_range=True))
+    assert not weights_reduced(QuantizationPreset(reduce_range=False))
+    assert weights_reduced(QuantizationPreset()) == int8_saturates()  # None: this CPU decides
+    assert not weights_reduced(QuantizationPreset.named("tensorrt", reduce_range=True))  # TensorRT never saturates
     with pytest.raises(TargetError, match="reduce_range"):
         QuantizationPreset(reduce_range="yes")
 
