@@ -19,6 +19,7 @@ calibrated on) and the TensorRT runner use it. Sources: ``/proc/cpuinfo`` (Linux
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import math
 import os
@@ -48,13 +49,19 @@ def cpu_info() -> dict[str, Any]:
 _X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
+@functools.cache
+def _this_cpu_saturates() -> bool:
+    return int8_saturates(cpu_info())
+
+
 def int8_saturates(info: dict[str, Any] | None = None) -> bool:
     """True on an x86 CPU without VNNI (``avx512_vnni``, ``avx_vnni``) or AMX-INT8: ONNX Runtime's
     u8s8 INT8 kernels there use (V)PMADDUBSW, whose int16 sum of two u8 x s8 products saturates
     (ONNX Runtime quantization guide, "When to use reduce_range"). ``info``: :func:`cpu_info`'s dict
     (this CPU when None). False on ARM and other architectures (their dot-product kernels
     accumulate in int32)."""
-    info = info or cpu_info()
+    if info is None:  # read /proc/cpuinfo once: every INT8 candidate asks
+        return _this_cpu_saturates()
     if str(info.get("arch", "")).lower() not in _X86:
         return False
     return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(info.get("cpu_features", []))

@@ -191,15 +191,15 @@ def _learn(torch, fn, x_q, target, w, b, s, z, lo, hi, w_floor, rest, nearest, f
 
 def adaround(float_path: Path, qdq_path: Path, calib_x: np.ndarray, input_name: str, out_float: Path, *,
              layers: Sequence[str] | None = None, iters: int = 500, batch: int = 8, lr: float = 1e-2,
-             max_seconds: float = 600.0, seed: int = 0, weight_qmax: int | None = None) -> dict:
+             max_seconds: float = 600.0, seed: int = 0, weight_range: tuple[int, int] | None = None) -> dict:
     """Write ``out_float``: ``float_path`` with the weights of its quantized Conv/Gemm nodes (all, or
     the node names ``layers``) rounded by AdaRound against the QDQ model ``qdq_path`` (quantized
     from ``float_path``; its scales and zero points are kept) on ``calib_x`` float32 (N, 3, S, S)
     TRAINING images. Stops starting new layers after ``max_seconds``. Returns a summary: per layer
     the reconstruction loss with nearest and with learned rounding, share of weights flipped and
-    seconds; layers not reached; total seconds. ``weight_qmax``: the largest integer weight
-    ``qdq_path`` may store (64 for 7-bit ``reduce_range`` weights: rounding then stays in
-    [-64, 64]); None: the stored dtype's range. Raises :class:`~edgetransfer.errors.MissingExtraError`
+    seconds; layers not reached; total seconds. ``weight_range``: (qmin, qmax) the weights of
+    ``qdq_path`` may store (:func:`~.ort_qdq.weight_qrange`: (-64, 64) for 7-bit ``reduce_range``
+    weights, so rounding stays there); None: the stored dtype's range. Raises :class:`~edgetransfer.errors.MissingExtraError`
     without torch."""
     onnx = require("onnx", "export")
     require("torch", "train", "AdaRound")
@@ -231,9 +231,9 @@ def adaround(float_path: Path, qdq_path: Path, calib_x: np.ndarray, input_name: 
         tgt_name = act[0].output[0] if act else fn_node.output[0]
         (target,) = exposed_outputs(float_path, [tgt_name], calib_x, input_name)
         (x_q,) = exposed_outputs_model(qm, [qn.input[0]], calib_x, input_name)
+        qlo, qhi = (int(p["qmin"]), int(p["qmax"])) if weight_range is None else weight_range
         q, rec = adaround_layer(_layer_fn(fn_node), x_q, target, w, b, p["scale"], p["zero_point"],
-                                p["axis"] if np.size(p["scale"]) > 1 else _wq_axis(fn_node), int(p["qmin"]) if weight_qmax is None else -weight_qmax,
-                                int(p["qmax"]) if weight_qmax is None else weight_qmax,
+                                p["axis"] if np.size(p["scale"]) > 1 else _wq_axis(fn_node), qlo, qhi,
                                 (act[1], act[2]) if act else None, iters=iters, batch=batch, lr=lr, seed=seed)
         s = np.asarray(p["scale"], np.float32)
         zz = np.asarray(p["zero_point"]).astype(np.float32)

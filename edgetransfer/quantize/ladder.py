@@ -65,7 +65,7 @@ from ..progress import log
 from ..stats import budget_judge
 from .graphstats import b1_ms, compute_nodes, depthwise_convs, float_node_times, node_ms
 from .ladder_config import LadderConfig  # noqa: F401  (re-exported: the ladder's public configuration)
-from .ort_qdq import quantize_with_ranges, requantized_by_ort, weights_reduced
+from .ort_qdq import quantize_with_ranges, requantized_by_ort, weight_qrange
 
 
 def _score(r: dict) -> tuple:
@@ -293,7 +293,7 @@ class Ladder:
             layers = list(dict.fromkeys(n for u in units if u.kind == "weight" for n in u.nodes))[: self.cfg.adaround_layers]
         out = self.td / f"adaround{len(self.rungs)}.onnx"
         summary = adaround(base, plain, self.calib_x, self.input_name, out, layers=layers, iters=self.cfg.adaround_iters,
-                           max_seconds=self.cfg.adaround_seconds, weight_qmax=64 if weights_reduced(self.preset) else None)
+                           max_seconds=self.cfg.adaround_seconds, weight_range=weight_qrange(self.preset))
         summary["selected"] = "all quantized Conv/Gemm" if layers is None else f"the {len(layers)} most sensitive weights"
         self.corrected("d:adaround", out, best["_ranges"], best["excluded_nodes"], estimator=best.get("estimator"),
                        based_on=best["rung"], adaround=summary, prep_seconds=time.perf_counter() - s0)

@@ -72,6 +72,19 @@ def weights_reduced(preset: QuantizationPreset) -> bool:
     return preset.placement != "tensorrt" and (int8_saturates() if preset.reduce_range is None else preset.reduce_range)
 
 
+def weight_qrange(preset: QuantizationPreset) -> tuple[int, int]:
+    """(qmin, qmax) of ``preset``'s stored INT8 weights, as ``quantize_static`` picks them
+    (``quant_utils.get_qmin_qmax_for_qType``): symmetric int8 (-127, 127), 7-bit (-64, 64),
+    uint8 (0, 255) or 7-bit (0, 127)."""
+    require("onnxruntime.quantization", "export", "INT8 quantization")
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import get_qmin_qmax_for_qType
+
+    qtype = TensorProto.INT8 if preset.weight_type == "int8" else TensorProto.UINT8
+    lo, hi = get_qmin_qmax_for_qType(qtype, reduce_range=weights_reduced(preset), symmetric=preset.symmetric_weights)
+    return int(lo), int(hi)
+
+
 def quantize_with_ranges(pre: Path, out: Path, ranges: Path, preset: QuantizationPreset, recipe: CalibrationRecipe,
                          nodes_to_exclude: Sequence[str] = ()) -> dict[str, Any] | None:
     """``quantize_static`` in QDQ format from cached tensor ranges (no calibration run); a preset

@@ -71,7 +71,7 @@ def run_qat_rung(lad) -> None:
     images, re-quantized and judged like any candidate, until one holds. Records a skipped rung
     when ``LadderConfig.qat`` is off or torch is not installed."""
     from ..runtime.ort import onnx_logits
-    from .ort_qdq import weights_reduced
+    from .ort_qdq import weight_qrange
     from .qat import head_parity, qat_head, qat_tail, strip_private
 
     if lad.cfg.qat == "off":
@@ -82,7 +82,7 @@ def run_qat_rung(lad) -> None:
                           "seconds": 0.0})
         return
     ref = None
-    wq = 64 if weights_reduced(lad.preset) else 127  # ORT's 7-bit reduce_range weights are [-64, 64]
+    wq = weight_qrange(lad.preset)[1]  # symmetric int8 weights: 127, or 64 when 7-bit (reduce_range)
     for name, best in qat_bases(lad):
         s0 = time.perf_counter()
         out = lad.td / f"qat{len(lad.rungs)}.onnx"

@@ -19,13 +19,13 @@ from edgetransfer.errors import ConfigError  # noqa: E402
 from edgetransfer.quantize.adaround import adaround  # noqa: E402
 from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx  # noqa: E402
 from edgetransfer.quantize.ladder import LadderConfig  # noqa: E402
-from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges, weights_reduced  # noqa: E402
+from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges, weight_qrange  # noqa: E402
 from edgetransfer.runtime.ort import onnx_logits  # noqa: E402
 from edgetransfer.targets import QuantizationPreset  # noqa: E402
 
 PER_CHANNEL = QuantizationPreset()
 # 7-bit weights on an x86 CPU without VNNI (ORT's u8s8 kernels saturate 8-bit ones there), else 8-bit
-QMAX = 64 if weights_reduced(PER_CHANNEL) else 127
+QMAX = weight_qrange(PER_CHANNEL)[1]
 
 
 def _coarse_dw_net() -> onnx.ModelProto:
@@ -51,7 +51,7 @@ def test_adaround_cuts_the_depthwise_reconstruction_error_and_ort_stores_its_rou
     x, xv = _x(32, 1), _x(64, 2)  # calibration images / held-out images
     q0, ranges = _quantize(pre, tmp_path, x, "plain", PER_CHANNEL)
     out = tmp_path / "ar.onnx"
-    s = adaround(pre, q0, x, "input", out, layers=["dw", "conv3"], weight_qmax=64 if QMAX == 64 else None)
+    s = adaround(pre, q0, x, "input", out, layers=["dw", "conv3"], weight_range=weight_qrange(PER_CHANNEL))
     by = {layer["node"]: layer for layer in s["layers"]}
     assert set(by) == {"dw", "conv3"} and s["layers_not_reached"] == []
     dw = by["dw"]

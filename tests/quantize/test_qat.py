@@ -13,7 +13,7 @@ from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
 from edgetransfer.quantize.calibration import CalibrationRecipe  # noqa: E402
 from edgetransfer.quantize.int8 import AccuracyBudget, qdq_int8_from_onnx  # noqa: E402
 from edgetransfer.quantize.ladder import LadderConfig  # noqa: E402
-from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges, weights_reduced  # noqa: E402
+from edgetransfer.quantize.ort_qdq import preprocess, quantize_with_ranges, weight_qrange  # noqa: E402
 from edgetransfer.quantize.qat import head_parity, qat_head  # noqa: E402
 from edgetransfer.runtime.ort import onnx_logits  # noqa: E402
 from edgetransfer.targets import QuantizationPreset  # noqa: E402
@@ -23,7 +23,7 @@ from ..fixtures.onnx_models import SPEC, sensitive_model, write_onnx  # noqa: E4
 
 RECIPE = CalibrationRecipe(num_samples=16, batch_size=8)
 # ORT's 7-bit reduce_range weights ([-64, 64]) on an x86 CPU without VNNI, else [-127, 127]
-QMAX = 64 if weights_reduced(QuantizationPreset()) else 127
+QMAX = weight_qrange(QuantizationPreset())[1]
 
 
 @pytest.fixture(scope="module")
