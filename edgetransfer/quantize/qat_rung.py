@@ -27,6 +27,15 @@ layers in float then changes the input the later layers' rounding was fit to. Me
 2026-12-05: rung e on the AdaRound candidate (stem and block 0 in float) took val mean KL from 0.0080
 to 0.0245, worse than bias correction alone (0.0197), and the whole ladder ended ``budget_exceeded``
 where the ladder without AdaRound held. So rung e starts from the best candidate of rungs a-c.
+
+What did not help rung f on a CPU without VNNI (7-bit weights; ``make demo`` bundle, digits, 359 val images,
+AMD EPYC with AVX2, measured 2026-12-07, each variant judged on val like the rung; default: 300 steps, tail of
+2 nodes, l2 0.01, the 1024 plain training images): val mean KL of the fallback candidate 0.0055 by default,
+0.0055 with 900 steps (training-set KL 0.0019 -> 0.0009), 0.0056 / 0.0055 with one trainer-recipe augmented
+view (``augment.augment_image``) or two mild views (crop scale 0.6-1, no flip) per image added; the
+float-free candidate 0.0301 by default, 0.0305 (900 steps), 0.0300 (tail of 3 nodes), 0.0300 (l2 0.1), 0.0289 /
+0.0288 (the two augmentations). Longer training only lowers the training-set KL: the val error the tail can learn is
+learnt in 300 steps, so the defaults stay.
 """
 
 from __future__ import annotations
