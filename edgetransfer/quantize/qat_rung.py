@@ -5,8 +5,10 @@ Which candidates rung f fine-tunes (:func:`qat_bases`), in order, stopping at th
 
 1. ``f:qat``: the best candidate with NO float fallback (rungs a-d: only what speed-aware placement or
    the user keep in float);
-2. ``f:qat:fallback``: when that does not hold and the best candidate overall is a rung-e one (nodes
-   kept in float for accuracy), that one.
+2. ``f:qat:fallback``: when that does not hold and the best rung-e candidate (nodes kept in float for
+   accuracy) is better than the candidate rung e built on (:func:`fallback_base`), that one. Without
+   AdaRound this is "the best candidate overall is a rung-e one"; with it, the AdaRound candidate may
+   be the best overall and rung e still helped its own base (see below for why it is not built on rung d).
 
 Why the float-free candidate first: a node rung e keeps in float costs speed even where rung e counts
 it free. Digits, EfficientNet-Lite0, measured 2026-12-05: block 0's depthwise conv and the stem save
@@ -69,8 +71,12 @@ def qat_bases(lad) -> list[tuple[str, dict]]:
     free = [r for r in lad.rungs if _usable(r) and not r["rung"].startswith(("e:", "f:"))]
     first = max(free, key=_score) if free else best
     out = [("f:qat", first)]
-    if best is not first and best["rung"].startswith("e:"):
-        out.append(("f:qat:fallback", best))
+    fallbacks = [r for r in lad.rungs if _usable(r) and r["rung"].startswith("e:")]
+    if fallbacks:
+        e = max(fallbacks, key=_score)
+        base = next((r for r in lad.rungs if _usable(r) and r["rung"] == e.get("based_on")), None)
+        if e is not first and (base is None or _score(e) > _score(base)):
+            out.append(("f:qat:fallback", e))
     return out
 
 
