@@ -75,7 +75,7 @@ def qat_bases(lad) -> list[tuple[str, dict]]:
     if fallbacks:
         e = max(fallbacks, key=_score)
         base = next((r for r in lad.rungs if _usable(r) and r["rung"] == e.get("based_on")), None)
-        if e is not first and (base is None or _score(e) > _score(base)):
+        if base is None or _score(e) > _score(base):  # ``first`` is never a rung-e candidate
             out.append(("f:qat:fallback", e))
     return out
 
