@@ -29,6 +29,13 @@ layers in float then changes the input the later layers' rounding was fit to. Me
 2026-12-05: rung e on the AdaRound candidate (stem and block 0 in float) took val mean KL from 0.0080
 to 0.0245, worse than bias correction alone (0.0197), and the whole ladder ended ``budget_exceeded``
 where the ladder without AdaRound held. So rung e starts from the best candidate of rungs a-c.
+The other order, AdaRound fitted after rung e (its 8 most sensitive quantized layers re-rounded on the QDQ
+model that already keeps rung e's nodes in float, so their inputs are the ones the file will have), was
+measured too (CPU without VNNI, 7-bit weights, ``make demo`` bundle, 2026-12-07, a patched ladder with
+``--adaround on``): rung e's best candidate (the stem and block 0's depthwise conv in float) val mean KL
+0.0130, agreement 0.981; AdaRound on it 0.0337 / 0.955 in 272 s, worse than its base; rung f then chose
+rung e's own candidate (``f:qat:fallback`` 0.0055, as without AdaRound) and the float-free ``f:qat`` on rung d ended at 0.0079.
+So rung d stays before rung e and on float-free candidates only.
 
 What did not help rung f on a CPU without VNNI (7-bit weights; ``make demo`` bundle, digits, 359 val images,
 AMD EPYC with AVX2, measured 2026-12-07, each variant judged on val like the rung; default: 300 steps, tail of
