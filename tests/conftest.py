@@ -24,7 +24,8 @@ from .fixtures.images import colour_folder, make_image_folder  # noqa: E402,F401
 @pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     if not (HYMENOPTERA / "train").is_dir() or not (HYMENOPTERA / "val").is_dir():
-        pytest.skip(f"real dataset not present at {HYMENOPTERA} (set EDGETRANSFER_HYMENOPTERA)")
+        pytest.skip(f"real dataset not present at {HYMENOPTERA} (set EDGETRANSFER_DATA to the folder holding "
+                    "hymenoptera/, or EDGETRANSFER_HYMENOPTERA)")
     return HYMENOPTERA
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from .fixtures import DATA
 from .fixtures.images import colour_folder
 
 from edgetransfer.errors import DataError
 from edgetransfer.splits import resolve_data_roles
 
-PIZZA = Path("/work/shared/data/pizza_steak_sushi")
+PIZZA = DATA / "pizza_steak_sushi"
 
 
 def _paths(f):
@@ -27,7 +28,7 @@ def _roles(r):
 
 def test_pizza_test_folder_is_the_test_split_and_val_is_carved_from_train():
     if not (PIZZA / "test").is_dir():
-        pytest.skip(f"{PIZZA} not present")
+        pytest.skip(f"{PIZZA} not present (set EDGETRANSFER_DATA to the folder holding pizza_steak_sushi/)")
     r = resolve_data_roles(PIZZA, seed=0)
     assert r.test is not None and r.test.root == PIZZA / "test" and len(r.test) == 150
     assert len(r.train) + len(r.val) == 450 and len(r.val) == 90  # 20 % of train, per class
