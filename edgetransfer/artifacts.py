@@ -193,3 +193,12 @@ def read_manifest(artifact: str | os.PathLike, verify: bool = True) -> Manifest:
                 "that produces it"
             )
     return m
+
+
+def float_nodes_text(details: dict[str, Any]) -> str:
+    """'N node(s) kept in float (K of them Conv/Gemm/MatMul)' for an INT8 manifest's ``details``:
+    ``num_excluded_nodes`` counts every node kept out of quantization (activations included),
+    ``float_compute_nodes`` the compute nodes among them (absent in manifests before 2026-12-07)."""
+    k = details.get("float_compute_nodes")
+    return (f"{details.get('num_excluded_nodes', 0)} node(s) kept in float"
+            + (f" ({k} of them Conv/Gemm/MatMul)" if k is not None else ""))

@@ -198,13 +198,14 @@ def stage_quantize(bundle: Path, target: Target, recipe_name: str | None = None,
     if m.details.get("status") == "gate_failed":
         raise GateFailedError(f"{m.file}: {m.details.get('gate_failed_reason')}; the file is written with status gate_failed")
     if m.details.get("status") == "budget_exceeded":
+        from .artifacts import float_nodes_text
         from .stats import budget_reason
 
         bd = m.details["budget"]
         raise BudgetExceededError(
             f"{m.file}: no quantizer rung holds the {bd['max_top1_drop'] * 100:.2f} pt budget against fp32 ONNX on val ("
             f"{budget_reason(bd)}) after "
-            f"{len(bd['steps']) - 1} step(s) ({m.details['num_excluded_nodes']} node(s) kept in float); the file is "
+            f"{len(bd['steps']) - 1} step(s) ({float_nodes_text(m.details)}); the file is "
             "written with status budget_exceeded. Raise --max-steps, relax --max-accuracy-drop, try another calibration "
             "recipe (--calibration), or ship the fp32 model")
     return m

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import Manifest
+from ..artifacts import Manifest, float_nodes_text
 from ..gates import is_tensorrt_preset
 from ..stats import budget_judge, wilson_interval
 from ..types import Format, Precision, Runtime, Status
@@ -95,7 +95,7 @@ def judge_rows(results: list[dict[str, Any]], manifests: dict[str, Manifest], y:
                     d = manifests[r["name"]].details if r["name"] in manifests else {}
                     why = [f"b{mine[0]} p50 {mine[1]:.3f} ms = {ratio:.2f}x its fp32 parent {parent['name']} on {r['runtime']} ({how})"]
                     if d.get("num_excluded_nodes"):
-                        why.append(f"{d['num_excluded_nodes']} node(s) kept in float")
+                        why.append(float_nodes_text(d))
                     if r.get("host_latency_note"):
                         why.append("TensorRT-preset file under ONNX Runtime")
                     r["not_faster_reason"] = "; ".join(why)

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..artifacts import float_nodes_text
 from ..bundle import REPORT_JSON, REPORT_MD
 from ..progress import console as err
 
@@ -91,7 +92,7 @@ def quantized(bundle: Path, m, precision: str) -> None:
     info(f"{bundle / m.file}: preset {d['preset']['name']}, {d['calibration']['method']}, "
          f"{'per-channel' if d['preset']['per_channel'] else 'per-tensor'}; agreement with fp32 {p.get('agreement', nan):.4f}, "
          f"top-1 {d.get('val_top1_int8', nan):.4f} (fp32 {d.get('val_top1_fp32', nan):.4f}, "
-         f"budget {d['budget']['max_top1_drop']:.4f}); {d['num_excluded_nodes']} node(s) kept in float")
+         f"budget {d['budget']['max_top1_drop']:.4f}); {float_nodes_text(d)}")
     reason = ((d.get("budget") or {}).get("judgement") or {}).get("reason")
     if reason:  # why the budget holds or not (e.g. decided on logit fidelity when one image is worth more than the budget)
         info(f"budget: {reason}")

@@ -234,7 +234,7 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
         "cpu_note": "INT8 results are recorded on this CPU; kernels without VNNI (avx512_vnni / avx_vnni) can saturate "
                     "u8s8 products and give other results (see weights_7bit)",
         "ladder": rungs, "ladder_config": (ladder or LadderConfig()).to_dict(), "chosen_rung": chosen["rung"],
-        "float_compute_share": chosen["float_share"],
+        "float_compute_share": chosen["float_share"], "float_compute_nodes": chosen.get("float_compute_nodes"),
         **({"tensorrt_placement": chosen["tensorrt_placement"]} if "tensorrt_placement" in chosen else {}),
     })
     if parity_x is not None:

@@ -15,6 +15,7 @@ pytest.importorskip("onnxconverter_common", reason="the export extra (onnxconver
 from ..fixtures.images import make_image_folder  # noqa: E402
 from ..fixtures.onnx_models import SPEC, mlp_model, sensitive_model, write_bundle, write_onnx  # noqa: E402
 
+from edgetransfer.artifacts import float_nodes_text  # noqa: E402
 from edgetransfer.data import load_arrays, scan_image_folder  # noqa: E402
 from edgetransfer.errors import ConfigError, TargetError  # noqa: E402
 from edgetransfer.quantize.calibration import CalibrationRecipe, cached_ranges, compute_ranges  # noqa: E402
@@ -121,6 +122,9 @@ def test_ladder_records_every_rung_and_falls_back_to_float_last(data, sensitive,
     # pre-processing): its consumer conv2 and its producer conv1 stay in float, nothing else
     assert fb["ranking"]["top_units"][0]["tensor"] == "m" and fb["ranking"]["top_units"][0]["cost_ms"] > 0
     assert sorted(d["nodes_to_exclude"]) == ["conv1", "conv2"] and d["float_compute_share"] == 2 / 3
+    # the log names both counts (every node kept out of quantization, and the compute nodes among them)
+    assert d["float_compute_nodes"] == 2
+    assert float_nodes_text(d) == f"{d['num_excluded_nodes']} node(s) kept in float (2 of them Conv/Gemm/MatMul)"
     assert d["val_top1_int8"] == 1.0
     assert count_ops(tmp_path / "q.onnx")["QuantizeLinear"] > 0  # still an INT8 model (pool/flatten/fc quantized)
 
