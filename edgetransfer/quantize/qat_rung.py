@@ -34,8 +34,8 @@ model that already keeps rung e's nodes in float, so their inputs are the ones t
 measured too (CPU without VNNI, 7-bit weights, ``make demo`` bundle, 2026-12-07, a patched ladder with
 ``--adaround on``): rung e's best candidate (the stem and block 0's depthwise conv in float) val mean KL
 0.0130, agreement 0.981; AdaRound on it 0.0337 / 0.955 in 272 s, worse than its base; rung f then chose
-rung e's own candidate (``f:qat:fallback`` 0.0055, as without AdaRound) and the float-free ``f:qat`` on rung d ended at 0.0079.
-So rung d stays before rung e and on float-free candidates only.
+rung e's own candidate (``f:qat:fallback`` 0.0055, as without AdaRound) and the float-free ``f:qat`` on
+rung d ended at 0.0079. So rung d stays before rung e and on float-free candidates only.
 
 What did not help rung f on a CPU without VNNI (7-bit weights; ``make demo`` bundle, digits, 359 val images,
 AMD EPYC with AVX2, measured 2026-12-07, each variant judged on val like the rung; default: 300 steps, tail of
