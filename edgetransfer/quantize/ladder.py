@@ -17,15 +17,22 @@ d. AdaRound (:mod:`~edgetransfer.quantize.adaround`), opt-in (``LadderConfig.ada
    ``--adaround``): learned rounding of the weights of the :attr:`LadderConfig.adaround_layers` most
    sensitive layers (ranked as rung e ranks units) of the best candidate's uncorrected float
    model, then bias-corrected again; time-capped by :attr:`LadderConfig.adaround_seconds`;
-e. float fallback: quantization units ranked by the logit error each adds alone
-   (:mod:`~edgetransfer.quantize.sensitivity`) per millisecond it costs to keep it in float on
-   this host: for ONNX Runtime files when this host is the target's kind, the fp32 minus INT8 kernel
-   ms of its nodes (:func:`~edgetransfer.quantize.placement.node_time_pairs`: no INT8 gain, no cost),
-   else their fp32 kernel ms x (1 - INT8/fp32 b1 p50 of the whole file measured here); floor 0.001 ms;
-   1, 2, 4, ... units cumulatively, never more than
-   :attr:`LadderConfig.max_float_share` of the compute nodes; each step quantized from the
-   uncorrected float model and bias-corrected again (a layer kept in float must lose the
-   correction made for its rounding, and its neighbours' shifts change);
+e. float fallback, greedy, one unit more per step: the :attr:`LadderConfig.fallback_candidates`
+   quantization units (:mod:`~edgetransfer.quantize.sensitivity`) that rank first by the logit error
+   each adds alone per millisecond it costs to keep in float on this host (for ONNX Runtime files
+   when this host is the target's kind, the fp32 minus INT8 kernel ms of its nodes,
+   :func:`~edgetransfer.quantize.placement.node_time_pairs`: no INT8 gain, no cost; else their fp32
+   kernel ms x (1 - INT8/fp32 b1 p50 of the whole file measured here); floor 0.001 ms) are each
+   quantized with what is already in float to learn the nodes ONNX Runtime forces into float with
+   them (:func:`~edgetransfer.quantize.ort_qdq.requantized_by_ort`), which count in their cost and
+   against :attr:`LadderConfig.max_float_share` of the compute nodes; the set's logit error is then
+   measured as a set (:class:`~edgetransfer.quantize.sensitivity.UnitScorer`) and the addition with
+   the largest error reduction per ms is made. Why: on digits without VNNI (2026-12-07), the unit
+   ranked first alone (block 1's depthwise conv, profiled saving 0.00-0.04 ms between runs) forced
+   its pointwise consumer out and used the whole 2-node cap for val KL 0.0500 -> 0.0500, where the
+   stem with block 0's depthwise conv (two float nodes next to each other, nothing forced) gave 0.0130.
+   Each step is quantized from the uncorrected float model and bias-corrected again (a layer kept in
+   float must lose the correction made for its rounding, and its neighbours' shifts change);
 f. QAT of the network's tail (default: the last 2 weighted nodes and what follows them; 1 = the
    classifier head) on a candidate's own INT8 features of the training images
    (:mod:`~edgetransfer.quantize.qat`), parity-checked against the fake-quantized torch tail: first
@@ -255,14 +262,20 @@ class Ladder:
         return rec
 
     def _ranking(self, float_path: Path, qdq_path: Path, sens_images: int) -> tuple[np.ndarray, list]:
-        """(images, units of ``qdq_path`` ranked by the logit error each adds alone), cached."""
-        from .sensitivity import rank_units
+        """(images, units of ``qdq_path`` ranked by the logit error each adds alone), cached with the
+        :class:`~edgetransfer.quantize.sensitivity.UnitScorer` that scored them (:meth:`_scorer`)."""
+        from .sensitivity import UnitScorer, rank_units
 
         key = (float_path, qdq_path)
         if key not in self._ranks:
             sx = self.calib_x[np.linspace(0, len(self.calib_x) - 1, min(sens_images, len(self.calib_x))).astype(int)]
-            self._ranks[key] = (sx, rank_units(float_path, qdq_path, sx, self.input_name))
-        return self._ranks[key]
+            scorer = UnitScorer(float_path, qdq_path, sx, self.input_name)
+            self._ranks[key] = (sx, rank_units(float_path, qdq_path, sx, self.input_name, scorer=scorer), scorer)
+        return self._ranks[key][:2]
+
+    def _scorer(self, float_path: Path, qdq_path: Path):
+        """The :class:`~edgetransfer.quantize.sensitivity.UnitScorer` of a :meth:`_ranking` already made."""
+        return self._ranks[(float_path, qdq_path)][2]
 
     def rung_adaround(self, sens_images: int) -> None:
         """Rung d (:mod:`~edgetransfer.quantize.adaround`) on the best candidate's uncorrected float
@@ -388,30 +401,57 @@ class Ladder:
         ranking = {"images": int(len(sx)), "fp32_b1_ms": t_fp32, "int8_b1_ms": t_int8, "seconds": time.perf_counter() - s0,
                    "metric": "mean squared logit error added by the unit alone / ms it costs in float", "cost_ms": how,
                    "top_units": [{**u.to_dict(), "cost_ms": u.cost_ms} for u in units[:20]]}  # type: ignore[attr-defined]
-        prev = list(best["excluded_nodes"])
+        comp = set(compute_nodes(best["_float"]))
+        base_float, scorer = best.get("_base", best["_float"]), self._scorer(best["_float"], best["_path"])
+        held = list(best["excluded_nodes"])
+        err = scorer.error_without(frozenset(held))
+        chosen: list[str] = []
         for step in range(1, steps + 1):
-            k = min(2 ** (step - 1), len(units))
-            excl = list(dict.fromkeys(prev + [n for u in units[:k] for n in u.nodes]))
-            comp = set(compute_nodes(best["_float"]))
-            if sum(n in comp for n in excl) > cap:
-                self.rungs.append({"rung": f"e:float_fallback:{step}", "skipped": f"{k} unit(s) would keep more than "
-                                   f"{cap} compute node(s) in float (--max-float-share {self.cfg.max_float_share})",
-                                   "seconds": 0.0})
+            s1, options, over = time.perf_counter(), [], []
+            for u in [u for u in units if not set(u.nodes) <= set(held)][: self.cfg.fallback_candidates]:
+                want = list(dict.fromkeys(held + u.nodes))
+                if sum(n in comp for n in want) > cap:  # the closure only adds nodes: over already
+                    over.append({"unit": u.tensor, "float_compute_nodes": sum(n in comp for n in want)})
+                    continue
+                # the nodes ONNX Runtime forces into float with it (requantized_by_ort): quantized, not guessed
+                excl, added, _ = self._quantize(base_float, self.td / "closure.onnx", best["_ranges"], want)
+                n_comp = sum(n in comp for n in excl)
+                if n_comp > cap:
+                    over.append({"unit": u.tensor, "float_compute_nodes": n_comp, "forced_by_ort": added})
+                    continue
+                e = scorer.error_without(frozenset(excl))
+                c = max(sum(cost.get(n, 0.0) for n in excl if n not in held), 1e-3)
+                options.append({"unit": u.tensor, "nodes": [n for n in excl if n not in held], "float_compute_nodes": n_comp,
+                                "mse_after": e, "gain_mse": err - e, "cost_ms": c, "gain_per_ms": (err - e) / c,
+                                **({"forced_by_ort": added} if added else {})})
+            options.sort(key=lambda o: -o["gain_per_ms"])
+            if not options or options[0]["gain_mse"] <= 0:
+                self.rungs.append({"rung": f"e:float_fallback:{step}", "skipped": (
+                    f"no further unit keeps at most {cap} compute node(s) in float (--max-float-share "
+                    f"{self.cfg.max_float_share}) and lowers the logit error" + (
+                        f"; {len(over)} would keep more than {cap} compute node(s) in float, the nodes ONNX Runtime"
+                        " needs with them included" if over else "")),
+                    "options": options[:5], "over_cap": over, "seconds": time.perf_counter() - s1})
                 break
-            r = self.corrected(f"e:float_fallback:{step}", best.get("_base", best["_float"]), best["_ranges"], excl,
-                               units=k, based_on=best["rung"], **({"ranking": ranking} if step == 1 else {}))
+            pick = options[0]
+            chosen.append(pick["unit"])
+            excl = list(dict.fromkeys(held + pick["nodes"]))
+            r = self.corrected(f"e:float_fallback:{step}", base_float, best["_ranges"], excl, units=list(chosen),
+                               based_on=best["rung"], options=options[:5], over_cap=over,
+                               prep_seconds=time.perf_counter() - s1, **({"ranking": ranking} if step == 1 else {}))
             # what the step's float nodes cost the whole file, Q/DQ around them included (the ranking's per-node
             # cost misses that); ONNX Runtime b1 median, measured after the base's int8_b1_ms, this host
             r["b1_ms"] = b1_ms(r["_path"], sx)
             r["b1_vs_base"] = r["b1_ms"] / t_int8 if t_int8 > 0 else None
-            if r["float_compute_nodes"] > cap:  # the exclusions added so ORT does not re-quantize them count too
+            if r["float_compute_nodes"] > cap:  # a closure that moved between two quantizations: never chosen
                 r.update(holds=False, _score_penalty=True, over_float_cap=(
                     f"{r['float_compute_nodes']} compute node(s) in float after the exclusions ONNX Runtime needs "
                     f"> cap {cap} (--max-float-share {self.cfg.max_float_share}): measured, never chosen"))
                 log(f"  INT8 rung {r['rung']}: {r['over_float_cap']}")
                 break
-            if r.get("holds") or k == len(units) or not r["num_dequantize_nodes"]:
+            if r.get("holds") or not r["num_dequantize_nodes"]:
                 break
+            held, err = list(r["excluded_nodes"]), pick["mse_after"]
 
     def finish(self, chosen: dict, out: Path) -> tuple[list[dict], Any]:
         """Copy the chosen candidate to ``out``; return the JSON-ready rung records and the

@@ -16,6 +16,9 @@ class LadderConfig:
     """``estimators``: range estimators tried after the recipe's method (rung a);
     ``equalize``: ``auto`` / ``on`` / ``off`` (rung b); ``bias_correction`` (rung c);
     ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %);
+    ``fallback_candidates``: units rung e tries as the next addition at each step, the best first by
+    logit error alone per ms (each costs one quantization to learn which nodes ONNX Runtime forces
+    into float with it, and one gated forward pass);
     ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``; ``qat_nodes``: the
     number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them
     (2, the default, ``qat.qat_tail``: EfficientNet-Lite0's 1x1 conv_head + the classifier; measured on
@@ -49,6 +52,7 @@ class LadderConfig:
     equalize: str = "auto"
     bias_correction: bool = True
     max_float_share: float = 0.05
+    fallback_candidates: int = 8
     qat: str = "auto"
     qat_nodes: int = 2
     adaround: str = "off"
@@ -75,6 +79,8 @@ class LadderConfig:
             raise ConfigError(f"placement_runtimes: onnxruntime and/or openvino (got {list(self.placement_runtimes)})")
         if self.equalize not in ("auto", "on", "off"):
             raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
+        if self.fallback_candidates < 1:
+            raise ConfigError(f"fallback_candidates must be >= 1 (got {self.fallback_candidates})")
         if not 0.0 <= self.max_float_share <= 1.0:
             raise ConfigError(f"--max-float-share must be a fraction in [0, 1] (got {self.max_float_share}); 0.05 = 5 %")
 

@@ -176,36 +176,66 @@ def gated_model(float_model, units: list[tuple[Unit, dict]], gate_input: str = "
     return m
 
 
-def rank_units(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str, batch: int = 16) -> list[Unit]:
+class UnitScorer:
+    """Logit error of the float model ``float_path`` on float32 images ``x`` (N, 3, S, S) with ANY
+    subset of the quantization units of ``qdq_path`` (the model quantized from it, same node names)
+    applied: one session of :func:`gated_model`, one forward pass per call. ``units``: the
+    :class:`Unit` list in gate order; ``ref``: float64 (N, C) logits with every gate 0 (the float
+    model itself).
+
+    Rung e of the INT8 ladder (:meth:`edgetransfer.quantize.ladder.Ladder.rung_fallback`) scores a
+    whole float-fallback SET with it (every unit quantized except those the set keeps in float),
+    so two units that only help together, or a unit whose float consumer ONNX Runtime forces out
+    with it, are scored as the file will be made, not as a sum of one-unit scores."""
+
+    def __init__(self, float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str, batch: int = 16):
+        onnx = require("onnx", "export")
+        ort = require("onnxruntime", "export")
+
+        fm = onnx.load(str(float_path))
+        pairs = find_units(fm, onnx.load(str(qdq_path)))
+        self.units = [u for u, _ in pairs]
+        self.x, self.input_name, self.batch = x, input_name, batch
+        self.sess = None
+        if pairs:
+            gm = gated_model(fm, pairs)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folds constants; no QDQ fusion
+            so.log_severity_level = 3
+            self.sess = ort.InferenceSession(gm.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+            del gm
+        self.ref = self.logits(np.zeros(len(self.units), np.float32)) if pairs else None
+
+    def logits(self, gates: np.ndarray) -> np.ndarray:
+        """float64 (N, C) logits with unit k quantized where ``gates[k] == 1`` (float32 (U,))."""
+        return np.concatenate([self.sess.run(None, {self.input_name: self.x[i : i + self.batch],
+                                                    "edgetransfer_gates": gates})[0]
+                               for i in range(0, len(self.x), self.batch)]).astype(np.float64)
+
+    def error(self, gates: np.ndarray) -> tuple[float, int]:
+        """(mean squared logit error vs the float model, images whose top-1 it changes) of ``gates``."""
+        out = self.logits(np.asarray(gates, np.float32))
+        return float(np.mean((out - self.ref) ** 2)), int((out.argmax(1) != self.ref.argmax(1)).sum())
+
+    def error_without(self, float_nodes: set[str] | frozenset[str]) -> float:
+        """Mean squared logit error vs the float model with every unit quantized except those whose
+        nodes are ALL in ``float_nodes`` (a unit is kept in float only when every node of
+        :attr:`Unit.nodes` is excluded from quantization: :func:`find_units`)."""
+        gates = np.array([0.0 if set(u.nodes) <= float_nodes else 1.0 for u in self.units], np.float32)
+        return self.error(gates)[0]
+
+
+def rank_units(float_path: Path, qdq_path: Path, x: np.ndarray, input_name: str, batch: int = 16,
+               scorer: UnitScorer | None = None) -> list[Unit]:
     """Score every unit of ``qdq_path`` alone on float32 images ``x`` (N, 3, S, S) against the
     float model ``float_path`` (the model ``qdq_path`` was quantized from) and return the units
-    sorted from the most to the least harmful (by ``mse``, then ``flips``)."""
-    onnx = require("onnx", "export")
-    ort = require("onnxruntime", "export")
-
-    fm = onnx.load(str(float_path))
-    units = find_units(fm, onnx.load(str(qdq_path)))
-    if not units:
-        return []
-    gm = gated_model(fm, units)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # folds constants; no QDQ fusion
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(gm.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
-    del gm
-
-    def run(gates: np.ndarray) -> np.ndarray:
-        return np.concatenate([sess.run(None, {input_name: x[i : i + batch], "edgetransfer_gates": gates})[0]
-                               for i in range(0, len(x), batch)]).astype(np.float64)
-
-    ref = run(np.zeros(len(units), np.float32))
-    ref_top1 = ref.argmax(1)
-    for k, (unit, _) in enumerate(units):
-        gates = np.zeros(len(units), np.float32)
+    sorted from the most to the least harmful (by ``mse``, then ``flips``). ``scorer``: a
+    :class:`UnitScorer` of the same three to reuse (one is made otherwise)."""
+    scorer = scorer or UnitScorer(float_path, qdq_path, x, input_name, batch)
+    for k, unit in enumerate(scorer.units):
+        gates = np.zeros(len(scorer.units), np.float32)
         gates[k] = 1.0
-        out = run(gates)
-        unit.mse = float(np.mean((out - ref) ** 2))
-        unit.flips = int((out.argmax(1) != ref_top1).sum())
-    ranked = [u for u, _ in units]
+        unit.mse, unit.flips = scorer.error(gates)
+    ranked = list(scorer.units)
     ranked.sort(key=lambda u: (-u.mse, -u.flips, u.tensor))
     return ranked

@@ -199,8 +199,8 @@ def test_float_fallback_respects_the_cap(data, sensitive, tmp_path):
 
 def test_float_fallback_counts_the_exclusions_ort_needs_against_the_cap(data, sensitive, tmp_path, monkeypatch):
     """The unit (conv1, conv2) fits a cap of 2 compute nodes, but if keeping conv2 in float also needs
-    fc in float (so ONNX Runtime does not re-quantize conv2 at load time), the file has 3: it is
-    measured, marked over the cap and never chosen."""
+    fc in float (so ONNX Runtime does not re-quantize conv2 at load time), the file would have 3: rung e
+    learns that by quantizing the unit before it is measured, lists it over the cap and never makes it."""
     import edgetransfer.quantize.ladder as ladder_mod
 
     real = ladder_mod.requantized_by_ort
@@ -214,10 +214,46 @@ def test_float_fallback_counts_the_exclusions_ort_needs_against_the_cap(data, se
                            parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=4),
                            ladder=LadderConfig(max_float_share=0.67, qat="off"))
     d = m.details
-    fb = next(r for r in d["ladder"] if r["rung"] == "e:float_fallback:1")
-    assert fb["float_compute_nodes"] == 3 and "> cap 2" in fb["over_float_cap"] and fb["holds"] is False
-    assert d["chosen_rung"] != "e:float_fallback:1" and d["status"] == "budget_exceeded"
-    assert d["float_compute_share"] == 0.0
+    e = [r for r in d["ladder"] if r["rung"].startswith("e:")]
+    over = {o["unit"]: o for r in e for o in r["over_cap"]}
+    assert over["m"]["float_compute_nodes"] == 3 and over["m"]["forced_by_ort"] == {"conv2": ["fc"]}
+    # no measured step keeps conv1 AND conv2 in float, none is over the cap, and nothing held
+    assert all(r.get("float_compute_nodes", 0) <= 2 and not {"conv1", "conv2"} <= set(r.get("excluded_nodes", []))
+               for r in e)
+    assert d["status"] == "budget_exceeded" and d["float_compute_share"] <= 2 / 3
+
+
+def test_float_fallback_scores_the_set_with_the_nodes_ort_forces_out(data, sensitive, tmp_path, monkeypatch):
+    """A unit is scored with the nodes ONNX Runtime forces into float with it: if keeping fc in float
+    also forces conv2 out, the fc unit's option lists conv2, its measured set error is that of the
+    set (conv2's weight and fc's in float), and its cost counts conv2's kernel saving (0.5 - 0.1 ms)."""
+    import edgetransfer.quantize.ladder as ladder_mod
+    from edgetransfer.quantize import placement
+
+    real = ladder_mod.requantized_by_ort
+
+    def fc_needs_conv2(path, excluded):
+        out = real(path, excluded)
+        return {**out, "fc": ["conv2"]} if "fc" in excluded and "conv2" not in excluded else out
+
+    def pairs(float_path, qdq_path, x1, repeats=3):
+        return {"conv1": 0.2, "conv2": 0.5, "fc": 0.01}, {"conv1": 0.2, "conv2": 0.1, "fc": 0.01}
+
+    monkeypatch.setattr(ladder_mod, "requantized_by_ort", fc_needs_conv2)
+    monkeypatch.setattr(placement, "node_time_pairs", pairs)
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
+                           ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off"))
+    e1 = next(r for r in m.details["ladder"] if r["rung"] == "e:float_fallback:1")
+    opts = {o["unit"]: o for o in e1["options"]}
+    fc = next(o for u, o in opts.items() if "fc" in o["nodes"])
+    # conv2 in float then forces its consumer pool out too (the real rule: test_an_excluded_conv_stays_float...)
+    assert fc["forced_by_ort"] == {"fc": ["conv2"], "conv2": ["pool"]} and {"conv2", "fc", "pool"} <= set(fc["nodes"])
+    assert fc["cost_ms"] == pytest.approx(0.4) and fc["float_compute_nodes"] == 2
+    # options are ordered by error reduction per ms, and the chosen addition is the first
+    gains = [o["gain_per_ms"] for o in e1["options"]]
+    assert gains == sorted(gains, reverse=True) and e1["units"] == [e1["options"][0]["unit"]]
+    assert set(e1["options"][0]["nodes"]) <= set(e1["excluded_nodes"])
 
 
 def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
