@@ -58,7 +58,7 @@ from edgetransfer.targets import load_target  # noqa: E402
 from edgetransfer.types import Precision  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("EDGETRANSFER_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = Path(os.environ.get("EDGETRANSFER_DATA", REPO.parent / "shared" / "data"))  # as the tests (tests/fixtures)
 DATASETS = ("digits", "hymenoptera", "pizza_steak_sushi")
 QUANTIZERS = ("edgetransfer", "edgetransfer_adaround", "nncf", "nncf_accuracy_control", "ort_default")
 

@@ -39,7 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("EDGETRANSFER_DATA", "/work/shared/data"))
+# the real datasets: $EDGETRANSFER_DATA, default ../shared/data beside the checkout (as the tests)
+DATA = Path(os.environ.get("EDGETRANSFER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 # dataset -> (source folder of train, source folder of val + test)
 SOURCES = {"hymenoptera": ("train", "val"), "pizza_steak_sushi": ("train", "test")}
