@@ -26,11 +26,14 @@ e. float fallback, greedy, one unit more per step: the :attr:`LadderConfig.fallb
    quantized with what is already in float to learn the nodes ONNX Runtime forces into float with
    them (:func:`~edgetransfer.quantize.ort_qdq.requantized_by_ort`), which count in their cost and
    against :attr:`LadderConfig.max_float_share` of the compute nodes; the set's logit error is then
-   measured as a set (:class:`~edgetransfer.quantize.sensitivity.UnitScorer`) and the addition with
-   the largest error reduction per ms is made. Why: on digits without VNNI (2026-12-07), the unit
-   ranked first alone (block 1's depthwise conv, profiled saving 0.00-0.04 ms between runs) forced
-   its pointwise consumer out and used the whole 2-node cap for val KL 0.0500 -> 0.0500, where the
-   stem with block 0's depthwise conv (two float nodes next to each other, nothing forced) gave 0.0130.
+   measured as a set (:class:`~edgetransfer.quantize.sensitivity.UnitScorer`, before bias
+   correction), and the :attr:`LadderConfig.fallback_trials` additions with the largest error
+   reduction per ms are made and judged on val; the best of them is the next step's start. Why: on
+   digits without VNNI (2026-12-07), the unit ranked first alone (block 1's depthwise conv, profiled
+   saving 0.00-0.04 ms between runs) forced its pointwise consumer out and used the whole 2-node cap
+   for val KL 0.0500 -> 0.0500, where the stem with block 0's depthwise conv (two float nodes next to
+   each other, nothing forced) gave 0.0130; and the gated error alone ranked block 0's depthwise and
+   pointwise convs (KL 0.0574 once corrected) above that pair (2026-12-08).
    Each step is quantized from the uncorrected float model and bias-corrected again (a layer kept in
    float must lose the correction made for its rounding, and its neighbours' shifts change);
 f. QAT of the network's tail (default: the last 2 weighted nodes and what follows them; 1 = the
@@ -405,7 +408,7 @@ class Ladder:
         base_float, scorer = best.get("_base", best["_float"]), self._scorer(best["_float"], best["_path"])
         held = list(best["excluded_nodes"])
         err = scorer.error_without(frozenset(held))
-        chosen: list[str] = []
+        chosen: list[str] = []  # the units added by the steps so far
         for step in range(1, steps + 1):
             s1, options, over = time.perf_counter(), [], []
             for u in [u for u in units if not set(u.nodes) <= set(held)][: self.cfg.fallback_candidates]:
@@ -418,6 +421,10 @@ class Ladder:
                 n_comp = sum(n in comp for n in excl)
                 if n_comp > cap:
                     over.append({"unit": u.tensor, "float_compute_nodes": n_comp, "forced_by_ort": added})
+                    continue
+                same = next((o for o in options if set(o["nodes"]) == set(excl) - set(held)), None)
+                if same is not None:  # e.g. the stem's weight and its input activation: one set, one option
+                    same.setdefault("same_set", []).append(u.tensor)
                     continue
                 e = scorer.error_without(frozenset(excl))
                 c = max(sum(cost.get(n, 0.0) for n in excl if n not in held), 1e-3)
@@ -433,25 +440,35 @@ class Ladder:
                         " needs with them included" if over else "")),
                     "options": options[:5], "over_cap": over, "seconds": time.perf_counter() - s1})
                 break
-            pick = options[0]
-            chosen.append(pick["unit"])
-            excl = list(dict.fromkeys(held + pick["nodes"]))
-            r = self.corrected(f"e:float_fallback:{step}", base_float, best["_ranges"], excl, units=list(chosen),
-                               based_on=best["rung"], options=options[:5], over_cap=over,
-                               prep_seconds=time.perf_counter() - s1, **({"ranking": ranking} if step == 1 else {}))
-            # what the step's float nodes cost the whole file, Q/DQ around them included (the ranking's per-node
-            # cost misses that); ONNX Runtime b1 median, measured after the base's int8_b1_ms, this host
-            r["b1_ms"] = b1_ms(r["_path"], sx)
-            r["b1_vs_base"] = r["b1_ms"] / t_int8 if t_int8 > 0 else None
-            if r["float_compute_nodes"] > cap:  # a closure that moved between two quantizations: never chosen
-                r.update(holds=False, _score_penalty=True, over_float_cap=(
-                    f"{r['float_compute_nodes']} compute node(s) in float after the exclusions ONNX Runtime needs "
-                    f"> cap {cap} (--max-float-share {self.cfg.max_float_share}): measured, never chosen"))
-                log(f"  INT8 rung {r['rung']}: {r['over_float_cap']}")
+            # the gated error is measured before bias correction, on a few calibration images: it ranks the
+            # options, and the first fallback_trials of them are made and judged on val like every candidate
+            tried = []
+            for j, opt in enumerate(options[: self.cfg.fallback_trials]):
+                r = self.corrected(f"e:float_fallback:{step}" + (f".{j + 1}" if j else ""), base_float, best["_ranges"],
+                                   list(dict.fromkeys(held + opt["nodes"])), units=chosen + [opt["unit"]],
+                                   based_on=best["rung"], prep_seconds=time.perf_counter() - s1 if not j else 0.0,
+                                   **({"options": options[:5], "over_cap": over} if not j else {}),
+                                   **({"ranking": ranking} if step == 1 and not j else {}))
+                # what the step's float nodes cost the whole file, Q/DQ around them included (the ranking's per-node
+                # cost misses that); ONNX Runtime b1 median, measured after the base's int8_b1_ms, this host
+                r["b1_ms"] = b1_ms(r["_path"], sx)
+                r["b1_vs_base"] = r["b1_ms"] / t_int8 if t_int8 > 0 else None
+                if r["float_compute_nodes"] > cap:  # a closure that moved between two quantizations: never chosen
+                    r.update(holds=False, _score_penalty=True, over_float_cap=(
+                        f"{r['float_compute_nodes']} compute node(s) in float after the exclusions ONNX Runtime needs "
+                        f"> cap {cap} (--max-float-share {self.cfg.max_float_share}): measured, never chosen"))
+                    log(f"  INT8 rung {r['rung']}: {r['over_float_cap']}")
+                    continue
+                tried.append((r, opt))
+                if r.get("holds") or not r["num_dequantize_nodes"]:
+                    break
+            if not tried:
                 break
+            r, opt = max(tried, key=lambda t: _score(t[0]))
             if r.get("holds") or not r["num_dequantize_nodes"]:
                 break
-            held, err = list(r["excluded_nodes"]), pick["mse_after"]
+            chosen.append(opt["unit"])
+            held, err = list(r["excluded_nodes"]), opt["mse_after"]
 
     def finish(self, chosen: dict, out: Path) -> tuple[list[dict], Any]:
         """Copy the chosen candidate to ``out``; return the JSON-ready rung records and the

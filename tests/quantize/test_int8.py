@@ -253,7 +253,33 @@ def test_float_fallback_scores_the_set_with_the_nodes_ort_forces_out(data, sensi
     # options are ordered by error reduction per ms, and the chosen addition is the first
     gains = [o["gain_per_ms"] for o in e1["options"]]
     assert gains == sorted(gains, reverse=True) and e1["units"] == [e1["options"][0]["unit"]]
+    # units that keep the same nodes in float (a weight and its node's input activation) are one option
+    assert len({frozenset(o["nodes"]) for o in e1["options"]}) == len(e1["options"])
     assert set(e1["options"][0]["nodes"]) <= set(e1["excluded_nodes"])
+
+
+def test_float_fallback_judges_the_next_options_when_the_first_does_not_hold(data, sensitive, tmp_path, monkeypatch):
+    """The gated set error ranks the options before bias correction, on a few images: when it ranks a
+    useless one first (here, patched: fc in float looks perfect), the next options are made and judged
+    on val too (LadderConfig.fallback_trials), and the one that holds (conv1 + conv2) is chosen."""
+    from edgetransfer.quantize import placement, sensitivity
+
+    def error_without(self, float_nodes):
+        if {"conv1", "conv2"} <= set(float_nodes):
+            return 5.0
+        return 0.0 if "fc" in float_nodes else 10.0
+
+    monkeypatch.setattr(sensitivity.UnitScorer, "error_without", error_without)
+    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
+                           ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off"))
+    d = m.details
+    e = [r for r in d["ladder"] if r["rung"].startswith("e:")]
+    assert "fc" in e[0]["excluded_nodes"] and not e[0]["holds"] and e[0]["options"][0]["gain_mse"] == 10.0
+    assert e[-1]["rung"].startswith("e:float_fallback:1.") and e[-1]["holds"]
+    assert {"conv1", "conv2"} <= set(e[-1]["excluded_nodes"]) and d["chosen_rung"] == e[-1]["rung"]
+    assert d["status"] == "ok" and len(e) <= LadderConfig().fallback_trials
 
 
 def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
