@@ -22,7 +22,8 @@ class LadderConfig:
     error reduction per ms first) are made, bias-corrected and judged on val at each step, stopping at
     the first that holds (3: on digits without VNNI, 2026-12-08, the gated error, measured before bias
     correction on 8 calibration images, ranked block 0's depthwise + pointwise convs first, val KL
-    0.0574 after correction, and the stem with block 0's depthwise conv second, val KL 0.0130);
+    0.0574 after correction, in three of four runs, and the stem with block 0's depthwise conv, val KL 0.0130,
+    first, second or third);
     ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``; ``qat_nodes``: the
     number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them
     (2, the default, ``qat.qat_tail``: EfficientNet-Lite0's 1x1 conv_head + the classifier; measured on

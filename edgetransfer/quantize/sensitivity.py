@@ -213,7 +213,10 @@ class UnitScorer:
                                for i in range(0, len(self.x), self.batch)]).astype(np.float64)
 
     def error(self, gates: np.ndarray) -> tuple[float, int]:
-        """(mean squared logit error vs the float model, images whose top-1 it changes) of ``gates``."""
+        """(mean squared logit error vs the float model, images whose top-1 it changes) of ``gates``;
+        (0.0, 0) for a model with no unit (nothing quantized)."""
+        if self.sess is None:
+            return 0.0, 0
         out = self.logits(np.asarray(gates, np.float32))
         return float(np.mean((out - self.ref) ** 2)), int((out.argmax(1) != self.ref.argmax(1)).sum())
 
