@@ -52,11 +52,12 @@ def run_fallback_rung(lad, sens_images: int) -> None:
     err = scorer.error_without(frozenset(held))
     chosen: list[str] = []  # the units added by the steps so far
     for step in range(1, steps + 1):
-        s1, options, over = time.perf_counter(), [], []
-        for u in [u for u in units if not set(u.nodes) <= set(held)][: lad.cfg.fallback_candidates]:
+        s1, options, over, held_set = time.perf_counter(), [], [], set(held)
+        for u in [u for u in units if not set(u.nodes) <= held_set][: lad.cfg.fallback_candidates]:
             want = list(dict.fromkeys(held + u.nodes))
-            if sum(n in comp for n in want) > cap:  # the closure only adds nodes: over already
-                over.append({"unit": u.tensor, "float_compute_nodes": sum(n in comp for n in want)})
+            n_want = sum(n in comp for n in want)
+            if n_want > cap:  # the closure only adds nodes: over already
+                over.append({"unit": u.tensor, "float_compute_nodes": n_want})
                 continue
             # the nodes ONNX Runtime forces into float with it (requantized_by_ort): quantized, not guessed
             excl, added, _ = lad._quantize(base_float, lad.td / "closure.onnx", best["_ranges"], want)
@@ -64,13 +65,14 @@ def run_fallback_rung(lad, sens_images: int) -> None:
             if n_comp > cap:
                 over.append({"unit": u.tensor, "float_compute_nodes": n_comp, "forced_by_ort": added})
                 continue
-            same = next((o for o in options if set(o["nodes"]) == set(excl) - set(held)), None)
+            new = [n for n in excl if n not in held_set]
+            same = next((o for o in options if set(o["nodes"]) == set(new)), None)
             if same is not None:  # e.g. the stem's weight and its input activation: one set, one option
                 same.setdefault("same_set", []).append(u.tensor)
                 continue
             e = scorer.error_without(frozenset(excl))
-            c = max(sum(cost.get(n, 0.0) for n in excl if n not in held), 1e-3)
-            options.append({"unit": u.tensor, "nodes": [n for n in excl if n not in held], "float_compute_nodes": n_comp,
+            c = max(sum(cost.get(n, 0.0) for n in new), 1e-3)
+            options.append({"unit": u.tensor, "nodes": new, "float_compute_nodes": n_comp,
                             "mse_after": e, "gain_mse": err - e, "cost_ms": c, "gain_per_ms": (err - e) / c,
                             **({"forced_by_ort": added} if added else {})})
         options.sort(key=lambda o: -o["gain_per_ms"])
