@@ -1,10 +1,14 @@
 """Rung e of the INT8 ladder (:mod:`~edgetransfer.quantize.ladder`, whose docstring gives the
 recipe and the measurements behind it): float fallback, one unit more per step, each candidate unit
-quantized first to learn the nodes ONNX Runtime forces into float with it, the sets scored together
-(:class:`~edgetransfer.quantize.sensitivity.UnitScorer`), the best few made and judged on val."""
+quantized first to learn the nodes ONNX Runtime forces into float with it (and each pair of the
+first few units too), the sets scored together against fp32 with the biases gated with their weights
+(:class:`~edgetransfer.quantize.sensitivity.UnitScorer`, ``base_path``), the best few made and judged
+on val."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import math
 import time
 
@@ -27,7 +31,8 @@ def run_fallback_rung(lad, sens_images: int) -> None:
                            f"({lad.cfg.max_float_share:.0%} of {lad.n_compute})", "seconds": 0.0})
         return
     s0 = time.perf_counter()
-    sx, ranked = lad._ranking(best["_float"], best["_path"], sens_images)
+    base = best.get("_base")  # the float model a bias-corrected base was corrected from
+    sx, ranked = lad._ranking(best["_float"], best["_path"], sens_images, base=base)
     units = [u for u in ranked if any(n not in best["excluded_nodes"] for n in u.nodes)]
     t_fp32, t_int8 = b1_ms(best["_float"], sx), b1_ms(best["_path"], sx)
     if lad.preset.placement == "ort" and lad.cfg.host_is_target:  # this host's kernels are the target's
@@ -47,51 +52,64 @@ def run_fallback_rung(lad, sens_images: int) -> None:
                "metric": "mean squared logit error added by the unit alone / ms it costs in float", "cost_ms": how,
                "top_units": [{**u.to_dict(), "cost_ms": u.cost_ms} for u in units[:20]]}  # type: ignore[attr-defined]
     comp = set(compute_nodes(best["_float"]))
-    base_float, scorer = best.get("_base", best["_float"]), lad._scorer(best["_float"], best["_path"])
+    base_float, scorer = base or best["_float"], lad._scorer(best["_float"], best["_path"], base)
     held = list(best["excluded_nodes"])
     err = scorer.error_without(frozenset(held))
     chosen: list[str] = []  # the units added by the steps so far
     for step in range(1, steps + 1):
-        s1, options, over, held_set = time.perf_counter(), [], [], set(held)
-        for u in [u for u in units if not set(u.nodes) <= held_set][: lad.cfg.fallback_candidates]:
-            want = list(dict.fromkeys(held + u.nodes))
+        s1, options, over, held_set, alone = time.perf_counter(), [], [], set(held), {}
+        cands = [u for u in units if not set(u.nodes) <= held_set][: lad.cfg.fallback_candidates]
+        # a unit alone may be useless or force a consumer out where it and a neighbour together are
+        # neither (digits: the stem's weight + block 0's depthwise weight, 2026-12-08): pairs of the first few
+        tries = [[u] for u in cands] + [list(p) for p in itertools.combinations(cands[: lad.cfg.fallback_pairs], 2)]
+        for us in tries:
+            name = " + ".join(u.tensor for u in us)
+            want = list(dict.fromkeys(held + [n for u in us for n in u.nodes]))
             n_want = sum(n in comp for n in want)
             if n_want > cap:  # the closure only adds nodes: over already
-                over.append({"unit": u.tensor, "float_compute_nodes": n_want})
+                over.append({"unit": name, "float_compute_nodes": n_want})
                 continue
             # the nodes ONNX Runtime forces into float with it (requantized_by_ort): quantized, not guessed
             excl, added, _ = lad._quantize(base_float, lad.td / "closure.onnx", best["_ranges"], want)
             n_comp = sum(n in comp for n in excl)
             if n_comp > cap:
-                over.append({"unit": u.tensor, "float_compute_nodes": n_comp, "forced_by_ort": added})
+                over.append({"unit": name, "float_compute_nodes": n_comp, "forced_by_ort": added})
                 continue
             new = [n for n in excl if n not in held_set]
-            same = next((o for o in options if set(o["nodes"]) == set(new)), None)
-            if same is not None:  # e.g. the stem's weight and its input activation: one set, one option
-                same.setdefault("same_set", []).append(u.tensor)
+            digest = hashlib.sha256((lad.td / "closure.onnx").read_bytes()).hexdigest()
+            # one option per file: e.g. the stem's weight and its input activation (one set), or the stem's and
+            # block 0's depthwise weights, with or without the Clip between them (same file, ORT folds the Clip)
+            same = next((o for o in options if set(o["nodes"]) == set(new) or o["_sha"] == digest), None)
+            if same is not None:
+                same.setdefault("same_set", []).append(name)
+                alone[name] = same["gain_mse"]
                 continue
             e = scorer.error_without(frozenset(excl))
+            if len(us) > 1 and err - e <= max(alone.get(u.tensor, float("-inf")) for u in us):
+                continue  # no better than one of the two alone: more float nodes for nothing
+            alone[name] = err - e
             c = max(sum(cost.get(n, 0.0) for n in new), 1e-3)
-            options.append({"unit": u.tensor, "nodes": new, "float_compute_nodes": n_comp,
-                            "mse_after": e, "gain_mse": err - e, "cost_ms": c, "gain_per_ms": (err - e) / c,
+            options.append({"unit": name, "units": [u.tensor for u in us], "nodes": new, "_sha": digest,
+                            "float_compute_nodes": n_comp, "mse_after": e, "gain_mse": err - e, "cost_ms": c, "gain_per_ms": (err - e) / c,
                             **({"forced_by_ort": added} if added else {})})
         options.sort(key=lambda o: -o["gain_per_ms"])
+        shown = [{k: v for k, v in o.items() if k != "_sha"} for o in options[:5]]  # for the manifest
         if not options or options[0]["gain_mse"] <= 0:
             lad.rungs.append({"rung": f"e:float_fallback:{step}", "skipped": (
                 f"no further unit keeps at most {cap} compute node(s) in float (--max-float-share "
                 f"{lad.cfg.max_float_share}) and lowers the logit error" + (
                     f"; {len(over)} would keep more than {cap} compute node(s) in float, the nodes ONNX Runtime"
                     " needs with them included" if over else "")),
-                "options": options[:5], "over_cap": over, "seconds": time.perf_counter() - s1})
+                "options": shown, "over_cap": over, "seconds": time.perf_counter() - s1})
             break
-        # the gated error is measured before bias correction, on a few calibration images: it ranks the
-        # options, and the first fallback_trials of them are made and judged on val like every candidate
+        # the gated error is an estimate (the other layers' corrections are not made again, a few calibration
+        # images): it ranks the options, and the first fallback_trials of them are made and judged on val
         tried = []
         for j, opt in enumerate(options[: lad.cfg.fallback_trials]):
             r = lad.corrected(f"e:float_fallback:{step}" + (f".{j + 1}" if j else ""), base_float, best["_ranges"],
-                               list(dict.fromkeys(held + opt["nodes"])), units=chosen + [opt["unit"]],
+                               list(dict.fromkeys(held + opt["nodes"])), units=chosen + opt["units"],
                                based_on=best["rung"], prep_seconds=time.perf_counter() - s1 if not j else 0.0,
-                               **({"options": options[:5], "over_cap": over} if not j else {}),
+                               **({"options": shown, "over_cap": over} if not j else {}),
                                **({"ranking": ranking} if step == 1 and not j else {}))
             # what the step's float nodes cost the whole file, Q/DQ around them included (the ranking's per-node
             # cost misses that); ONNX Runtime b1 median, measured after the base's int8_b1_ms, this host
@@ -111,5 +129,5 @@ def run_fallback_rung(lad, sens_images: int) -> None:
         r, opt = max(tried, key=lambda t: _score(t[0]))
         if r.get("holds") or not r["num_dequantize_nodes"]:
             break
-        chosen.append(opt["unit"])
+        chosen += opt["units"]
         held, err = list(r["excluded_nodes"]), opt["mse_after"]

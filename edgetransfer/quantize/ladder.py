@@ -25,15 +25,18 @@ e. float fallback, greedy, one unit more per step: the :attr:`LadderConfig.fallb
    kernel ms x (1 - INT8/fp32 b1 p50 of the whole file measured here); floor 0.001 ms) are each
    quantized with what is already in float to learn the nodes ONNX Runtime forces into float with
    them (:func:`~edgetransfer.quantize.ort_qdq.requantized_by_ort`), which count in their cost and
-   against :attr:`LadderConfig.max_float_share` of the compute nodes; the set's logit error is then
-   measured as a set (:class:`~edgetransfer.quantize.sensitivity.UnitScorer`, before bias
-   correction), and the :attr:`LadderConfig.fallback_trials` additions with the largest error
-   reduction per ms are made and judged on val; the best of them is the next step's start. Why: on
+   against :attr:`LadderConfig.max_float_share` of the compute nodes (each pair of the first
+   :attr:`LadderConfig.fallback_pairs` units too, as one addition); the set's logit error is then
+   measured as a set against fp32, a float node without the bias correction made for its rounding
+   (:class:`~edgetransfer.quantize.sensitivity.UnitScorer`, ``base_path``), and the
+   :attr:`LadderConfig.fallback_trials` additions with the largest error reduction per ms are made
+   and judged on val; the best of them is the next step's start. Why: on
    digits without VNNI (2026-12-07), the unit ranked first alone (block 1's depthwise conv, profiled
    saving 0.00-0.04 ms between runs) forced its pointwise consumer out and used the whole 2-node cap
    for val KL 0.0500 -> 0.0500, where the stem with block 0's depthwise conv (two float nodes next to
    each other, nothing forced) gave 0.0130; and the gated error alone ranked block 0's depthwise and
-   pointwise convs (KL 0.0574 once corrected) above that pair (2026-12-08).
+   pointwise convs (KL 0.0574 once corrected) above that pair (2026-12-08), until it was measured
+   against fp32 with the biases gated (the pair first, 2026-12-08, session 20).
    Each step is quantized from the uncorrected float model and bias-corrected again (a layer kept in
    float must lose the correction made for its rounding, and its neighbours' shifts change);
 f. QAT of the network's tail (default: the last 2 weighted nodes and what follows them; 1 = the
@@ -264,21 +267,24 @@ class Ladder:
         self.excluded0 = list(rec["excluded_nodes"])
         return rec
 
-    def _ranking(self, float_path: Path, qdq_path: Path, sens_images: int) -> tuple[np.ndarray, list]:
+    def _ranking(self, float_path: Path, qdq_path: Path, sens_images: int,
+                 base: Path | None = None) -> tuple[np.ndarray, list]:
         """(images, units of ``qdq_path`` ranked by the logit error each adds alone), cached with the
-        :class:`~edgetransfer.quantize.sensitivity.UnitScorer` that scored them (:meth:`_scorer`)."""
+        :class:`~edgetransfer.quantize.sensitivity.UnitScorer` that scored them (:meth:`_scorer`);
+        ``base``: the float model a bias-corrected ``float_path`` was corrected from (the scorer's
+        ``base_path``)."""
         from .sensitivity import UnitScorer, rank_units
 
-        key = (float_path, qdq_path)
+        key = (float_path, qdq_path, base)
         if key not in self._ranks:
             sx = self.calib_x[np.linspace(0, len(self.calib_x) - 1, min(sens_images, len(self.calib_x))).astype(int)]
-            scorer = UnitScorer(float_path, qdq_path, sx, self.input_name)
+            scorer = UnitScorer(float_path, qdq_path, sx, self.input_name, base_path=base)
             self._ranks[key] = (sx, rank_units(float_path, qdq_path, sx, self.input_name, scorer=scorer), scorer)
         return self._ranks[key][:2]
 
-    def _scorer(self, float_path: Path, qdq_path: Path):
+    def _scorer(self, float_path: Path, qdq_path: Path, base: Path | None = None):
         """The :class:`~edgetransfer.quantize.sensitivity.UnitScorer` of a :meth:`_ranking` already made."""
-        return self._ranks[(float_path, qdq_path)][2]
+        return self._ranks[(float_path, qdq_path, base)][2]
 
     def rung_adaround(self, sens_images: int) -> None:
         """Rung d (:mod:`~edgetransfer.quantize.adaround`) on the best candidate's uncorrected float

@@ -18,12 +18,14 @@ class LadderConfig:
     ``max_float_share``: cap of rung e, fraction of compute nodes kept in float (0.05 = 5 %);
     ``fallback_candidates``: units rung e tries as the next addition at each step, the best first by
     logit error alone per ms (each costs one quantization to learn which nodes ONNX Runtime forces
-    into float with it, and one gated forward pass); ``fallback_trials``: of those, how many (best set
-    error reduction per ms first) are made, bias-corrected and judged on val at each step, stopping at
-    the first that holds (3: on digits without VNNI, 2026-12-08, the gated error, measured before bias
-    correction on 8 calibration images, ranked block 0's depthwise + pointwise convs first, val KL
-    0.0574 after correction, in three of four runs, and the stem with block 0's depthwise conv, val KL 0.0130,
-    first, second or third);
+    into float with it, and one gated forward pass); ``fallback_pairs``: each pair of the first that
+    many candidates is tried as one addition too (6: 15 pairs, those within the cap cost one
+    quantization each; on digits the stem's and block 0's depthwise weights in float together gave
+    val KL 0.0130, each alone 0.0604 / 0.0574, 2026-12-08); ``fallback_trials``: of the options, how
+    many (best set error reduction per ms first) are made, bias-corrected and judged on val at each
+    step, stopping at the first that holds (3: in session 19's four digits runs the set error,
+    before its bias gating, :class:`~edgetransfer.quantize.sensitivity.UnitScorer`, ranked the
+    good set first, second or third, or not at all);
     ``qat``: rung f, ``auto`` (only when nothing held by then) / ``on`` / ``off``; ``qat_nodes``: the
     number of last weighted nodes (Conv/Gemm/MatMul) rung f fine-tunes, with everything after them
     (2, the default, ``qat.qat_tail``: EfficientNet-Lite0's 1x1 conv_head + the classifier; measured on
@@ -59,6 +61,7 @@ class LadderConfig:
     max_float_share: float = 0.05
     fallback_candidates: int = 8
     fallback_trials: int = 3
+    fallback_pairs: int = 6
     qat: str = "auto"
     qat_nodes: int = 2
     adaround: str = "off"
@@ -85,9 +88,9 @@ class LadderConfig:
             raise ConfigError(f"placement_runtimes: onnxruntime and/or openvino (got {list(self.placement_runtimes)})")
         if self.equalize not in ("auto", "on", "off"):
             raise ConfigError(f"equalize must be auto, on or off (got {self.equalize!r})")
-        if self.fallback_candidates < 1 or self.fallback_trials < 1:
-            raise ConfigError(f"fallback_candidates and fallback_trials must be >= 1 (got {self.fallback_candidates}, "
-                              f"{self.fallback_trials})")
+        if self.fallback_candidates < 1 or self.fallback_trials < 1 or self.fallback_pairs < 0:
+            raise ConfigError(f"fallback_candidates and fallback_trials must be >= 1, fallback_pairs >= 0 (got "
+                              f"{self.fallback_candidates}, {self.fallback_trials}, {self.fallback_pairs})")
         if not 0.0 <= self.max_float_share <= 1.0:
             raise ConfigError(f"--max-float-share must be a fraction in [0, 1] (got {self.max_float_share}); 0.05 = 5 %")
 

@@ -245,14 +245,13 @@ def test_float_fallback_scores_the_set_with_the_nodes_ort_forces_out(data, sensi
                            parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
                            ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off"))
     e1 = next(r for r in m.details["ladder"] if r["rung"] == "e:float_fallback:1")
-    opts = {o["unit"]: o for o in e1["options"]}
-    fc = next(o for u, o in opts.items() if "fc" in o["nodes"])
+    fc = next(o for o in e1["options"] if len(o["units"]) == 1 and "fc" in o["nodes"])
     # conv2 in float then forces its consumer pool out too (the real rule: test_an_excluded_conv_stays_float...)
     assert fc["forced_by_ort"] == {"fc": ["conv2"], "conv2": ["pool"]} and {"conv2", "fc", "pool"} <= set(fc["nodes"])
     assert fc["cost_ms"] == pytest.approx(0.4) and fc["float_compute_nodes"] == 2
     # options are ordered by error reduction per ms, and the chosen addition is the first
     gains = [o["gain_per_ms"] for o in e1["options"]]
-    assert gains == sorted(gains, reverse=True) and e1["units"] == [e1["options"][0]["unit"]]
+    assert gains == sorted(gains, reverse=True) and e1["units"] == e1["options"][0]["units"]
     # units that keep the same nodes in float (a weight and its node's input activation) are one option
     assert len({frozenset(o["nodes"]) for o in e1["options"]}) == len(e1["options"])
     assert set(e1["options"][0]["nodes"]) <= set(e1["excluded_nodes"])
@@ -280,6 +279,35 @@ def test_float_fallback_judges_the_next_options_when_the_first_does_not_hold(dat
     assert e[-1]["rung"].startswith("e:float_fallback:1.") and e[-1]["holds"]
     assert {"conv1", "conv2"} <= set(e[-1]["excluded_nodes"]) and d["chosen_rung"] == e[-1]["rung"]
     assert d["status"] == "ok" and len(e) <= LadderConfig().fallback_trials
+
+
+def test_float_fallback_tries_pairs_of_units_and_drops_those_no_better_than_one_alone(data, sensitive, tmp_path,
+                                                                                     monkeypatch):
+    """Each pair of the first LadderConfig.fallback_pairs units is an option too (conv1 and fc are no
+    unit's nodes together: only a pair keeps both in float); a pair whose set error is no lower than
+    one of its units' alone is dropped (conv2 adds nothing here); fallback_pairs=0: singles only."""
+    from edgetransfer.quantize import placement, sensitivity
+
+    monkeypatch.setattr(sensitivity.UnitScorer, "error_without",
+                        lambda self, fl: 10.0 - 3.0 * ("conv1" in fl) - 3.0 * ("fc" in fl))
+    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
+
+    def step1(**cfg):
+        m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                               parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
+                               ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off",
+                                                   fallback_trials=1, **cfg))
+        return next(r for r in m.details["ladder"] if r["rung"] == "e:float_fallback:1")
+
+    e1 = step1()
+    top = e1["options"][0]
+    assert len(top["units"]) == 2 and {"conv1", "fc"} <= set(top["nodes"]) and top["gain_mse"] == 6.0
+    assert e1["units"] == top["units"] and {"conv1", "fc"} <= set(e1["excluded_nodes"])
+    alone = {u: o["gain_mse"] for o in e1["options"] for u in [o["unit"], *o.get("same_set", [])] if " + " not in u}
+    for o in e1["options"]:
+        if len(o["units"]) == 2:
+            assert all(o["gain_mse"] > alone.get(u, float("-inf")) for u in o["units"]), o
+    assert all(len(o["units"]) == 1 for o in step1(fallback_pairs=0)["options"])
 
 
 def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):

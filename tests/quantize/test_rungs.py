@@ -134,3 +134,29 @@ def test_bias_correction_cuts_a_per_channel_shift_fivefold(tmp_path):
     after = _mean_shift(q1, pre, x)  # against the ORIGINAL float model
     assert np.abs(before[1:]).min() > 0.02  # the shift is there: 0.45 steps x 3 weights x mean input
     assert np.abs(after[1:]).max() * 5 < np.abs(before[1:]).min(), (before, after)
+
+
+def test_set_scorer_of_a_bias_corrected_model_measures_against_fp32(tmp_path):
+    """UnitScorer(base_path=...) on a bias-corrected model (rung e scores its sets so): the reference
+    is the fp32 model, not the corrected one, and with every unit on the error is the QDQ file's own
+    error against fp32; without base_path both are off by the corrections (what mis-ranked rung e's
+    sets on digits, 2026-12-08)."""
+    from edgetransfer.quantize.sensitivity import UnitScorer
+
+    src, pre, fixed = tmp_path / "s.onnx", tmp_path / "pre.onnx", tmp_path / "fixed.onnx"
+    write_onnx(_shifted_net(), src)
+    preprocess(src, pre)
+    x = _x(32, seed=1)
+    q0, ranges = _quantize(pre, tmp_path, x, "plain", PER_TENSOR_8BIT)
+    correct_biases(pre, q0, x, "input", fixed)
+    q1 = tmp_path / "fixed.qdq.onnx"
+    quantize_with_ranges(fixed, q1, ranges, PER_TENSOR_8BIT, RECIPE)
+    f32, file = (onnx_logits(p, x).astype(np.float64) for p in (pre, q1))
+    true = float(np.mean((file - f32) ** 2))  # 7.0e-4 when written
+    new, old = UnitScorer(fixed, q1, x, "input", base_path=pre), UnitScorer(fixed, q1, x, "input")
+    assert np.abs(new.ref - f32).max() < 1e-5 and np.abs(old.ref - f32).max() > 0.02
+    on = np.ones(len(new.units), np.float32)
+    assert new.error(on)[0] == pytest.approx(true, rel=0.25)  # 6.3e-4: the int32 bias rounding is not gated
+    assert old.error(on)[0] > 3 * true  # 3.3e-3: the corrected float's logits are not fp32's
+    # every unit off: the fp32 model itself, whose biases are the base's
+    assert new.error(np.zeros(len(new.units), np.float32))[0] < 1e-10
