@@ -16,6 +16,12 @@ from ..progress import log
 from .graphstats import b1_ms, compute_nodes, float_node_times, node_ms
 from .qat_rung import fallback_base
 
+# Savings below this fraction of the whole file's INT8 b1 p50 are not told apart: the profiled saving of
+# one node moved by 0.05-0.1 ms between runs on digits (block 0's depthwise conv 0.00-0.05 ms, the stem
+# 0.00-0.10 ms, block 1's pwl conv 0.045-0.143 ms; INT8 b1 p50 6.3 ms idle, 16-18 ms loaded; 5 runs,
+# 2026-12-07/08), and with the old 0.001 ms floor a unit whose saving read 0 outranked any other.
+COST_RESOLUTION = 0.01
+
 
 def run_fallback_rung(lad, sens_images: int) -> None:
     """Rung e of the ladder ``lad`` (:class:`~edgetransfer.quantize.ladder.Ladder`), as its module
@@ -45,11 +51,13 @@ def run_fallback_rung(lad, sens_images: int) -> None:
         saving = max(1.0 - t_int8 / t_fp32, 0.0) if t_fp32 > 0 else 0.0
         cost = {n: v * saving for n, v in float_node_times(best["_float"], node_ms(best["_float"], sx)).items()}
         how = "fp32 kernel ms of its nodes x (1 - INT8/fp32 b1 p50 of the whole file, this host)"
+    floor = max(COST_RESOLUTION * t_int8, 1e-3)
     for u in units:
-        u.cost_ms = max(sum(cost.get(n, 0.0) for n in u.nodes), 1e-3)  # type: ignore[attr-defined]
+        u.cost_ms = max(sum(cost.get(n, 0.0) for n in u.nodes), floor)  # type: ignore[attr-defined]
     units.sort(key=lambda u: -u.mse / u.cost_ms)  # type: ignore[attr-defined]
     ranking = {"images": int(len(sx)), "fp32_b1_ms": t_fp32, "int8_b1_ms": t_int8, "seconds": time.perf_counter() - s0,
                "metric": "mean squared logit error added by the unit alone / ms it costs in float", "cost_ms": how,
+               "cost_floor_ms": floor, "cost_floor": f"{COST_RESOLUTION:.0%} of int8_b1_ms (profiler resolution), >= 0.001",
                "top_units": [{**u.to_dict(), "cost_ms": u.cost_ms} for u in units[:20]]}  # type: ignore[attr-defined]
     comp = set(compute_nodes(best["_float"]))
     base_float, scorer = base or best["_float"], lad._scorer(best["_float"], best["_path"], base)
@@ -88,7 +96,7 @@ def run_fallback_rung(lad, sens_images: int) -> None:
             if len(us) > 1 and err - e <= max(alone.get(u.tensor, float("-inf")) for u in us):
                 continue  # no better than one of the two alone: more float nodes for nothing
             alone[name] = err - e
-            c = max(sum(cost.get(n, 0.0) for n in new), 1e-3)
+            c = max(sum(cost.get(n, 0.0) for n in new), floor)
             options.append({"unit": name, "units": [u.tensor for u in us], "nodes": new, "_sha": digest,
                             "float_compute_nodes": n_comp, "mse_after": e, "gain_mse": err - e, "cost_ms": c, "gain_per_ms": (err - e) / c,
                             **({"forced_by_ort": added} if added else {})})

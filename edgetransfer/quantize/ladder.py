@@ -22,7 +22,8 @@ e. float fallback, greedy, one unit more per step: the :attr:`LadderConfig.fallb
    each adds alone per millisecond it costs to keep in float on this host (for ONNX Runtime files
    when this host is the target's kind, the fp32 minus INT8 kernel ms of its nodes,
    :func:`~edgetransfer.quantize.placement.node_time_pairs`: no INT8 gain, no cost; else their fp32
-   kernel ms x (1 - INT8/fp32 b1 p50 of the whole file measured here); floor 0.001 ms) are each
+   kernel ms x (1 - INT8/fp32 b1 p50 of the whole file measured here); floor 1 % of that file's INT8
+   b1 p50, :data:`~edgetransfer.quantize.fallback_rung.COST_RESOLUTION`) are each
    quantized with what is already in float to learn the nodes ONNX Runtime forces into float with
    them (:func:`~edgetransfer.quantize.ort_qdq.requantized_by_ort`), which count in their cost and
    against :attr:`LadderConfig.max_float_share` of the compute nodes (each pair of the first
