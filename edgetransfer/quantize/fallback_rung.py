@@ -111,9 +111,10 @@ def run_fallback_rung(lad, sens_images: int) -> None:
                 "options": shown, "over_cap": over, "seconds": time.perf_counter() - s1})
             break
         # the gated error is an estimate (the other layers' corrections are not made again, a few calibration
-        # images): it ranks the options, and the first fallback_trials of them are made and judged on val
+        # images): it ranks the options, and the first fallback_trials of those that lower it are made and judged
+        # on val
         tried = []
-        for j, opt in enumerate(options[: lad.cfg.fallback_trials]):
+        for j, opt in enumerate([o for o in options if o["gain_mse"] > 0][: lad.cfg.fallback_trials]):
             r = lad.corrected(f"e:float_fallback:{step}" + (f".{j + 1}" if j else ""), base_float, best["_ranges"],
                                list(dict.fromkeys(held + opt["nodes"])), units=chosen + opt["units"],
                                based_on=best["rung"], prep_seconds=time.perf_counter() - s1 if not j else 0.0,

@@ -21,8 +21,8 @@ class LadderConfig:
     into float with it, and one gated forward pass); ``fallback_pairs``: each pair of the first that
     many candidates is tried as one addition too (6: 15 pairs, those within the cap cost one
     quantization each; on digits the stem's and block 0's depthwise weights in float together gave
-    val KL 0.0130, each alone 0.0604 / 0.0574, 2026-12-08); ``fallback_trials``: of the options, how
-    many (best set error reduction per ms first) are made, bias-corrected and judged on val at each
+    val KL 0.0130, each alone 0.0604 / 0.0574, 2026-12-08); ``fallback_trials``: of the options that
+    lower the set error, how many (best reduction per ms first) are made, bias-corrected and judged on val at each
     step, stopping at the first that holds (3: in session 19's four digits runs the set error,
     before its bias gating, :class:`~edgetransfer.quantize.sensitivity.UnitScorer`, ranked the
     good set first, second or third, or not at all);
