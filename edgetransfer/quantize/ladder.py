@@ -158,8 +158,11 @@ class Ladder:
         rec.pop("prep_seconds", None)
         self.rungs.append(rec)
         if "top1_int8" in rec:
+            fid = (rec.get("judgement") or {}).get("fidelity") or {}
+            dec = (f" (decisive {fid['decisive_agreement']:.4f} on {fid['decisive_images']}), mean KL {fid['mean_kl']:.4f}"
+                   if fid.get("decisive_images") else "")  # what the verdict reads (stats.budget_judge)
             log(f"  INT8 rung {name}: top-1 {rec['top1_int8']:.4f} (fp32 {rec['top1_fp32']:.4f}), agreement "
-                f"{rec['parity']['agreement']:.4f}, {rec['float_compute_nodes']} compute node(s) in float"
+                f"{rec['parity']['agreement']:.4f}{dec}, {rec['float_compute_nodes']} compute node(s) in float"
                 + (f": {'holds' if rec['holds'] else 'does not hold'}" if "holds" in rec else ""))
         return rec
 
