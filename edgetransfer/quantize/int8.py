@@ -187,13 +187,13 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                      nodes_to_exclude, qat_x=qat_x)
         chosen = lad.run(budget.sensitivity_images if budget is not None else 8)
         status = Status.OK if budget is None or chosen.get("holds") else Status.BUDGET_EXCEEDED
-        chosen["path"] = chosen["_path"]
+        chosen_path = chosen["_path"]  # a temp file: never recorded in the manifest
 
         if check_opt_off and parity_x is not None and (preset.placement == "tensorrt" or is_tensorrt_preset(preset.to_dict())):
             details["optimizations_on_off"] = {"applies": False, "reason": "made for TensorRT, which never runs ONNX "
                                                "Runtime's CPU kernels: the ONNX Runtime on/off check does not apply"}
         elif check_opt_off and parity_x is not None:
-            off = onnx_logits(chosen["path"], parity_x, optimize=False)
+            off = onnx_logits(chosen_path, parity_x, optimize=False)
             on = chosen["_logits"]
             # sized to the sample (edgetransfer.gates): flips of borderline images do not count
             gate = flip_gate(off, on, name="ONNX Runtime graph optimisations on vs off")
@@ -211,16 +211,16 @@ def qdq_int8_from_onnx(onnx_path: Path, out: Path, calib: Sequence[Sample] | np.
                 if status == Status.OK:
                     status = Status.GATE_FAILED
         onnx = require("onnx", "export")
-        opset = graph_opset(onnx.load(str(chosen["path"]), load_external_data=False))
+        opset = graph_opset(onnx.load(str(chosen_path), load_external_data=False))
         if opset_max is not None and opset > opset_max:
             raise ConfigError(f"the INT8 model has opset {opset}, above the target's ceiling {opset_max}; export at a lower opset")
         from ..onnx_inspect import check_qdq_for_target
 
-        problems = check_qdq_for_target(chosen["path"], preset, opset_max or opset)
+        problems = check_qdq_for_target(chosen_path, preset, opset_max or opset)
         if problems:  # never an artifact that does not follow the preset it was made for
             raise EdgeTransferError(f"the INT8 model does not follow the {preset.name!r} preset: {'; '.join(problems)}")
         with atomic_path(out, suffix=".onnx") as tmp:
-            shutil.copyfile(chosen["path"], tmp)
+            shutil.copyfile(chosen_path, tmp)
             _copy_metadata(onnx_path, tmp)
         chosen_index = lad.rungs.index(chosen)
         rungs, per_class = lad.finish(chosen, td / "chosen.onnx")
