@@ -253,6 +253,7 @@ class Ladder:
             self.rungs.append({"rung": "a:placement", "kept_in_float": [], **info, "seconds": time.perf_counter() - s0,
                                "reason": f"no quantized compute node is >= {MIN_RATIO}x and >= {MIN_EXTRA_MS} ms "
                                "slower in INT8 on this host"})
+            log(f"  INT8 placement: nothing kept in float ({self.rungs[-1]['reason']})")
             return None
         rec = self.candidate(f"a:placement:{self.recipe.method}", self.pre, self.recipe_ranges, self.excluded0 + slow,
                              estimator=self.recipe.method, kept_in_float=slow, **info, prep_seconds=time.perf_counter() - s0)
