@@ -98,7 +98,8 @@ def run_fallback_rung(lad, sens_images: int) -> None:
             alone[name] = err - e
             c = max(sum(cost.get(n, 0.0) for n in new), floor)
             options.append({"unit": name, "units": [u.tensor for u in us], "nodes": new, "_sha": digest,
-                            "float_compute_nodes": n_comp, "mse_after": e, "gain_mse": err - e, "cost_ms": c, "gain_per_ms": (err - e) / c,
+                            "float_compute_nodes": n_comp, "mse_after": e, "gain_mse": err - e, "cost_ms": c,
+                            "gain_per_ms": (err - e) / c,
                             **({"forced_by_ort": added} if added else {})})
         options.sort(key=lambda o: -o["gain_per_ms"])
         shown = [{k: v for k, v in o.items() if k != "_sha"} for o in options[:5]]  # for the manifest

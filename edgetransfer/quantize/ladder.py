@@ -36,8 +36,9 @@ e. float fallback, greedy, one unit more per step: the :attr:`LadderConfig.fallb
    saving 0.00-0.04 ms between runs) forced its pointwise consumer out and used the whole 2-node cap
    for val KL 0.0500 -> 0.0500, where the stem with block 0's depthwise conv (two float nodes next to
    each other, nothing forced) gave 0.0130; and the gated error alone ranked block 0's depthwise and
-   pointwise convs (KL 0.0574 once corrected) above that pair (2026-12-08), until it was measured
-   against fp32 with the biases gated (the pair first, 2026-12-08, session 20).
+   pointwise convs (KL 0.0574 once corrected) above that pair while it was measured against the
+   bias-corrected model (against fp32 with the biases gated, the pair ranks first of 7 sets:
+   ``benchmarks/fallback_ranking.py``, 2026-12-08).
    Each step is quantized from the uncorrected float model and bias-corrected again (a layer kept in
    float must lose the correction made for its rounding, and its neighbours' shifts change);
 f. QAT of the network's tail (default: the last 2 weighted nodes and what follows them; 1 = the
