@@ -14,7 +14,8 @@ ranking is one session plus one forward pass per unit. Measured on EfficientNet-
 8 calibration images; benchmarks/quant_quality.py): 18-24 s on the shared 2-core host at a load
 average of 2-4, up to 201 s at a load average of 8 (a first version with one session per unit and
 16 images took 565 s there). Only the INT8 ladder runs it (:mod:`edgetransfer.quantize.ladder`: rung d's
-layer choice, rung e's ranking and set scores), and only when no rung a-c candidate holds the budget.
+layer choice, rung e's ranking and set scores), when no rung a-c candidate holds the budget (rung d also with
+``--adaround on``).
 """
 
 from __future__ import annotations
