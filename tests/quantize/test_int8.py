@@ -314,6 +314,30 @@ def test_float_fallback_tries_pairs_of_units_and_drops_those_no_better_than_one_
     assert all(len(o["units"]) == 1 for o in step1(fallback_pairs=0)["options"])
 
 
+def test_float_fallback_options_that_give_the_same_file_are_one(data, sensitive, tmp_path, monkeypatch):
+    """Keeping Flatten in float too changes nothing in the file ONNX Runtime writes for conv2 + pool in float
+    (measured: the same bytes); such sets are one option (its ``same_set`` names the others), so two of
+    rung e's few trials are never spent on one file. Patched set error: conv2 + pool in float helps, and seems to
+    help more with Flatten (the gated scorer need not know that the file is the same), so the pair that adds
+    Flatten is not dropped as no better than conv2's unit alone: only the file digest merges the two."""
+    from edgetransfer.quantize import placement, sensitivity
+
+    def error_without(self, fl):
+        if not {"conv2", "pool"} <= set(fl) or {"conv1", "fc"} & set(fl):
+            return 10.0
+        return 0.0 if "flatten" in fl else 1.0
+
+    monkeypatch.setattr(sensitivity.UnitScorer, "error_without", error_without)
+    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
+    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
+                           ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off", fallback_trials=1))
+    e1 = next(r for r in m.details["ladder"] if r["rung"] == "e:float_fallback:1")
+    best = [o for o in e1["options"] if o["gain_mse"] >= 9.0]
+    assert len(best) == 1 and {"conv2", "pool"} <= set(best[0]["nodes"]) and best[0].get("same_set"), e1["options"]
+    assert all("_sha" not in o for o in e1["options"])  # the digest is not a manifest field
+
+
 def test_an_excluded_conv_stays_float_under_onnxruntime(data, sensitive, tmp_path):
     """conv2 alone in float sits between quantized neighbours: ORT's WeightBiasQuantization would
     give it INT8 weights again at load time, so its consumer (pool) is kept in float too."""
