@@ -38,6 +38,7 @@ import numpy as np
 import edgetransfer.quantize.ladder as ladder_mod
 from edgetransfer.progress import set_quiet
 from edgetransfer.quantize.graphstats import compute_nodes
+from edgetransfer.quantize.fallback_rung import closure
 from edgetransfer.quantize.qat_rung import fallback_base
 from edgetransfer.quantize.sensitivity import UnitScorer
 
@@ -68,8 +69,7 @@ def measure(lad, units_n: int, pairs_n: int, out: dict) -> None:
         want = list(dict.fromkeys(held + [n for u in us for n in u.nodes]))
         if sum(n in comp for n in want) > cap:
             continue
-        excl, _, _ = lad._quantize(base_float, lad.td / "closure.onnx", best["_ranges"], want)
-        digest = (lad.td / "closure.onnx").read_bytes()
+        excl, _, digest = closure(lad, base_float, best["_ranges"], want)
         if sum(n in comp for n in excl) > cap or digest in seen:
             continue
         seen.add(digest)

@@ -23,6 +23,14 @@ from .qat_rung import fallback_base
 COST_RESOLUTION = 0.01
 
 
+def closure(lad, base_float, ranges, want: list[str]) -> tuple[list[str], dict, str]:
+    """Quantize ``base_float`` with ``want`` kept in float (``lad.td / "closure.onnx"``): (the exclusions with
+    the nodes ONNX Runtime forces into float with them, requantized_by_ort: quantized, not guessed; those
+    added, by node; the file's sha256, equal for two sets that give the same file)."""
+    excl, added, _ = lad._quantize(base_float, lad.td / "closure.onnx", ranges, want)
+    return excl, added, hashlib.sha256((lad.td / "closure.onnx").read_bytes()).hexdigest()
+
+
 def run_fallback_rung(lad, sens_images: int) -> None:
     """Rung e of the ladder ``lad`` (:class:`~edgetransfer.quantize.ladder.Ladder`), as its module
     docstring says: candidates appended to ``lad.rungs``, names ``e:float_fallback:STEP[.TRIAL]``;
@@ -77,14 +85,12 @@ def run_fallback_rung(lad, sens_images: int) -> None:
             if n_want > cap:  # the closure only adds nodes: over already
                 over.append({"unit": name, "float_compute_nodes": n_want})
                 continue
-            # the nodes ONNX Runtime forces into float with it (requantized_by_ort): quantized, not guessed
-            excl, added, _ = lad._quantize(base_float, lad.td / "closure.onnx", best["_ranges"], want)
+            excl, added, digest = closure(lad, base_float, best["_ranges"], want)
             n_comp = sum(n in comp for n in excl)
             if n_comp > cap:
                 over.append({"unit": name, "float_compute_nodes": n_comp, "forced_by_ort": added})
                 continue
             new = [n for n in excl if n not in held_set]
-            digest = hashlib.sha256((lad.td / "closure.onnx").read_bytes()).hexdigest()
             # one option per file: e.g. the stem's weight and its input activation (one set), or the stem's and
             # block 0's depthwise weights, with or without the Clip between them (same file, ORT folds the Clip)
             same = next((o for o in options if set(o["nodes"]) == set(new) or o["_sha"] == digest), None)

@@ -261,23 +261,32 @@ def test_float_fallback_scores_the_set_with_the_nodes_ort_forces_out(data, sensi
     assert set(e1["options"][0]["nodes"]) <= set(e1["excluded_nodes"])
 
 
+def _fallback_with(sensitive, data, tmp_path, monkeypatch, error_without, **cfg) -> dict:
+    """The INT8 details of one float-fallback step on the sensitive model with rung e's set error patched to
+    ``error_without(self, float_nodes)`` and no per-node INT8 saving (every cost at the floor)."""
+    from edgetransfer.quantize import placement, sensitivity
+
+    monkeypatch.setattr(sensitivity.UnitScorer, "error_without", error_without)
+    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
+    return qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
+                              parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
+                              ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off", **cfg)).details
+
+
+def _step1(d: dict) -> dict:
+    return next(r for r in d["ladder"] if r["rung"] == "e:float_fallback:1")
+
+
 def test_float_fallback_judges_the_next_options_when_the_first_does_not_hold(data, sensitive, tmp_path, monkeypatch):
     """The gated set error ranks the options before bias correction, on a few images: when it ranks a
     useless one first (here, patched: fc in float looks perfect), the next options are made and judged
     on val too (LadderConfig.fallback_trials), and the one that holds (conv1 + conv2) is chosen."""
-    from edgetransfer.quantize import placement, sensitivity
-
     def error_without(self, float_nodes):
         if {"conv1", "conv2"} <= set(float_nodes):
             return 5.0
         return 0.0 if "fc" in float_nodes else 10.0
 
-    monkeypatch.setattr(sensitivity.UnitScorer, "error_without", error_without)
-    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
-    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
-                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
-                           ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off"))
-    d = m.details
+    d = _fallback_with(sensitive, data, tmp_path, monkeypatch, error_without)
     e = [r for r in d["ladder"] if r["rung"].startswith("e:")]
     assert "fc" in e[0]["excluded_nodes"] and not e[0]["holds"] and e[0]["options"][0]["gain_mse"] == 10.0
     assert e[-1]["rung"].startswith("e:float_fallback:1.") and e[-1]["holds"]
@@ -290,18 +299,10 @@ def test_float_fallback_tries_pairs_of_units_and_drops_those_no_better_than_one_
     """Each pair of the first LadderConfig.fallback_pairs units is an option too (conv1 and fc are no
     unit's nodes together: only a pair keeps both in float); a pair whose set error is no lower than
     one of its units' alone is dropped (conv2 adds nothing here); fallback_pairs=0: singles only."""
-    from edgetransfer.quantize import placement, sensitivity
-
-    monkeypatch.setattr(sensitivity.UnitScorer, "error_without",
-                        lambda self, fl: 10.0 - 3.0 * ("conv1" in fl) - 3.0 * ("fc" in fl))
-    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
-
     def step1(**cfg):
-        m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
-                               parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
-                               ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off",
-                                                   fallback_trials=1, **cfg))
-        return next(r for r in m.details["ladder"] if r["rung"] == "e:float_fallback:1")
+        return _step1(_fallback_with(sensitive, data, tmp_path, monkeypatch,
+                                     lambda self, fl: 10.0 - 3.0 * ("conv1" in fl) - 3.0 * ("fc" in fl),
+                                     fallback_trials=1, **cfg))
 
     e1 = step1()
     top = e1["options"][0]
@@ -320,19 +321,12 @@ def test_float_fallback_options_that_give_the_same_file_are_one(data, sensitive,
     rung e's few trials are never spent on one file. Patched set error: conv2 + pool in float helps, and seems to
     help more with Flatten (the gated scorer need not know that the file is the same), so the pair that adds
     Flatten is not dropped as no better than conv2's unit alone: only the file digest merges the two."""
-    from edgetransfer.quantize import placement, sensitivity
-
     def error_without(self, fl):
         if not {"conv2", "pool"} <= set(fl) or {"conv1", "fc"} & set(fl):
             return 10.0
         return 0.0 if "flatten" in fl else 1.0
 
-    monkeypatch.setattr(sensitivity.UnitScorer, "error_without", error_without)
-    monkeypatch.setattr(placement, "node_time_pairs", lambda f, q, x1, repeats=3: ({}, {}))
-    m = qdq_int8_from_onnx(sensitive, tmp_path / "q.onnx", data["cx"], QuantizationPreset(), RECIPE,
-                           parity_x=data["vx"], parity_y=data["vy"], budget=AccuracyBudget(0.0, max_steps=1),
-                           ladder=LadderConfig(max_float_share=1.0, qat="off", speed_placement="off", fallback_trials=1))
-    e1 = next(r for r in m.details["ladder"] if r["rung"] == "e:float_fallback:1")
+    e1 = _step1(_fallback_with(sensitive, data, tmp_path, monkeypatch, error_without, fallback_trials=1))
     best = [o for o in e1["options"] if o["gain_mse"] >= 9.0]
     assert len(best) == 1 and {"conv2", "pool"} <= set(best[0]["nodes"]) and best[0].get("same_set"), e1["options"]
     assert all("_sha" not in o for o in e1["options"])  # the digest is not a manifest field
